@@ -1,0 +1,9 @@
+"""generative-reality runtime: sources, sinks, pipeline threads, backends and the `genreal` CLI.
+
+Importing this package loads no model, opens no device and does not import torch.
+"""
+from realtime.errors import UserError
+from realtime.frame import Frame, StereoFrame, Item
+
+__all__ = ["Frame", "StereoFrame", "Item", "UserError"]
+__version__ = "0.1.0"

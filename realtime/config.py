@@ -1,0 +1,70 @@
+"""Frozen configuration dataclasses, composed into one `PipelineConfig` and validated once.
+
+Invalid combinations raise `UserError`; nothing is silently changed.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from realtime.errors import UserError
+
+Size = tuple[int, int]  # (width, height)
+
+MAX_SIDE = 8192
+
+
+def parse_size(text: str) -> Size:
+    """'640x360' → (640, 360). Raises `UserError` for anything else."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text or "")
+    if not m:
+        raise UserError(f"bad --size {text!r}: use WIDTHxHEIGHT, e.g. 640x360")
+    w, h = int(m.group(1)), int(m.group(2))
+    if not (8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE):
+        raise UserError(f"bad --size {text!r}: each side must be between 8 and {MAX_SIDE} pixels")
+    return w, h
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How to open a source. `size` resizes every frame (per eye for stereo); None keeps the native size."""
+
+    spec: str
+    size: Optional[Size] = None
+    fps: Optional[float] = None  # requested camera rate (webcam); None = the device's default
+    max_frames: Optional[int] = None  # stop after this many frames (None = until the input ends)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str = "auto"  # a registry name or "auto"
+    device: str = "auto"  # auto | cpu | cuda
+    style: str = "0"
+    steps: Optional[int] = None  # refine steps K (our model); None = the model's default
+    temporal: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"unknown --device {self.device!r}: use auto, cpu or cuda")
+        if self.steps is not None and not 1 <= self.steps <= 8:
+            raise UserError(f"bad --steps {self.steps}: use 1 to 8")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    source: SourceConfig
+    sinks: tuple[str, ...]
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    budget_ms: Optional[float] = None  # capture→display budget; None = no deadline
+    stats_json: Optional[Path] = None
+    queue_size: int = 2  # bounded queues between threads (1–2)
+
+    def __post_init__(self) -> None:
+        if not self.sinks:
+            raise UserError("no --sink given: use e.g. --sink window, --sink out.mp4 or --sink null")
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise UserError(f"bad --budget-ms {self.budget_ms}: it must be a positive number of milliseconds")
+        if not 1 <= self.queue_size <= 4:
+            raise UserError(f"queue_size must be 1 to 4, got {self.queue_size}")
