@@ -41,7 +41,7 @@ class SourceConfig:
 class BackendConfig:
     name: str = "auto"  # a registry name or "auto"
     device: str = "auto"  # auto | cpu | cuda
-    style: str = "0"
+    style: Optional[str] = None  # None = the backend's default style
     steps: Optional[int] = None  # refine steps K (our model); None = the model's default
     temporal: bool = True
 

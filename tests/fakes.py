@@ -1,0 +1,88 @@
+"""Synthetic sources and sinks for pipeline tests."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+
+from realtime.errors import UserError
+from realtime.frame import Frame, Item, StereoFrame
+from realtime.sinks.base import Overlay, Sink
+from realtime.sources.base import Source
+
+
+def make_image(i: int, w: int = 32, h: int = 24) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = i % 256
+    img[..., 1] = (i * 7) % 256
+    return img
+
+
+class FakeSource(Source):
+    """`n` frames (None = endless), one every `period_s`; optionally fails after `fail_after` frames."""
+
+    def __init__(self, n: Optional[int] = 10, period_s: float = 0.0, live: bool = False,
+                 stereo: bool = False, fail_after: Optional[int] = None, age_ms: float = 0.0) -> None:
+        super().__init__()
+        self.n, self.period_s, self.live, self.stereo = n, period_s, live, stereo
+        self.fail_after, self.age_ms = fail_after, age_ms
+        self._closed = threading.Event()
+        self.opened = False
+
+    @property
+    def fps(self) -> Optional[float]:
+        return 30.0
+
+    def open(self) -> None:
+        self.opened = True
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def __iter__(self) -> Iterator[Item]:
+        i = 0
+        while (self.n is None or i < self.n) and not self._closed.is_set():
+            if self.fail_after is not None and i == self.fail_after:
+                raise UserError("corrupt input at frame %d" % i)
+            if self.period_s:
+                time.sleep(self.period_s)
+            t = time.monotonic_ns() - int(self.age_ms * 1e6)
+            if self.stereo:
+                yield StereoFrame(Frame(make_image(i), i, t, i / 30, "left"),
+                                  Frame(make_image(i + 100), i, t, i / 30, "right"))
+            else:
+                yield Frame(make_image(i), i, t, i / 30)
+            i += 1
+
+
+class RecordingSink(Sink):
+    name = "recording"
+
+    def __init__(self, keys: Optional[dict[int, str]] = None, interrupt_at: Optional[int] = None,
+                 delay_s: float = 0.0) -> None:
+        self.items: list[Item] = []
+        self.overlays: list[Overlay] = []
+        self.keys = dict(keys or {})
+        self.interrupt_at = interrupt_at
+        self.delay_s = delay_s
+        self.closed = 0
+        self._pending: list[str] = []
+
+    def write(self, item: Item, overlay: Overlay) -> None:
+        if self.interrupt_at is not None and len(self.items) == self.interrupt_at:
+            raise KeyboardInterrupt
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.items.append(item)
+        self.overlays.append(overlay)
+        if len(self.items) in self.keys:
+            self._pending.append(self.keys[len(self.items)])
+
+    def poll_keys(self) -> list[str]:
+        keys, self._pending = self._pending, []
+        return keys
+
+    def close(self) -> None:
+        self.closed += 1
