@@ -1,0 +1,62 @@
+"""`demo` and `demo:stereo`: the built-in clips of `synthetic.py` as sources (no camera needed)."""
+from __future__ import annotations
+
+import time
+from typing import Iterator, Optional
+
+from realtime.config import SourceConfig
+from realtime.frame import Frame, StereoFrame
+from realtime.sources.common import ThreadedSource
+from realtime.sources.synthetic import DEMO_FPS, DEMO_FRAMES, DEMO_SIZE, DemoClip, StereoDemoClip
+
+
+class DemoSource(ThreadedSource):
+    """The mono demo clip: 150 frames, 640×360 (or `cfg.size`) at 30 fps (or `cfg.fps`)."""
+
+    live = False
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        super().__init__(cfg)
+        self.clip: Optional[DemoClip] = None
+
+    @property
+    def fps(self) -> float:
+        return float(self.cfg.fps or DEMO_FPS)
+
+    def _open(self) -> None:
+        self.clip = DemoClip(size=self.cfg.size or DEMO_SIZE, fps=self.fps, n_frames=DEMO_FRAMES)
+
+    def _produce(self) -> Iterator[Frame]:
+        assert self.clip is not None
+        for t in range(len(self.clip)):
+            if self.closed:
+                return
+            image = self.clip.frame(t)
+            yield Frame(image, t, time.monotonic_ns(), t / self.fps)
+
+
+class StereoDemoSource(ThreadedSource):
+    """The stereo demo clip (`demo:stereo`): `StereoFrame`s, `cfg.size` per eye."""
+
+    live = False
+    stereo = True
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        super().__init__(cfg)
+        self.clip: Optional[StereoDemoClip] = None
+
+    @property
+    def fps(self) -> float:
+        return float(self.cfg.fps or DEMO_FPS)
+
+    def _open(self) -> None:
+        self.clip = StereoDemoClip(size=self.cfg.size or DEMO_SIZE, fps=self.fps, n_frames=DEMO_FRAMES)
+
+    def _produce(self) -> Iterator[StereoFrame]:
+        assert self.clip is not None
+        for t in range(len(self.clip)):
+            if self.closed:
+                return
+            left, right = self.clip.frame(t)
+            now, pts = time.monotonic_ns(), t / self.fps
+            yield StereoFrame(Frame(left, t, now, pts, "left"), Frame(right, t, now, pts, "right"))
