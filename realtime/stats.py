@@ -111,10 +111,10 @@ class RunStats:
         ]
         if self.budget_ms is not None:
             lines.append(f"budget {self.budget_ms:g} ms: {d['deadline_misses']} deadline misses")
-        lines.append(f"{'stage':<14}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+        lines.append(f"{'stage':<16}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
         rows = list(d["stages"].items()) + [("capture→display", d["end_to_end"])]
         for name, p in rows:
-            lines.append(f"{name:<14}{p['p50_ms']:>10.1f}{p['p95_ms']:>10.1f}{p['p99_ms']:>10.1f}{p['mean_ms']:>10.1f}")
+            lines.append(f"{name:<16}{p['p50_ms']:>10.1f}{p['p95_ms']:>10.1f}{p['p99_ms']:>10.1f}{p['mean_ms']:>10.1f}")
         for key, value in self.extra.items():
             lines.append(f"{key}: {value}")
         return "\n".join(lines)

@@ -38,3 +38,9 @@ class Sink(ABC):
 
     def close(self) -> None:
         """Flush and finalize. Idempotent; safe after an error."""
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
