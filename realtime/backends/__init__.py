@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 _REGISTRY: dict[str, str] = {
     "teacher": "realtime.backends.teacher:TeacherBackend",
     "identity": "realtime.backends.identity:IdentityBackend",
+    "torch": "realtime.backends.torch_backend:TorchBackend",
 }
 
 #: what --backend auto tries, best first (later issues put our model's backends in front)
-AUTO_ORDER: tuple[str, ...] = ("teacher",)
+AUTO_ORDER: tuple[str, ...] = ("torch", "teacher")
 
 
 def backend_names() -> list[str]:

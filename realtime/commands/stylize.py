@@ -1,0 +1,58 @@
+"""`genreal stylize`: restyle still images with our model (torch backend)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from realtime.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("stylize", help="restyle image files with the model",
+                       description="Restyle image files; writes DIR/<stem>.png at each input's size.")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="input image files")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--style", default=None, help="style name or a blend like name:0.5,name2:0.5 (see 'genreal styles')")
+    p.add_argument("--steps", type=int, default=None, metavar="K", help="refine steps (1-4; default: the model's)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
+    p.add_argument("--model", type=Path, default=None, metavar="DIR", help="a model folder (default: the shipped model)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from realtime.backends.torch_backend import TorchBackend
+    from realtime.config import BackendConfig
+
+    for path in args.images:
+        if not path.is_file():
+            raise UserError(f"image not found: {path}")
+    backend = TorchBackend(BackendConfig(name="torch", device=args.device, style=args.style, steps=args.steps,
+                                         temporal=False), model_dir=args.model)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {args.out}: {exc.strerror}") from None
+    stems: set[str] = set()
+    for path in args.images:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise UserError(f"cannot read image {path}: not a supported image file")
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        out = backend([rgb])[0]
+        stem = path.stem
+        if stem in stems:
+            raise UserError(f"two inputs share the name {stem!r}: outputs would overwrite each other")
+        stems.add(stem)
+        dest = args.out / f"{stem}.png"
+        if not cv2.imwrite(str(dest), np.ascontiguousarray(out[:, :, ::-1])):
+            raise UserError(f"cannot write {dest}")
+        log.info("%s → %s", path, dest)
+    backend.close()
+    return 0

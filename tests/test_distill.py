@@ -1,0 +1,127 @@
+"""Distillation: warp geometry, a loss that goes down, a tiny end-to-end run with checkpoints and resume."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="distillation needs the train extra (torch)")
+
+from models.build import build_model, load_model  # noqa: E402
+from models.model import ModelConfig  # noqa: E402
+from models.distill import (PRESETS, DistillConfig, LossWeights, distill, random_affine,  # noqa: E402
+                            training_step, valid_mask, warp)
+from models.teachers import parse_teacher  # noqa: E402
+from realtime.errors import UserError  # noqa: E402
+
+
+#: a very small model so the tests stay fast on a shared 2-core CPU
+SMALL = ModelConfig(num_styles=2, enc_ch=8, latent_ch=16, style_dim=8, skip_ch=8, dec_ch=8, out_ch=4,
+                    max_steps=2, default_steps=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the CPU is shared, and oversubscribed threads make small ops crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smooth_images(b: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, size // 8, size // 8, generator=g)
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def test_camera_motion_warp_matches_on_the_inner_crop():
+    """Warping the big crop then cropping == cropping then warping with the small-crop theta."""
+    margin, c = 8, 48
+    big = smooth_images(3, c + 2 * margin)
+    theta_big, theta = random_affine(3, c + 2 * margin, c, 0.8 * margin, np.random.default_rng(0))
+    inner = (slice(None), slice(None), slice(margin, margin + c), slice(margin, margin + c))
+    x2 = warp(big, theta_big)[inner]
+    x2_from_small = warp(big[inner], theta)
+    mask = valid_mask(theta, x2)[:, :, 2:-2, 2:-2]
+    diff = (x2 - x2_from_small).abs()[:, :, 2:-2, 2:-2] * mask
+    assert mask.mean() > 0.5
+    assert float(diff.max()) < 1e-4
+    # and the latent grid (1/8) uses the same theta: warping a constant latent keeps it constant inside
+    z = torch.ones(3, 4, c // 8, c // 8)
+    assert torch.allclose(warp(z, theta), z)
+
+
+def test_training_step_loss_goes_down():
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = smooth_images(4, 48, seed=1)
+    t = torch.stack([1.0 - x[0], x[1].flip(0), 1.0 - x[2], x[3].flip(0)])  # two "styles"
+    styles = torch.tensor([0, 1, 0, 1])
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(30):
+        loss, parts = training_step(model, x, t, styles, 8, LossWeights(), rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["loss"])
+    assert set(parts) >= {"teacher", "temporal", "step_distill", "psnr"}
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    teachers = (parse_teacher("builtin:19"), parse_teacher("procedural:cel"))
+    preset = replace(PRESETS["tiny"], iters=60, ckpt_every=25, batch=4, crop=32, lr=5e-3, eval_width=64)
+    cfg = DistillConfig(teachers=teachers, names=("starry", "cel"), out=root / "run", preset=preset, model=SMALL,
+                        seed=1, cache_dir=root / "cache", progress=False)
+    manifest = distill(cfg)
+    return cfg, manifest
+
+
+def test_tiny_distill_writes_model_manifest_and_checkpoint(tiny_run):
+    cfg, manifest = tiny_run
+    out = cfg.out
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint.safetensors").is_file()
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert [s["name"] for s in manifest["styles"]] == ["starry", "cel"]
+    assert [s["teacher"] for s in manifest["styles"]] == ["builtin:19", "procedural:cel"]
+    for s in manifest["styles"]:
+        assert isinstance(s["psnr"], float) and 0.0 < s["ssim"] <= 1.0
+    tr = manifest["training"]
+    assert tr["iterations"] == 60 and tr["preset"] == "tiny" and tr["seed"] == 1
+    assert "skimage.data.coffee" in tr["sources"]["held_out"]
+    assert not set(tr["sources"]["held_out"]) & set(tr["sources"]["photos"])
+    assert tr["sources"]["downloaded"] == []
+    assert manifest["evaluation"]["fidelity"]["images"] == tr["sources"]["held_out"]
+    assert manifest["code_revision"]
+    model, _ = load_model(out)  # strict
+    assert model.cfg.num_styles == 2
+    # the loss on a fixed batch of training crops went down over the run
+    hist = tr["history"]
+    assert len(hist) >= 10 and hist[-1]["probe_loss"] < 0.97 * hist[0]["probe_loss"]
+
+
+def test_tiny_distill_resume_and_refuse_overwrite(tiny_run):
+    cfg, _ = tiny_run
+    with pytest.raises(UserError, match="--resume"):
+        distill(cfg)
+    manifest = distill(replace(cfg, resume=True, iters=64))
+    assert manifest["training"]["iterations"] == 64
+    with pytest.raises(UserError, match="no checkpoint"):
+        distill(replace(cfg, out=cfg.out.parent / "fresh", resume=True))
+
+
+def test_gpu_preset_refuses_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: the gpu preset would run")
+    cfg = DistillConfig(teachers=(parse_teacher("procedural:cel"),), names=("cel",), out=tmp_path,
+                        preset=PRESETS["gpu"], model=SMALL, progress=False)
+    with pytest.raises(UserError, match="CUDA"):
+        distill(cfg)

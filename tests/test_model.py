@@ -1,0 +1,179 @@
+"""The student model: stage shapes and dtypes, FSQ, determinism, strict loading, styles, K steps."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the model needs the train extra (torch)")
+
+from models.build import build_model, load_model, save_model  # noqa: E402
+from models.fsq import FSQ  # noqa: E402
+from models.model import ModelConfig  # noqa: E402
+from realtime.errors import UserError  # noqa: E402
+
+B, H, W = 2, 48, 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(num_styles=4).eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.rand(B, 3, H, W, generator=torch.Generator().manual_seed(1))
+
+
+def onehot(i: int, n: int = 4) -> torch.Tensor:
+    return torch.eye(n)[i]
+
+
+def test_stage_shapes_and_dtypes(model, x):
+    cfg = model.cfg
+    with torch.no_grad():
+        enc = model.encode(x)
+        assert enc.tokens.shape == (B, H // 8, W // 8) and enc.tokens.dtype == torch.int64
+        assert enc.emb.shape == (B, cfg.latent_ch, H // 8, W // 8) and enc.emb.dtype == torch.float32
+        assert enc.z_cont.shape == (B, len(cfg.fsq_levels), H // 8, W // 8)
+        assert int(enc.tokens.min()) >= 0 and int(enc.tokens.max()) < model.fsq.codebook_size
+        skip = model.skip(x)
+        assert skip.shape == (B, cfg.skip_ch, H // 4, W // 4)
+        vec = model.style_embedding(onehot(1))
+        assert vec.shape == (1, cfg.style_dim)
+        z0 = model.initial_latent(enc.emb)
+        z = model.refine(z0, enc.emb, vec, 2)
+        assert z.shape == z0.shape == (B, cfg.latent_ch, H // 8, W // 8)
+        rgb = model.decode(z, skip, x)
+        assert rgb.shape == (B, 3, H, W) and rgb.dtype == torch.float32
+        out = model(x, vec)
+        assert out.rgb.shape == (B, 3, H, W) and out.z.shape == z.shape
+        assert torch.equal(out.tokens, enc.tokens)
+
+
+def test_input_must_be_multiple_of_8(model):
+    with pytest.raises(ValueError, match="multiples of 8"):
+        model.encode(torch.rand(1, 3, 30, 64))
+
+
+def test_fsq_round_trip_and_gradient():
+    fsq = FSQ((5, 3, 7))
+    assert fsq.codebook_size == 105
+    z = torch.randn(3, 3, 5, 6) * 3
+    z_q, tokens = fsq(z)
+    # codes sit on the grid, tokens decode back to the same codes, all ids are used consistently
+    half = torch.tensor([2.0, 1.0, 3.0]).view(1, 3, 1, 1)
+    assert torch.allclose(z_q * half, torch.round(z_q * half))
+    assert torch.equal(fsq.tokens_to_codes(tokens), z_q.detach())
+    all_ids = torch.arange(105).view(1, 105, 1)
+    assert torch.equal(fsq.codes_to_tokens(fsq.tokens_to_codes(all_ids)), all_ids)
+    # straight-through: gradients reach the continuous latent
+    zl = torch.randn(2, 3, 4, 4, requires_grad=True)
+    fsq(zl)[0].sum().backward()
+    assert zl.grad is not None and zl.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        FSQ((4, 5))
+
+
+def test_embed_tokens_matches_encode(model, x):
+    with torch.no_grad():
+        enc = model.encode(x)
+        assert torch.allclose(model.embed_tokens(enc.tokens), enc.emb, atol=1e-6)
+
+
+def test_determinism(x):
+    torch.manual_seed(123)
+    a = build_model(num_styles=3).eval()
+    torch.manual_seed(123)
+    b = build_model(num_styles=3).eval()
+    with torch.no_grad():
+        ya = a(x, a.style_embedding(onehot(2, 3)), 3).rgb
+        yb = b(x, b.style_embedding(onehot(2, 3)), 3).rgb
+        ya2 = a(x, a.style_embedding(onehot(2, 3)), 3).rgb
+    assert torch.equal(ya, yb) and torch.equal(ya, ya2)
+
+
+def test_save_and_strict_load(tmp_path, model, x):
+    save_model(model, tmp_path, {"styles": [{"name": f"s{i}", "teacher": f"builtin:{i}"} for i in range(4)]})
+    loaded, manifest = load_model(tmp_path)
+    assert [s["name"] for s in manifest["styles"]] == ["s0", "s1", "s2", "s3"]
+    with torch.no_grad():
+        vec = model.style_embedding(onehot(0))
+        assert torch.equal(loaded(x, vec).rgb, model(x, vec).rgb)
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    bad = dict(state)
+    bad.pop("decoder.out.bias")
+    save_file(bad, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match="do not match"):
+        load_model(tmp_path)
+    loose, _ = load_model(tmp_path, strict=False)  # non-strict tolerates it
+    assert loose is not None
+    extra = dict(state, **{"junk.weight": torch.zeros(2)})
+    save_file(extra, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match="do not match"):
+        load_model(tmp_path)
+    shaped = dict(state, **{"styles": torch.zeros(5, model.cfg.style_dim)})
+    save_file(shaped, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError):
+        load_model(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="corrupt model weights"):
+        load_model(tmp_path)
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(UserError, match="corrupt model manifest"):
+        load_model(tmp_path)
+    with pytest.raises(UserError, match="no model"):
+        load_model(tmp_path / "missing")
+
+
+def test_style_switching_and_blending(model, x):
+    with torch.no_grad():
+        e0, e1 = model.style_embedding(onehot(0)), model.style_embedding(onehot(1))
+        blend = model.style_embedding(torch.tensor([0.25, 0.75, 0.0, 0.0]))
+        assert torch.allclose(blend, 0.25 * e0 + 0.75 * e1, atol=1e-6)
+        batch = model.style_embedding(torch.eye(4)[:2])  # (2, E): per-sample styles
+        assert torch.allclose(batch[1], e1[0])
+        # FiLM starts at zero; give the style path some weight so styles must differ
+        model.refiner.step.film.weight.data.normal_(0, 0.1)
+        y0, y1 = model(x, e0).rgb, model(x, e1).rgb
+        assert (y0 - y1).abs().max() > 1e-4
+        # switching back gives exactly the first result: no hidden state
+        assert torch.equal(model(x, e0).rgb, y0)
+        model.refiner.step.film.weight.data.zero_()
+
+
+def test_k_steps_and_warm_start(model, x):
+    cfg = model.cfg
+    model.refiner.step.film.weight.data.normal_(0, 0.1)
+    with torch.no_grad():
+        vec = model.style_embedding(onehot(2))
+        enc = model.encode(x)
+        z0 = model.initial_latent(enc.emb)
+        assert torch.equal(model.refine(z0, enc.emb, vec, 0), z0)
+        zs = [model(x, vec, k).z for k in range(1, cfg.max_steps + 1)]
+        for a, b in zip(zs, zs[1:]):
+            assert (a - b).abs().max() > 0  # every step changes the latent
+        # K steps one by one == K steps at once
+        z = z0
+        for k in range(3):
+            z = model.refine(z, enc.emb, vec, 1, first_step=k)
+        assert torch.allclose(z, model.refine(z0, enc.emb, vec, 3), atol=1e-6)
+        # warm start: K=1 from a given latent runs the last step on it
+        warm = model(x, vec, 1, z_init=zs[-1])
+        expect = model.refine(zs[-1], enc.emb, vec, 1, first_step=cfg.max_steps - 1)
+        assert torch.allclose(warm.z, expect, atol=1e-6)
+        assert not torch.allclose(warm.z, model(x, vec, 1).z)
+        with pytest.raises(ValueError):
+            model(x, vec, cfg.max_steps + 1)
+    model.refiner.step.film.weight.data.zero_()
+
+
+def test_config_round_trip():
+    cfg = ModelConfig(num_styles=3, fsq_levels=(3, 5))
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError):
+        ModelConfig(default_steps=9)
