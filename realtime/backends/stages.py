@@ -1,0 +1,103 @@
+"""The stage-level contract of our model, shared by every engine that runs it (torch, ONNX Runtime,
+TensorRT), so `ModelBackend` and the temporal cache never know which engine runs.
+
+An engine ("stages") runs the model's stages one by one (DESIGN.md §3)::
+
+    x (B, 3, Hp, Wp) float in [0, 1], Hp and Wp multiples of 8       (kernels' preprocess output)
+      encode(x)            → Encoded(zq (B, d, h, w) in [-1, 1] before rounding,  skip (B, S, Hp/4, Wp/4))
+      embed(levels)        → emb (B, C, h, w)       levels: int32 (B, d, h, w), FSQ level per channel
+      initial(emb)         → z0 (B, C, h, w)        the learned cold start
+      refine(z, emb, style_vec, steps, first_step) → z (B, C, h, w)
+      decode(z, skip, x)   → rgb (B, 3, Hp, Wp)     unclamped
+
+where h = Hp/8, w = Wp/8. `zq = tanh(z_cont)`: quantizing it with
+``kernels.get_ops(...).fsq_hysteresis(zq, prev_levels, info.fsq_levels, margin)`` gives the FSQ
+levels (margin 0 and no previous levels reproduce the model's own rounding), so the runtime can
+apply hysteresis between frames before the tokens are embedded.
+
+Arrays are whatever `kernel_device` says: numpy on "cpu", torch tensors on "cuda" (the layout the
+`kernels` ops take on that device).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+Array = Any  # numpy.ndarray on "cpu", torch.Tensor on "cuda"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime needs to know about a loaded model."""
+
+    style_names: tuple[str, ...]
+    default_style: str
+    fsq_levels: tuple[int, ...]
+    latent_ch: int
+    max_steps: int
+    default_steps: int
+    model_dir: str = ""
+
+    @property
+    def downsample(self) -> int:
+        return 8
+
+
+class Encoded(NamedTuple):
+    zq: Array  # (B, d, h, w) tanh(z_cont) in [-1, 1], before FSQ rounding
+    skip: Array  # (B, S, Hp/4, Wp/4)
+
+
+class ModelStages(Protocol):
+    """One engine running the model's stages. Implementations: `TorchStages`
+    (realtime/backends/torch_backend.py), the ONNX Runtime and TensorRT stages."""
+
+    #: engine name for logs and stats, e.g. "torch", "onnxruntime"
+    engine: str
+    #: "cpu" or "cuda": where the arrays live, and which `kernels.get_ops` to use
+    kernel_device: str
+    info: ModelInfo
+
+    def style_vector(self, weights: np.ndarray) -> Array:
+        """(S,) float32 style weights (one-hot or a blend summing to 1) → (1, E) style vector."""
+
+    def encode(self, x: Array) -> Encoded: ...
+
+    def embed(self, levels: Array) -> Array: ...
+
+    def initial(self, emb: Array) -> Array: ...
+
+    def refine(self, z: Array, emb: Array, style_vec: Array, steps: int, first_step: int = 0) -> Array: ...
+
+    def decode(self, z: Array, skip: Array, x: Array) -> Array: ...
+
+    def close(self) -> None: ...
+
+
+def warm_first_step(info: ModelInfo, steps: int) -> int:
+    """The first step embedding a warm start of `steps` steps runs (the last `steps` of max_steps, as trained)."""
+    return info.max_steps - steps
+
+
+def style_names_of(manifest: dict) -> tuple[str, ...]:
+    return tuple(str(s["name"]) for s in manifest["styles"])
+
+
+def info_from_manifest(manifest: dict, model_cfg: dict, model_dir: str = "") -> ModelInfo:
+    """Build `ModelInfo` from a model manifest and its `ModelConfig.to_dict()`."""
+    names = style_names_of(manifest)
+    return ModelInfo(
+        style_names=names,
+        default_style=str(manifest.get("default_style", names[0])),
+        fsq_levels=tuple(int(v) for v in model_cfg["fsq_levels"]),
+        latent_ch=int(model_cfg["latent_ch"]),
+        max_steps=int(model_cfg["max_steps"]),
+        default_steps=int(model_cfg["default_steps"]),
+        model_dir=model_dir,
+    )
+
+
+__all__ = ["Array", "ModelInfo", "Encoded", "ModelStages", "warm_first_step", "info_from_manifest",
+           "style_names_of"]
