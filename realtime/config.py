@@ -14,6 +14,7 @@ from realtime.errors import UserError
 Size = tuple[int, int]  # (width, height)
 
 MAX_SIDE = 8192
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
 def parse_size(text: str) -> Size:
@@ -44,10 +45,14 @@ class BackendConfig:
     style: Optional[str] = None  # None = the backend's default style
     steps: Optional[int] = None  # refine steps K (our model); None = the model's default
     temporal: bool = True
+    precision: str = "auto"  # auto | fp32 | fp16 | int8 (our model's engines; auto = the engine's best)
+    model_dir: Optional[Path] = None  # None = the shipped model
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"unknown --device {self.device!r}: use auto, cpu or cuda")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}")
         if self.steps is not None and not 1 <= self.steps <= 8:
             raise UserError(f"bad --steps {self.steps}: use 1 to 8")
 

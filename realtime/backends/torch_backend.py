@@ -91,4 +91,4 @@ class TorchBackend(ModelBackend):
     name = "torch"
 
     def __init__(self, config: BackendConfig, model_dir: Optional[str | Path] = None) -> None:
-        super().__init__(TorchStages(config.device, model_dir), config)
+        super().__init__(TorchStages(config.device, model_dir or config.model_dir), config)

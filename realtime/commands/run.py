@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from realtime.config import BackendConfig, PipelineConfig, SourceConfig, parse_size
+from realtime.config import PRECISIONS, BackendConfig, PipelineConfig, SourceConfig, parse_size
 from realtime.errors import UserError
 
 SOURCE_HELP = (
@@ -30,6 +30,11 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = Non
                        f"{k} ({v:g} ms)" for k, v in BUDGET_PRESETS.items()))
     p.add_argument("--size", type=str, default=None, metavar="WxH",
                    help="processing size per eye, e.g. 640x360 (default: the source's own size)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="numeric precision of our model (default auto: fp16 on GPUs, fp32 on CPUs; int8 needs "
+                        "'genreal calibrate' first)")
+    p.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help="a model folder from 'genreal distill' (default: the shipped model)")
     p.add_argument("--steps", type=int, default=None, metavar="K", help="refine steps of our model (1-4)")
     p.add_argument("--no-temporal", action="store_true", help="turn temporal latent reuse off")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
@@ -57,7 +62,8 @@ def pipeline_config(args: argparse.Namespace, source: str, sinks: list[str]) -> 
                             max_frames=args.max_frames),
         sinks=tuple(sinks),
         backend=BackendConfig(name=args.backend, device=args.device, style=args.style,
-                              steps=args.steps, temporal=not args.no_temporal),
+                              steps=args.steps, temporal=not args.no_temporal, precision=args.precision,
+                              model_dir=args.model),
         budget_ms=parse_budget(args.budget_ms),
         stats_json=args.stats_json,
     )
