@@ -234,6 +234,23 @@ def test_demo_max_frames_and_size():
     check_frames(frames, (160, 90))
 
 
+def test_demo_live_is_paced_like_a_camera_and_drops_when_slow():
+    src = make_source(SourceConfig("demo:live", size=(64, 36), fps=200.0))  # 150 frames in 0.75 s
+    src.open()
+    try:
+        assert src.live
+        t0 = time.monotonic()
+        got = []
+        for item in src:
+            got.append(item.index)
+            time.sleep(0.02)  # a consumer four times slower than the camera
+        elapsed = time.monotonic() - t0
+    finally:
+        src.close()
+    assert elapsed >= 149 / 200.0 * 0.9  # frames arrive at the camera's rate, not faster
+    assert len(got) < 100 and got == sorted(got) and src.dropped > 0  # newer frames replaced old ones
+
+
 def _interior_error(a: np.ndarray, b: np.ndarray, margin: int = 8) -> float:
     return float(np.abs(a.astype(np.float64) - b)[margin:-margin, margin:-margin].mean())
 

@@ -10,7 +10,7 @@ from realtime.config import PRECISIONS, BackendConfig, PipelineConfig, SourceCon
 from realtime.errors import UserError
 
 SOURCE_HELP = (
-    "webcam:N, a video file, a URL (rtsp://, http://, ...), images:GLOB, demo, demo:stereo, "
+    "webcam:N, a video file, a URL (rtsp://, http://, ...), images:GLOB, demo, demo:live (paced like a camera), demo:stereo, "
     "or stereo forms sbs:SRC, tb:SRC, pair:SRC_L,SRC_R"
 )
 SINK_HELP = "window, a file path (.mp4 H.264, .mkv FFV1, ...), vcam, or null; repeat for several"

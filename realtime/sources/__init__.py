@@ -6,7 +6,7 @@ Specs (DESIGN.md §4):
 - a video file path (or ``file://PATH``), or a stream URL: ``rtsp://``, ``rtmp://``,
   ``http(s)://``, ``udp://``, ``tcp://``, ``srt://`` (PyAV)
 - ``images:GLOB`` — sorted still images played as a video
-- ``demo`` / ``demo:stereo`` — the built-in clips (no camera needed)
+- ``demo`` / ``demo:live`` / ``demo:stereo`` — the built-in clips (no camera needed; ``demo:live`` is paced like a camera)
 - stereo: ``sbs:SRC`` (left | right), ``tb:SRC`` (top = left eye), ``pair:SRC_L,SRC_R``
 
 Source modules import OpenCV and PyAV only when a source is opened.
@@ -24,7 +24,7 @@ from realtime.sources.base import Source
 __all__ = ["ACCEPTED_FORMS", "Source", "make_source"]
 
 ACCEPTED_FORMS = ("webcam:N, a video file, a stream URL (rtsp://, rtmp://, http(s)://, udp://, tcp://, srt://), "
-                  "images:GLOB, demo, demo:stereo, sbs:SRC, tb:SRC or pair:SRC_L,SRC_R")
+                  "images:GLOB, demo, demo:live, demo:stereo, sbs:SRC, tb:SRC or pair:SRC_L,SRC_R")
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_+-]*):")
@@ -81,9 +81,11 @@ def _make_prefixed(cfg: SourceConfig, kind: str, rest: str) -> Source:
 
         if rest in ("", "mono"):
             return DemoSource(cfg)
+        if rest == "live":
+            return DemoSource(cfg, live=True)
         if rest == "stereo":
             return StereoDemoSource(cfg)
-        raise UserError(f"unknown demo {spec!r}: use demo or demo:stereo")
+        raise UserError(f"unknown demo {spec!r}: use demo, demo:live (paced like a camera) or demo:stereo")
     if kind in ("sbs", "tb"):
         from realtime.sources.stereo import SplitStereoSource
 

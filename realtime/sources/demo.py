@@ -11,12 +11,18 @@ from realtime.sources.synthetic import DEMO_FPS, DEMO_FRAMES, DEMO_SIZE, DemoCli
 
 
 class DemoSource(ThreadedSource):
-    """The mono demo clip: 150 frames, 640×360 (or `cfg.size`) at 30 fps (or `cfg.fps`)."""
+    """The mono demo clip: 150 frames, 640×360 (or `cfg.size`) at 30 fps (or `cfg.fps`).
+
+    With `live` (``demo:live``) it behaves like a camera: frames are produced in real time at the
+    clip's rate and a newer frame replaces one the pipeline has not taken yet (counted as dropped),
+    so capture→display latency means what it means for a webcam.
+    """
 
     live = False
 
-    def __init__(self, cfg: SourceConfig) -> None:
+    def __init__(self, cfg: SourceConfig, live: bool = False) -> None:
         super().__init__(cfg)
+        self.live = live
         self.clip: Optional[DemoClip] = None
 
     @property
@@ -28,9 +34,16 @@ class DemoSource(ThreadedSource):
 
     def _produce(self) -> Iterator[Frame]:
         assert self.clip is not None
+        start = time.monotonic()
         for t in range(len(self.clip)):
             if self.closed:
                 return
+            if self.live:  # a camera delivers frame t at start + t / fps, not earlier
+                delay = start + t / self.fps - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                    if self.closed:
+                        return
             image = self.clip.frame(t)
             yield Frame(image, t, time.monotonic_ns(), t / self.fps)
 
