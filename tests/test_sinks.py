@@ -247,7 +247,7 @@ def fake_pyvirtualcam(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="v4l2loopback is Linux only")
-def test_vcam_without_loopback_device_names_modprobe(monkeypatch, tmp_path):
+def test_vcam_without_loopback_device_names_modprobe(fake_pyvirtualcam, monkeypatch, tmp_path):
     monkeypatch.setattr("realtime.sinks.vcam.V4L2_SYSFS", tmp_path / "no-such-dir")
     with pytest.raises(UserError, match="modprobe v4l2loopback"):
         make_sink("vcam")
