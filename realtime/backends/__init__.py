@@ -3,9 +3,14 @@
 Register a backend by adding an entry to `_REGISTRY` ("module:Class"). The class is built as
 ``cls(config)`` with a `BackendConfig`; it raises `UserError` when it cannot run here
 (missing package, no GPU, missing weights). ``--backend auto`` tries `AUTO_ORDER` in turn.
+
+`AUTO_ORDER` entries are ``name`` or ``name:device``: the device an entry is tried on (with
+``--device auto``; an explicit ``--device`` skips entries for the other device). Nothing is
+silently changed for an explicit ``--backend``: it runs as asked or fails with a `UserError`.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from typing import Callable
@@ -20,10 +25,14 @@ _REGISTRY: dict[str, str] = {
     "teacher": "realtime.backends.teacher:TeacherBackend",
     "identity": "realtime.backends.identity:IdentityBackend",
     "torch": "realtime.backends.torch_backend:TorchBackend",
+    "onnxruntime": "realtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "tensorrt": "realtime.backends.tensorrt_backend:TensorRTBackend",
 }
 
-#: what --backend auto tries, best first (later issues put our model's backends in front)
-AUTO_ORDER: tuple[str, ...] = ("torch", "teacher")
+#: what --backend auto tries, best first: TensorRT, ONNX Runtime on CUDA, torch on CUDA, ONNX Runtime on
+#: the CPU (the default here); then torch on --device (a model folder without exported graphs) and the teacher
+AUTO_ORDER: tuple[str, ...] = ("tensorrt:cuda", "onnxruntime:cuda", "torch:cuda", "onnxruntime:cpu", "torch",
+                               "teacher")
 
 
 def backend_names() -> list[str]:
@@ -44,14 +53,21 @@ def create_backend(config: BackendConfig) -> Backend:
     if config.name != "auto":
         return _load(config.name)(config)
     reasons = []
-    for name in AUTO_ORDER:
-        try:
-            backend = _load(name)(config)
-        except UserError as exc:
-            reasons.append(f"{name}: {exc}")
+    for entry in AUTO_ORDER:
+        name, _, device = entry.partition(":")
+        if name not in _REGISTRY:
+            reasons.append(f"{entry}: not available in this install")
             continue
-        why = f" (skipped {'; '.join(reasons)})" if reasons else ""
-        log.info("backend auto: chose %s on %s%s", name, backend.device, why)
+        if device and config.device not in ("auto", device):
+            continue  # the user pinned the other device
+        try:
+            backend = _load(name)(dataclasses.replace(config, name=name, device=device or config.device))
+        except UserError as exc:
+            reasons.append(f"{entry}: {exc}")
+            continue
+        why = f"; skipped {' | '.join(reasons)}" if reasons else ""
+        log.info("backend auto: chose %s on %s (first of %s that starts here%s)", name, backend.device,
+                 " > ".join(AUTO_ORDER), why)
         return backend
     raise UserError("no backend can run here: " + "; ".join(reasons))
 
