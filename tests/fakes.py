@@ -86,3 +86,12 @@ class RecordingSink(Sink):
 
     def close(self) -> None:
         self.closed += 1
+
+
+def assert_one_line_error(capsys, code: int, *words: str) -> None:
+    """The CLI failed as a user error: exit 2, one line on stderr naming the problem, no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("genreal: error:") and "\n" not in err and "Traceback" not in err, err
+    for word in words:
+        assert word.lower() in err.lower(), err

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from realtime.cli import main
+from tests.fakes import assert_one_line_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,14 +46,6 @@ def read_clip(path: Path) -> tuple[list[np.ndarray], list[float]]:
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "realtime.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
-
-
-def assert_one_line_error(capsys, code: int, *words: str) -> None:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("genreal: error:") and "\n" not in err and "Traceback" not in err, err
-    for word in words:
-        assert word.lower() in err.lower(), err
 
 
 def test_help_lists_the_commands(capsys):

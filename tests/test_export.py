@@ -14,17 +14,10 @@ from models.manifest import default_model_dir
 from models.model import ModelConfig
 from realtime.cli import main
 from realtime.errors import UserError
+from tests.fakes import assert_one_line_error  # noqa: E402
 
 SHIPPED = default_model_dir()
 CFG = ModelConfig()
-
-
-def assert_one_line_error(capsys, code: int, *words: str) -> None:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("genreal: error:") and "\n" not in err and "Traceback" not in err, err
-    for word in words:
-        assert word.lower() in err.lower(), err
 
 
 # -- specs ----------------------------------------------------------------------------------------

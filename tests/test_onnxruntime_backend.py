@@ -18,17 +18,10 @@ from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend, OrtStages
 from realtime.cli import main
 from realtime.config import BackendConfig
 from realtime.errors import UserError
+from tests.fakes import assert_one_line_error  # noqa: E402
 
 SHIPPED = default_model_dir()
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def assert_one_line_error(capsys, code: int, *words: str) -> None:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("genreal: error:") and "\n" not in err and "Traceback" not in err, err
-    for word in words:
-        assert word.lower() in err.lower(), err
 
 
 def image(w: int, h: int, seed: int = 0) -> np.ndarray:
