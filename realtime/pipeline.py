@@ -2,8 +2,10 @@
 
 - The capture thread iterates the source. Live sources never block: a newer frame replaces an
   unprocessed one (counted as dropped). File sources never drop: the thread waits for room.
-- The infer thread runs the backend's preprocess / stylize / postprocess. In live mode a frame
-  already older than ``--budget-ms`` when inference would start is dropped.
+- The infer thread runs the backend's preprocess / stylize / postprocess. With ``--budget-ms`` a
+  `BudgetController` picks the backend's refine steps / internal scale / reuse thresholds per frame;
+  in live mode a frame that cannot make its deadline (its age plus the predicted cost exceeds the
+  budget) is dropped before inference.
 - The output stage runs on the calling (main) thread, so window toolkits and Ctrl-C behave:
   it writes every sink, measures capture→display latency and handles the window's keys.
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 from realtime.backends.base import Backend, next_style
+from realtime.budget import BudgetController
 from realtime.errors import UserError
 from realtime.frame import Item
 from realtime.sinks.base import Overlay, Sink
@@ -107,6 +110,10 @@ class Pipeline:
         self._in: _Channel = LatestSlot() if self.live else queue.Queue(maxsize=queue_size)
         self._out: _Channel = LatestSlot() if self.live else queue.Queue(maxsize=queue_size)
         self._errors: list[BaseException] = []
+        self.budget: Optional[BudgetController] = None
+        if budget_ms is not None:
+            scales = (1.0, 0.75, 0.5) if backend.supports_choices else (1.0,)
+            self.budget = BudgetController(budget_ms, backend.budget_steps(), scales=scales)
 
     # -- control ---------------------------------------------------------------
     def stop(self) -> None:
@@ -202,12 +209,16 @@ class Pipeline:
                 if self._stop.is_set():
                     break
                 age_ms = (time.monotonic_ns() - item.capture_ns) / 1e6
-                if self.live and self.budget_ms is not None and age_ms > self.budget_ms:
+                if self.live and self.budget is not None and self.budget.should_drop(age_ms):
                     self.stats.count("dropped_late")
                     continue
                 self.stats.add_stage("queue", age_ms)
                 self._apply_controls()
+                if self.budget is not None:
+                    self.backend.apply_choice(self.budget.start_frame())
                 done = self._stylize(item)
+                if self.budget is not None:  # age + work + the output stage's expected cost
+                    self.budget.end_frame(extra_ms=age_ms + self.budget.stage_ema.get("output", 0.0))
                 if not self._put(self._out, done, "dropped_output"):
                     break
         except BaseException as exc:
@@ -251,7 +262,10 @@ class Pipeline:
             t0 = time.perf_counter()
             for sink in self.sinks:
                 sink.write(item, overlay)
-            self.stats.add_stage("output", (time.perf_counter() - t0) * 1e3)
+            out_ms = (time.perf_counter() - t0) * 1e3
+            self.stats.add_stage("output", out_ms)
+            if self.budget is not None:
+                self.budget.observe_stage("output", out_ms)
             self.stats.add_output((time.monotonic_ns() - item.capture_ns) / 1e6)
             for sink in self.sinks:
                 for key in sink.poll_keys():
@@ -290,7 +304,11 @@ class Pipeline:
                 if t.is_alive():
                     log.warning("thread %s did not stop within 2 s", t.name)
             self.stats.elapsed_s = time.perf_counter() - t_start
-            self.stats.extra.update(self.backend.stats())
+            backend_stats = dict(self.backend.stats())
+            self.stats.temporal = backend_stats.pop("temporal", {}) or {}
+            self.stats.extra.update(backend_stats)
+            if self.budget is not None:
+                self.stats.budget = self.budget.stats()
             close_error = self._close_sinks()
             error = error or close_error
         if error is not None:

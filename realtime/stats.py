@@ -56,6 +56,8 @@ class RunStats:
     stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     end_to_end: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    temporal: dict[str, Any] = field(default_factory=dict)  # the temporal cache's counters (our model)
+    budget: dict[str, Any] = field(default_factory=dict)  # the budget controller's choices and misses
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -99,6 +101,8 @@ class RunStats:
                 "interrupted": self.interrupted,
                 "fps": round(fps, 2),
                 **({"backend_stats": self.extra} if self.extra else {}),
+                **({"temporal": self.temporal} if self.temporal else {}),
+                **({"budget": self.budget} if self.budget else {}),
             }
 
     def summary(self) -> str:
@@ -117,6 +121,14 @@ class RunStats:
             lines.append(f"{name:<16}{p['p50_ms']:>10.1f}{p['p95_ms']:>10.1f}{p['p99_ms']:>10.1f}{p['mean_ms']:>10.1f}")
         for key, value in self.extra.items():
             lines.append(f"{key}: {value}")
+        if self.temporal:
+            t = self.temporal
+            lines.append(f"temporal: {100 * t.get('tokens_recomputed_frac', 0):.1f}% of tokens recomputed, "
+                         f"{t.get('skips', 0)} frames reused, {t.get('resets', 0)} scene resets")
+        if self.budget:
+            b = self.budget
+            lines.append(f"budget choices: {', '.join(f'{k} ×{v}' for k, v in b.get('choices', {}).items())}; "
+                         f"{b.get('misses', 0)} misses")
         return "\n".join(lines)
 
     def write_json(self, path: Path) -> None:

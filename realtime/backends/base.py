@@ -61,6 +61,18 @@ class Backend(ABC):
     def reset(self) -> None:
         """Forget temporal state (scene cut, style switch, seek)."""
 
+    # -- latency budget (realtime/budget.py) -------------------------------------------
+    #: whether `apply_choice` changes anything (our model: steps K, internal scale, reuse thresholds)
+    supports_choices: bool = False
+
+    def budget_steps(self) -> int:
+        """The refine steps the budget controller starts from (its best rung)."""
+        return 1
+
+    def apply_choice(self, choice: Any) -> None:
+        """Take the budget controller's per-frame `realtime.budget.Choice`; backends without such
+        knobs ignore it."""
+
     def stats(self) -> dict[str, Any]:
         """Backend-specific counters for the run summary (e.g. tokens recomputed)."""
         return {}

@@ -2,6 +2,11 @@
 `ModelStages` (torch, ONNX Runtime, TensorRT). The engine runs the stages; this class owns
 pre/postprocessing (the `kernels` ops), styles and the per-frame stage order.
 
+With temporal reuse on (the default), `infer` consults a `TemporalCache` (realtime/temporal.py) and
+runs the stages only where the picture changed; with it off (`--no-temporal`) every frame runs the
+full per-frame path, bit-identical to a fresh backend. The budget controller (realtime/budget.py)
+may lower the refine steps and the internal resolution per frame through `apply_choice`.
+
 Styles are the model's named styles (`genreal styles`), or blends like ``cel:0.5,starry:0.5``
 (blending = blending style embeddings; nothing is rebuilt on a switch).
 """
@@ -13,9 +18,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from realtime.backends.base import Backend
-from realtime.backends.stages import ModelStages
+from realtime.backends.stages import ModelStages, warm_first_step
 from realtime.config import BackendConfig
 from realtime.errors import UserError
+from realtime.temporal import TemporalCache, TemporalConfig, grey_of, shift_affine
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +53,13 @@ class ModelBackend(Backend):
     """Our model, frame by frame, on the engine `stages`.
 
     Subclasses name the engine (`name`) and build the stages in their constructor. Temporal reuse
-    hooks in at `infer` (see realtime/temporal.py when present).
+    hooks in at `infer` (see realtime/temporal.py).
     """
 
     name = "model"
 
-    def __init__(self, stages: ModelStages, config: BackendConfig) -> None:
+    def __init__(self, stages: ModelStages, config: BackendConfig,
+                 temporal_config: Optional[TemporalConfig] = None) -> None:
         super().__init__()
         import kernels
 
@@ -63,7 +70,12 @@ class ModelBackend(Backend):
         if config.steps is not None and not 1 <= config.steps <= self.info.max_steps:
             raise UserError(f"bad --steps {config.steps}: this model runs 1 to {self.info.max_steps} steps")
         self.steps = config.steps or self.info.default_steps
+        self._base_steps = self.steps
         self.temporal = bool(config.temporal)
+        self.scale = 1.0  # internal resolution scale (budget controller)
+        self.cache = TemporalCache(temporal_config or TemporalConfig())
+        self._greys: Optional[list[np.ndarray]] = None
+        self._choices: dict[str, int] = {}
         self._style = ""
         self._style_vec: Any = None
         self._valid_hw: Optional[tuple[int, int]] = None
@@ -83,25 +95,140 @@ class ModelBackend(Backend):
         self._style = str(name)
         self.reset()
 
+    # -- temporal state and budget choices -------------------------------------------------
+    def reset(self) -> None:
+        if hasattr(self, "cache"):
+            self.cache.reset()
+
+    supports_choices = True
+
+    def budget_steps(self) -> int:
+        return self._base_steps
+
+    def apply_choice(self, choice: Any) -> None:
+        """Take the budget controller's per-frame choice (steps K, internal scale, reuse multiplier)."""
+        self.steps = max(1, min(int(choice.steps), self.info.max_steps))
+        self.scale = float(choice.scale)
+        self.cache.reuse = float(choice.reuse)
+
     # -- the three steps ----------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> Any:
         shapes = {img.shape for img in images}
         if len(shapes) != 1:
             raise ValueError(f"all eyes must have the same size, got {sorted(shapes)}")
-        self._valid_hw = images[0].shape[:2]
-        return self.ops.preprocess(list(images), fmt="rgb")  # (B, 3, Hp, Wp) float32
+        h, w = images[0].shape[:2]
+        if self.scale == 1.0:
+            self._valid_hw = (h, w)
+            x = self.ops.preprocess(list(images), fmt="rgb")  # (B, 3, Hp, Wp) float32
+        else:
+            hs, ws = max(8, round(h * self.scale)), max(8, round(w * self.scale))
+            self._valid_hw = (hs, ws)
+            x = self.ops.preprocess(list(images), fmt="rgb", out_size=(ws, hs))  # (B, 3, Hs_p, Ws_p)
+        if self.temporal:
+            self._greys = [self._grey(img) for img in images]
+        return x
+
+    def _grey(self, image: np.ndarray) -> np.ndarray:
+        g = grey_of(image)  # (H, W)
+        if self._valid_hw != g.shape:
+            import cv2
+
+            g = cv2.resize(g, (self._valid_hw[1], self._valid_hw[0]), interpolation=cv2.INTER_AREA)
+        return g
 
     def infer(self, x: Any) -> Any:
+        if not self.temporal or self._greys is None:
+            return self._full(x)[2]
+        return self._infer_temporal(x)
+
+    def _full(self, x: Any) -> tuple[Any, Any, Any]:
+        """The per-frame path → (levels (B, d, h, w), z (B, C, h, w), rgb (B, 3, Hp, Wp))."""
         st = self.stages
         enc = st.encode(x)
         levels, _ = self.ops.fsq_hysteresis(enc.zq, None, self.info.fsq_levels, 0.0)  # (B, d, h, w)
         emb = st.embed(levels)
         z = st.refine(st.initial(emb), emb, self._style_vec, self.steps, 0)
-        return st.decode(z, enc.skip, x)  # (B, 3, Hp, Wp)
+        return levels, z, st.decode(z, enc.skip, x)  # (B, 3, Hp, Wp)
+
+    def _infer_temporal(self, x: Any) -> Any:
+        cache, cfg = self.cache, self.cache.config
+        b, _, hp, wp = x.shape
+        ntok = b * (hp // 8) * (wp // 8)
+        plan, sigs, small = cache.plan(self._greys, hp, wp)
+        self._greys = None
+        if plan.mode == "skip":
+            cache.small_prev = small
+            cache.record(plan, 0, ntok)
+            return cache.y
+        if plan.mode == "crop":
+            return self._infer_crop(x, plan, sigs, small, ntok)
+        if plan.mode == "motion":
+            y = self._infer_motion(x, plan, sigs, small, ntok)
+            if y is not None:
+                return y
+            plan.mode, plan.reason = "full", "rekey"
+        levels, z, y = self._full(x)
+        cache.store_full(levels, z, y, sigs, small, (b, hp, wp))
+        cache.record(plan, ntok, ntok)
+        return y
+
+    def _infer_crop(self, x: Any, plan: Any, sigs: np.ndarray, small: np.ndarray, ntok: int) -> Any:
+        """Still camera, a few tiles changed: run the stages on the padded crop, paste the inner part."""
+        st, cache = self.stages, self.cache
+        ty0, ty1, tx0, tx1 = plan.box
+        iy0, iy1, ix0, ix1 = plan.inner
+        xc = x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
+        if isinstance(xc, np.ndarray):
+            xc = np.ascontiguousarray(xc)
+        enc = st.encode(xc)
+        prev = cache.levels[:, :, ty0:ty1, tx0:tx1]
+        levels, _ = self.ops.fsq_hysteresis(enc.zq, prev, self.info.fsq_levels, cache.config.hysteresis_margin)
+        emb = st.embed(levels)
+        z = st.refine(st.initial(emb), emb, self._style_vec, self.steps, 0)
+        yc = st.decode(z, enc.skip, xc)  # (B, 3, crop h, crop w)
+        ry0, ry1, rx0, rx1 = iy0 - ty0, iy1 - ty0, ix0 - tx0, ix1 - tx0  # inner box inside the crop, tokens
+        cache.levels[:, :, iy0:iy1, ix0:ix1] = levels[:, :, ry0:ry1, rx0:rx1]
+        cache.z[:, :, iy0:iy1, ix0:ix1] = z[:, :, ry0:ry1, rx0:rx1]
+        cache.y[:, :, iy0 * 8:iy1 * 8, ix0 * 8:ix1 * 8] = yc[:, :, ry0 * 8:ry1 * 8, rx0 * 8:rx1 * 8]
+        cache.sig_ref[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2] = sigs[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2]
+        cache.small_prev = small
+        cache.record(plan, x.shape[0] * (ty1 - ty0) * (tx1 - tx0), ntok)
+        return cache.y
+
+    def _infer_motion(self, x: Any, plan: Any, sigs: np.ndarray, small: np.ndarray, ntok: int) -> Any:
+        """Global motion since the key frame: warp the key latent to this view, restart it where content
+        newly came into view, warm-start the refiner from it with fewer steps. None when too much is
+        new (the caller computes a new key frame)."""
+        from kernels.spec import affine_to_latent
+
+        st, cache, cfg, ops = self.stages, self.cache, self.cache.config, self.ops
+        b, _, hp, wp = x.shape
+        a_lat = affine_to_latent(shift_affine(*plan.shift))  # latent output px → previous latent px
+        enc = st.encode(x)
+        # tokens on a grid that moved by a fraction of a cell are not comparable level by level: quantize
+        # afresh (as the full path does) and restart the latent only where content newly came into view
+        levels, _ = ops.fsq_hysteresis(enc.zq, None, self.info.fsq_levels, 0.0)
+        ones = _ones_like(cache.z, (b, 1) + tuple(cache.z.shape[2:]))
+        seen = ops.warp_affine(ones, a_lat, border="zeros")[:, 0] > 0.999  # (B, h, w) visible before
+        mask = ops.dilate_mask(~seen, cfg.dilate)  # (B, h, w) restart here
+        frac = float(mask.float().mean()) if hasattr(mask, "float") else float(mask.mean())
+        if frac > cfg.rekey_frac:
+            return None
+        emb = st.embed(levels)
+        z0 = ops.warp_and_blend(cache.z, a_lat, st.initial(emb), mask)
+        k = min(cfg.warm_steps, self.steps)
+        z = st.refine(z0, emb, self._style_vec, k, warm_first_step(self.info, k))
+        y = st.decode(z, enc.skip, x)
+        cache.y, cache.small_prev = y, small  # the key frame's tokens and latent stay as they are
+        cache.record(plan, int(round(frac * ntok)), ntok)
+        return y
 
     def postprocess(self, y: Any, like: Sequence[np.ndarray]) -> list[np.ndarray]:
         h, w = like[0].shape[:2]
-        out = self.ops.postprocess(y, valid_hw=(h, w))
+        if self._valid_hw is None or self._valid_hw == (h, w):
+            out = self.ops.postprocess(y, valid_hw=(h, w))
+        else:  # internal resolution below the input's: back to the input size
+            out = self.ops.postprocess(y, valid_hw=self._valid_hw, out_size=(w, h))
         if getattr(out, "ndim", 0) == 3:
             out = out[None]
         if not isinstance(out, np.ndarray):  # a CUDA tensor: one copy back to the host
@@ -109,8 +236,25 @@ class ModelBackend(Backend):
         return [np.ascontiguousarray(out[i]) for i in range(len(like))]
 
     def stats(self) -> dict[str, Any]:
-        return {"engine": self.stages.engine, "steps": self.steps}
+        d: dict[str, Any] = {"engine": self.stages.engine, "steps": self.steps}
+        if self.cache.stats.frames:
+            d["temporal"] = self.cache.stats.to_dict()
+        return d
 
     def close(self) -> None:
         self.reset()
         self.stages.close()
+
+
+def _float(a: Any) -> Any:
+    return a.astype(np.float32) if isinstance(a, np.ndarray) else a.float()
+
+
+def _round_int(a: Any) -> Any:
+    return np.rint(a).astype(np.int32) if isinstance(a, np.ndarray) else a.round().int()
+
+
+def _ones_like(a: Any, shape: tuple) -> Any:
+    if isinstance(a, np.ndarray):
+        return np.ones(shape, np.float32)
+    return a.new_ones(shape, dtype=a.dtype).float()

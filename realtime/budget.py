@@ -1,0 +1,146 @@
+"""The latency-budget controller: per frame, pick refine steps K, internal resolution scale and
+reuse thresholds so that capture→display stays within ``--budget-ms`` (DESIGN.md §1).
+
+It walks a quality ladder, best first::
+
+    (K=default, scale 1) … (K=1, scale 1) → (K=1, scale 0.75, reuse ×1.5) → (K=1, scale 0.5, reuse ×2)
+
+from the moving average of the measured frame latency: above ``headroom × budget`` (or on a deadline
+miss) it steps one rung cheaper at once; below ``raise_below × budget`` for ``patience`` frames in a
+row, and when the rung above is predicted to fit (its own moving average, if it was seen), it steps
+one rung better. Per-stage costs are kept as moving averages too, so the pipeline can predict
+whether a live frame can still make its deadline (`should_drop`).
+
+The clock is injectable (`clock=`) so tests drive it with a fake one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+log = logging.getLogger(__name__)
+
+#: --budget-ms presets (ms): 30 fps video and VR refresh rates
+BUDGET_PRESETS: dict[str, float] = {"30fps": 33.3, "vr72": 13.9, "vr90": 11.1, "vr120": 8.3}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the backend runs for one frame."""
+
+    steps: int  # refine steps K
+    scale: float = 1.0  # internal resolution, relative to the input
+    reuse: float = 1.0  # temporal change-threshold multiplier (> 1 reuses more)
+
+    @property
+    def label(self) -> str:
+        return f"K={self.steps},scale={self.scale:g}"
+
+
+def ladder(default_steps: int, scales: tuple[float, ...] = (1.0, 0.75, 0.5)) -> list[Choice]:
+    """The quality ladder, best first."""
+    rungs = [Choice(k, scales[0], 1.0) for k in range(max(1, default_steps), 0, -1)]
+    rungs += [Choice(1, s, 1.0 + 2.0 * (1.0 - s)) for s in scales[1:]]
+    return rungs
+
+
+class BudgetController:
+    """Chooses a `Choice` per frame from measured latencies.
+
+    Use::
+
+        choice = ctl.start_frame()        # before preprocess; apply it to the backend
+        ...                               # run the frame
+        ctl.end_frame(extra_ms=age_ms)    # after it was shown: clock time since start + extra
+    """
+
+    def __init__(self, budget_ms: float, default_steps: int, scales: tuple[float, ...] = (1.0, 0.75, 0.5),
+                 alpha: float = 0.2, headroom: float = 0.85, raise_below: float = 0.6, patience: int = 15,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if not budget_ms > 0:
+            raise ValueError(f"budget_ms must be positive, got {budget_ms}")
+        self.budget_ms = float(budget_ms)
+        self.rungs = ladder(default_steps, scales)
+        self.level = 0  # index into rungs
+        self.alpha, self.headroom, self.raise_below, self.patience = alpha, headroom, raise_below, patience
+        self.clock = clock
+        self.frame_ema: Optional[float] = None  # ms, whole frame at the current rung
+        self.rung_ema: dict[int, float] = {}  # ms per rung, as last seen
+        self.stage_ema: dict[str, float] = {}  # ms per stage
+        self.misses = 0
+        self.frames = 0
+        self.changes = 0
+        self.choices: Counter[str] = Counter()
+        self._calm = 0
+        self._t0: Optional[float] = None
+
+    @property
+    def choice(self) -> Choice:
+        return self.rungs[self.level]
+
+    def start_frame(self) -> Choice:
+        self._t0 = self.clock()
+        self.choices[self.choice.label] += 1
+        return self.choice
+
+    def observe_stage(self, stage: str, ms: float) -> None:
+        old = self.stage_ema.get(stage)
+        self.stage_ema[stage] = ms if old is None else old + self.alpha * (ms - old)
+
+    def predicted_ms(self) -> float:
+        """Expected cost of one frame at the current rung, from start to display (0 if unknown)."""
+        return self.rung_ema.get(self.level, self.frame_ema or 0.0)
+
+    def should_drop(self, age_ms: float) -> bool:
+        """Live input: a frame already `age_ms` old cannot make the budget."""
+        return age_ms + self.predicted_ms() > self.budget_ms
+
+    def end_frame(self, extra_ms: float = 0.0) -> float:
+        """Record the frame started by `start_frame`; `extra_ms` is time outside the clock span (the
+        frame's age when it started). Returns the latency and adapts the rung."""
+        if self._t0 is None:
+            raise RuntimeError("end_frame without start_frame")
+        work = (self.clock() - self._t0) * 1e3
+        self._t0 = None
+        latency = work + extra_ms
+        self.frames += 1
+        old = self.rung_ema.get(self.level)
+        self.rung_ema[self.level] = work if old is None else old + self.alpha * (work - old)
+        self.frame_ema = latency if self.frame_ema is None else self.frame_ema + self.alpha * (latency - self.frame_ema)
+        missed = latency > self.budget_ms
+        self.misses += missed
+        self._adapt(missed)
+        return latency
+
+    def _adapt(self, missed: bool) -> None:
+        assert self.frame_ema is not None
+        if (missed or self.frame_ema > self.headroom * self.budget_ms) and self.level < len(self.rungs) - 1:
+            self._move(+1)
+            return
+        if self.frame_ema < self.raise_below * self.budget_ms and self.level > 0:
+            self._calm += 1
+            better = self.rung_ema.get(self.level - 1)
+            fits = better is None or better < self.headroom * self.budget_ms
+            if self._calm >= self.patience and fits:
+                self._move(-1)
+        else:
+            self._calm = 0
+
+    def _move(self, step: int) -> None:
+        self.level += step
+        self.changes += 1
+        self._calm = 0
+        # the new rung's cost is its own: start its average from what was last seen there
+        self.frame_ema = self.rung_ema.get(self.level, self.frame_ema)
+        log.debug("budget: %s (frame ≈ %.1f ms of %.1f)", self.choice.label, self.frame_ema or 0, self.budget_ms)
+
+    def stats(self) -> dict[str, Any]:
+        return {"budget_ms": self.budget_ms, "frames": self.frames, "misses": self.misses,
+                "changes": self.changes, "choices": dict(self.choices), "final": self.choice.label,
+                "stage_ema_ms": {k: round(v, 3) for k, v in self.stage_ema.items()}}
+
+
+__all__ = ["BudgetController", "Choice", "ladder", "BUDGET_PRESETS"]

@@ -1,0 +1,233 @@
+"""Temporal latent reuse: the restyled world holds still when the world holds still (DESIGN.md §1, §3).
+
+`TemporalCache` keeps the previous frame's tokens (FSQ levels), latent and output, plus a cheap
+per-token change signature of the input. Per frame, `plan()` decides one of:
+
+- ``full``: nothing usable cached (first frame, size change, scene cut): run every stage;
+- ``skip``: no token tile changed and the camera did not move: reuse the previous output;
+- ``crop``: still camera, a few tiles changed: run the stages only on an 8-px aligned crop around the
+  changed tiles (plus a margin covering the model's receptive field) and paste the inner part into the
+  cached tokens / latent / output;
+- ``motion``: the camera moved since the key frame (the last fully computed one; global translation
+  from phase correlation of small grey frames, key → now, so estimates do not accumulate errors):
+  warp the key frame's latent to the current view, re-encode and re-quantize the current frame,
+  restart the latent only where content newly came into view, and warm-start the refiner from it
+  with fewer steps (one warm step on a fully computed latent, as the model was trained; applying
+  the warm step recursively frame after frame would drift). When too much is newly visible, or the
+  camera came to rest, the frame is computed in full and becomes the new key frame.
+
+Noise robustness: the change signature is the mean grey of 4×4-pixel blocks (sensor noise shrinks 4×)
+compared per 8×8 token tile against the signature stored when the tile was last computed (so slow
+drifts still add up), and FSQ levels only flip when the new level clearly wins (`hysteresis_margin`).
+
+Stereo: a batch of two eyes shares one decision (one crop box, the left eye's motion, one cut / skip),
+so both views are restyled from the same evidence and stay consistent.
+
+Nothing here imports torch: arrays are those of the engine (numpy on "cpu"); slicing and the
+`kernels` ops work on both numpy arrays and CUDA tensors.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TOKEN = 8  # image pixels per token (the model's downsampling)
+BLOCK = 4  # change-signature block side in image pixels
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    """Thresholds of the temporal cache (the budget controller scales `change_thresh` via `reuse`)."""
+
+    change_thresh: float = 6.0  # max |Δ mean grey| (0..255) of a 4×4 block in a token tile that counts as a change
+    hysteresis_margin: float = 0.3  # FSQ: a level flips only when it wins by this much (in level spacings)
+    dilate: int = 1  # token-mask dilation radius
+    cut_frac: float = 0.5  # more changed tokens than this: a scene cut, reset
+    crop_margin: int = 3  # tokens of context around the changed box (≥ the decoder's receptive field / 8)
+    max_crop_frac: float = 0.6  # a crop larger than this fraction of the frame: compute everything instead
+    grey_width: int = 320  # phase-correlation frame width
+    motion_min_px: float = 0.5  # global shifts below this (image px) count as a still camera
+    motion_conf: float = 0.15  # phase-correlation response below this: no reliable global motion
+    rekey_frac: float = 0.25  # under motion, more newly visible tokens than this: compute a new key frame
+    warm_steps: int = 1  # refine steps from a warm (warped) start
+
+
+@dataclass
+class Plan:
+    """What `ModelBackend.infer` runs for one frame."""
+
+    mode: str  # "full" | "skip" | "crop" | "motion"
+    box: Optional[tuple[int, int, int, int]] = None  # crop in tokens (ty0, ty1, tx0, tx1), margin included
+    inner: Optional[tuple[int, int, int, int]] = None  # the part pasted back, in tokens
+    shift: Optional[tuple[float, float]] = None  # (dx, dy) image px: content moved by this since the last frame
+    reason: str = ""
+
+
+def grey_of(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) → float32 grey (H, W), 0..255."""
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def signature(grey: np.ndarray, hp: int, wp: int) -> np.ndarray:
+    """Grey (H, W) padded (edge) to (Hp, Wp) → (Hp/4, Wp/4) float32 block means."""
+    h, w = grey.shape
+    g = np.pad(grey, ((0, hp - h), (0, wp - w)), mode="edge") if (h, w) != (hp, wp) else grey
+    return g.reshape(hp // BLOCK, BLOCK, wp // BLOCK, BLOCK).mean(axis=(1, 3), dtype=np.float32)
+
+
+def tile_change(sig: np.ndarray, ref: np.ndarray, thresh: float) -> np.ndarray:
+    """(Hp/4, Wp/4) signatures → (Hp/8, Wp/8) bool: a token tile changed when any of its blocks did."""
+    d = np.abs(sig - ref) > thresh
+    r = TOKEN // BLOCK
+    return d.reshape(d.shape[0] // r, r, d.shape[1] // r, r).any(axis=(1, 3))
+
+
+def small_grey(grey: np.ndarray, width: int) -> np.ndarray:
+    import cv2
+
+    h, w = grey.shape
+    f = min(1.0, width / w)
+    return cv2.resize(grey, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+def global_shift(prev: np.ndarray, cur: np.ndarray, full_w: int, conf: float) -> Optional[tuple[float, float]]:
+    """Phase correlation of two small grey frames → (dx, dy) in full-image pixels (content moved by it),
+    or None when the response is below `conf`."""
+    import cv2
+
+    win = _hann(cur.shape)
+    (dx, dy), response = cv2.phaseCorrelate(prev.astype(np.float64), cur.astype(np.float64), win)
+    if response < conf:
+        return None
+    s = full_w / cur.shape[1]
+    return float(dx * s), float(dy * s)
+
+
+_HANN: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _hann(shape: tuple[int, ...]) -> np.ndarray:
+    key = (int(shape[0]), int(shape[1]))
+    if key not in _HANN:
+        import cv2
+
+        _HANN[key] = cv2.createHanningWindow((key[1], key[0]), cv2.CV_64F)
+    return _HANN[key]
+
+
+def shift_affine(dx: float, dy: float) -> np.ndarray:
+    """Output→input image affine of a content shift by (dx, dy): current pixel p came from p - (dx, dy)."""
+    return np.array([[1.0, 0.0, -dx], [0.0, 1.0, -dy]])
+
+
+@dataclass
+class TemporalStats:
+    frames: int = 0
+    skips: int = 0
+    resets: int = 0
+    crops: int = 0
+    motion: int = 0
+    full: int = 0
+    tokens_recomputed: int = 0
+    tokens_total: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        frac = self.tokens_recomputed / self.tokens_total if self.tokens_total else 0.0
+        return {"frames": self.frames, "tokens_recomputed_frac": round(frac, 4), "skips": self.skips,
+                "resets": self.resets, "crop_frames": self.crops, "motion_frames": self.motion,
+                "full_frames": self.full}
+
+
+@dataclass
+class TemporalCache:
+    """Previous frame's state, per batch (1 eye, or 2 for stereo). Buffers are kept between frames and
+    updated in place where regions are recomputed."""
+
+    config: TemporalConfig = field(default_factory=TemporalConfig)
+    levels: Any = None  # (B, d, h, w) int32 tokens
+    z: Any = None  # (B, C, h, w) refined latent
+    y: Any = None  # (B, 3, Hp, Wp) decoded output
+    sig_ref: Optional[np.ndarray] = None  # (B, Hp/4, Wp/4) signature when each tile was last computed
+    small_prev: Optional[np.ndarray] = None  # (h_s, w_s) left eye's small grey of the previous frame
+    key_small: Optional[np.ndarray] = None  # the same at the key frame (when `z` was last fully computed)
+    last_mode: str = ""
+    key: Optional[tuple] = None  # (B, Hp, Wp): a change resets the cache
+    stats: TemporalStats = field(default_factory=TemporalStats)
+    reuse: float = 1.0  # threshold multiplier chosen by the budget controller
+
+    def reset(self) -> None:
+        self.levels = self.z = self.y = self.sig_ref = self.small_prev = self.key_small = None
+        self.last_mode = ""
+        self.key = None
+
+    @property
+    def empty(self) -> bool:
+        return self.y is None
+
+    def plan(self, greys: Sequence[np.ndarray], hp: int, wp: int) -> tuple[Plan, np.ndarray, np.ndarray]:
+        """Decide the frame's mode from the eyes' grey images. Returns (plan, signatures (B, Hp/4, Wp/4),
+        the left eye's small grey)."""
+        cfg = self.config
+        sigs = np.stack([signature(g, hp, wp) for g in greys])  # (B, Hp/4, Wp/4)
+        small = small_grey(greys[0], cfg.grey_width)
+        key = (len(greys), hp, wp)
+        self.stats.frames += 1
+        if self.empty or self.key != key:
+            return Plan("full", reason="cold"), sigs, small
+        shift = global_shift(self.key_small, small, greys[0].shape[1], cfg.motion_conf)
+        if shift is not None and max(abs(shift[0]), abs(shift[1])) >= cfg.motion_min_px:
+            step = global_shift(self.small_prev, small, greys[0].shape[1], cfg.motion_conf)
+            if self.last_mode == "motion" and step is not None and max(map(abs, step)) < cfg.motion_min_px:
+                return Plan("full", reason="rekey"), sigs, small  # the camera came to rest: a new key frame
+            return Plan("motion", shift=shift), sigs, small
+        thresh = cfg.change_thresh * self.reuse
+        changed = np.stack([tile_change(sigs[b], self.sig_ref[b], thresh) for b in range(len(greys))]).any(0)
+        frac = float(changed.mean())
+        if frac == 0.0:
+            return Plan("skip"), sigs, small
+        if frac > cfg.cut_frac:
+            return Plan("full", reason="cut"), sigs, small
+        import cv2
+
+        h, w = changed.shape
+        if cfg.dilate > 0:
+            k = np.ones((2 * cfg.dilate + 1,) * 2, np.uint8)
+            changed = cv2.dilate(changed.view(np.uint8), k).astype(bool)
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        inner = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+        m = cfg.crop_margin
+        box = (max(0, inner[0] - m), min(h, inner[1] + m), max(0, inner[2] - m), min(w, inner[3] + m))
+        if (box[1] - box[0]) * (box[3] - box[2]) > cfg.max_crop_frac * h * w:
+            return Plan("full", reason="large"), sigs, small
+        return Plan("crop", box=box, inner=inner), sigs, small
+
+    def store_full(self, levels: Any, z: Any, y: Any, sigs: np.ndarray, small: np.ndarray, key: tuple) -> None:
+        self.levels, self.z, self.y, self.sig_ref, self.key = levels, z, y, sigs, key
+        self.small_prev = self.key_small = small
+
+    def record(self, plan: Plan, tokens_recomputed: int, tokens_total: int) -> None:
+        s = self.stats
+        self.last_mode = plan.mode
+        s.tokens_recomputed += tokens_recomputed
+        s.tokens_total += tokens_total
+        if plan.mode == "skip":
+            s.skips += 1
+        elif plan.mode == "crop":
+            s.crops += 1
+        elif plan.mode == "motion":
+            s.motion += 1
+        else:
+            s.full += 1
+            if plan.reason == "cut":
+                s.resets += 1
+
+
+__all__ = ["TemporalConfig", "TemporalCache", "TemporalStats", "Plan", "signature", "tile_change",
+           "global_shift", "shift_affine", "grey_of", "small_grey"]
