@@ -5,9 +5,9 @@ per-token change signature of the input. Per frame, `plan()` decides one of:
 
 - ``full``: nothing usable cached (first frame, size change, scene cut): run every stage;
 - ``skip``: no token tile changed and the camera did not move: reuse the previous output;
-- ``crop``: still camera, a few tiles changed: run the stages only on an 8-px aligned crop around the
-  changed tiles (plus a margin covering the model's receptive field) and paste the inner part into the
-  cached tokens / latent / output;
+- ``crop``: still camera, a few tiles changed: run the stages only on 8-px aligned crops around each
+  group of changed tiles (plus a margin covering the model's receptive field; groups whose crops would
+  overlap are merged) and paste the inner parts into the cached tokens / latent / output;
 - ``motion``: the camera moved since the key frame (the last fully computed one; global translation
   from phase correlation of small grey frames, key → now, so estimates do not accumulate errors):
   warp the key frame's latent to the current view, re-encode and re-quantize the current frame,
@@ -37,6 +37,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TOKEN = 8  # image pixels per token (the model's downsampling)
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), end-exclusive, in tokens
 BLOCK = 4  # change-signature block side in image pixels
 
 
@@ -62,8 +63,9 @@ class Plan:
     """What `ModelBackend.infer` runs for one frame."""
 
     mode: str  # "full" | "skip" | "crop" | "motion"
-    box: Optional[tuple[int, int, int, int]] = None  # crop in tokens (ty0, ty1, tx0, tx1), margin included
-    inner: Optional[tuple[int, int, int, int]] = None  # the part pasted back, in tokens
+    #: crop mode: (box, inner) per region, in tokens (ty0, ty1, tx0, tx1); `box` has the margin, `inner`
+    #: is the part pasted back. Boxes never overlap.
+    regions: tuple[tuple[Box, Box], ...] = ()
     shift: Optional[tuple[float, float]] = None  # (dx, dy) image px: content moved by this since the last frame
     reason: str = ""
 
@@ -87,6 +89,37 @@ def tile_change(sig: np.ndarray, ref: np.ndarray, thresh: float) -> np.ndarray:
     d = np.abs(sig - ref) > thresh
     r = TOKEN // BLOCK
     return d.reshape(d.shape[0] // r, r, d.shape[1] // r, r).any(axis=(1, 3))
+
+
+def crop_regions(changed: np.ndarray, margin: int) -> tuple[tuple[Box, Box], ...]:
+    """(h, w) bool token mask → non-overlapping (box, inner) regions: one per 8-connected group of changed
+    tokens (`inner`, its bounding box) grown by `margin` tokens (`box`, clipped to the frame); groups
+    whose boxes would overlap are merged until none do."""
+    import cv2
+
+    h, w = changed.shape
+    n, _, st, _ = cv2.connectedComponentsWithStats(changed.astype(np.uint8), connectivity=8)
+    inners = [(int(y), int(y + bh), int(x), int(x + bw)) for x, y, bw, bh in st[1:n, :4]]
+
+    def grow(b: Box) -> Box:
+        return max(0, b[0] - margin), min(h, b[1] + margin), max(0, b[2] - margin), min(w, b[3] + margin)
+
+    def overlap(a: Box, b: Box) -> bool:
+        return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(inners)):
+            for j in range(i + 1, len(inners)):
+                if overlap(grow(inners[i]), grow(inners[j])):
+                    a, b = inners[i], inners.pop(j)
+                    inners[i] = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+                    merged = True
+                    break
+            if merged:
+                break
+    return tuple((grow(b), b) for b in sorted(inners))
 
 
 def small_grey(grey: np.ndarray, width: int) -> np.ndarray:
@@ -155,15 +188,17 @@ class TemporalCache:
     z: Any = None  # (B, C, h, w) refined latent
     y: Any = None  # (B, 3, Hp, Wp) decoded output
     sig_ref: Optional[np.ndarray] = None  # (B, Hp/4, Wp/4) signature when each tile was last computed
-    small_prev: Optional[np.ndarray] = None  # (h_s, w_s) left eye's small grey of the previous frame
-    key_small: Optional[np.ndarray] = None  # the same at the key frame (when `z` was last fully computed)
+    key_small: Optional[np.ndarray] = None  # (h_s, w_s) left eye's small grey at the key frame (when `z` was last fully computed)
+    last_shift: tuple[float, float] = (0.0, 0.0)  # key → previous frame global shift (image px)
+    _shift: tuple[float, float] = (0.0, 0.0)  # key → this frame, set by `plan`, kept by `record`
     last_mode: str = ""
     key: Optional[tuple] = None  # (B, Hp, Wp): a change resets the cache
     stats: TemporalStats = field(default_factory=TemporalStats)
     reuse: float = 1.0  # threshold multiplier chosen by the budget controller
 
     def reset(self) -> None:
-        self.levels = self.z = self.y = self.sig_ref = self.small_prev = self.key_small = None
+        self.levels = self.z = self.y = self.sig_ref = self.key_small = None
+        self.last_shift = self._shift = (0.0, 0.0)
         self.last_mode = ""
         self.key = None
 
@@ -182,9 +217,10 @@ class TemporalCache:
         if self.empty or self.key != key:
             return Plan("full", reason="cold"), sigs, small
         shift = global_shift(self.key_small, small, greys[0].shape[1], cfg.motion_conf)
+        self._shift = shift or (0.0, 0.0)
         if shift is not None and max(abs(shift[0]), abs(shift[1])) >= cfg.motion_min_px:
-            step = global_shift(self.small_prev, small, greys[0].shape[1], cfg.motion_conf)
-            if self.last_mode == "motion" and step is not None and max(map(abs, step)) < cfg.motion_min_px:
+            step = (shift[0] - self.last_shift[0], shift[1] - self.last_shift[1])  # previous frame → now
+            if self.last_mode == "motion" and max(map(abs, step)) < cfg.motion_min_px:
                 return Plan("full", reason="rekey"), sigs, small  # the camera came to rest: a new key frame
             return Plan("motion", shift=shift), sigs, small
         thresh = cfg.change_thresh * self.reuse
@@ -200,21 +236,20 @@ class TemporalCache:
         if cfg.dilate > 0:
             k = np.ones((2 * cfg.dilate + 1,) * 2, np.uint8)
             changed = cv2.dilate(changed.view(np.uint8), k).astype(bool)
-        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
-        inner = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-        m = cfg.crop_margin
-        box = (max(0, inner[0] - m), min(h, inner[1] + m), max(0, inner[2] - m), min(w, inner[3] + m))
-        if (box[1] - box[0]) * (box[3] - box[2]) > cfg.max_crop_frac * h * w:
+        regions = crop_regions(changed, cfg.crop_margin)
+        if sum((b[1] - b[0]) * (b[3] - b[2]) for b, _ in regions) > cfg.max_crop_frac * h * w:
             return Plan("full", reason="large"), sigs, small
-        return Plan("crop", box=box, inner=inner), sigs, small
+        return Plan("crop", regions=regions), sigs, small
 
     def store_full(self, levels: Any, z: Any, y: Any, sigs: np.ndarray, small: np.ndarray, key: tuple) -> None:
         self.levels, self.z, self.y, self.sig_ref, self.key = levels, z, y, sigs, key
-        self.small_prev = self.key_small = small
+        self.key_small = small
+        self._shift = (0.0, 0.0)
 
     def record(self, plan: Plan, tokens_recomputed: int, tokens_total: int) -> None:
         s = self.stats
         self.last_mode = plan.mode
+        self.last_shift = self._shift
         s.tokens_recomputed += tokens_recomputed
         s.tokens_total += tokens_total
         if plan.mode == "skip":
@@ -229,5 +264,5 @@ class TemporalCache:
                 s.resets += 1
 
 
-__all__ = ["TemporalConfig", "TemporalCache", "TemporalStats", "Plan", "signature", "tile_change",
+__all__ = ["TemporalConfig", "TemporalCache", "TemporalStats", "Plan", "signature", "tile_change", "crop_regions",
            "global_shift", "shift_affine", "grey_of", "small_grey"]

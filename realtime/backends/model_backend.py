@@ -151,19 +151,18 @@ class ModelBackend(Backend):
         return levels, z, st.decode(z, enc.skip, x)  # (B, 3, Hp, Wp)
 
     def _infer_temporal(self, x: Any) -> Any:
-        cache, cfg = self.cache, self.cache.config
+        cache = self.cache
         b, _, hp, wp = x.shape
         ntok = b * (hp // 8) * (wp // 8)
         plan, sigs, small = cache.plan(self._greys, hp, wp)
         self._greys = None
         if plan.mode == "skip":
-            cache.small_prev = small
             cache.record(plan, 0, ntok)
             return cache.y
         if plan.mode == "crop":
-            return self._infer_crop(x, plan, sigs, small, ntok)
+            return self._infer_crop(x, plan, sigs, ntok)
         if plan.mode == "motion":
-            y = self._infer_motion(x, plan, sigs, small, ntok)
+            y = self._infer_motion(x, plan, ntok)
             if y is not None:
                 return y
             plan.mode, plan.reason = "full", "rekey"
@@ -172,30 +171,30 @@ class ModelBackend(Backend):
         cache.record(plan, ntok, ntok)
         return y
 
-    def _infer_crop(self, x: Any, plan: Any, sigs: np.ndarray, small: np.ndarray, ntok: int) -> Any:
-        """Still camera, a few tiles changed: run the stages on the padded crop, paste the inner part."""
+    def _infer_crop(self, x: Any, plan: Any, sigs: np.ndarray, ntok: int) -> Any:
+        """Still camera, a few tiles changed: run the stages on each padded crop, paste its inner part."""
         st, cache = self.stages, self.cache
-        ty0, ty1, tx0, tx1 = plan.box
-        iy0, iy1, ix0, ix1 = plan.inner
-        xc = x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
-        if isinstance(xc, np.ndarray):
-            xc = np.ascontiguousarray(xc)
-        enc = st.encode(xc)
-        prev = cache.levels[:, :, ty0:ty1, tx0:tx1]
-        levels, _ = self.ops.fsq_hysteresis(enc.zq, prev, self.info.fsq_levels, cache.config.hysteresis_margin)
-        emb = st.embed(levels)
-        z = st.refine(st.initial(emb), emb, self._style_vec, self.steps, 0)
-        yc = st.decode(z, enc.skip, xc)  # (B, 3, crop h, crop w)
-        ry0, ry1, rx0, rx1 = iy0 - ty0, iy1 - ty0, ix0 - tx0, ix1 - tx0  # inner box inside the crop, tokens
-        cache.levels[:, :, iy0:iy1, ix0:ix1] = levels[:, :, ry0:ry1, rx0:rx1]
-        cache.z[:, :, iy0:iy1, ix0:ix1] = z[:, :, ry0:ry1, rx0:rx1]
-        cache.y[:, :, iy0 * 8:iy1 * 8, ix0 * 8:ix1 * 8] = yc[:, :, ry0 * 8:ry1 * 8, rx0 * 8:rx1 * 8]
-        cache.sig_ref[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2] = sigs[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2]
-        cache.small_prev = small
-        cache.record(plan, x.shape[0] * (ty1 - ty0) * (tx1 - tx0), ntok)
+        recomputed = 0
+        for (ty0, ty1, tx0, tx1), (iy0, iy1, ix0, ix1) in plan.regions:
+            xc = x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
+            if isinstance(xc, np.ndarray):
+                xc = np.ascontiguousarray(xc)
+            enc = st.encode(xc)
+            prev = cache.levels[:, :, ty0:ty1, tx0:tx1]
+            levels, _ = self.ops.fsq_hysteresis(enc.zq, prev, self.info.fsq_levels, cache.config.hysteresis_margin)
+            emb = st.embed(levels)
+            z = st.refine(st.initial(emb), emb, self._style_vec, self.steps, 0)
+            yc = st.decode(z, enc.skip, xc)  # (B, 3, crop h, crop w)
+            ry0, ry1, rx0, rx1 = iy0 - ty0, iy1 - ty0, ix0 - tx0, ix1 - tx0  # inner box inside the crop, tokens
+            cache.levels[:, :, iy0:iy1, ix0:ix1] = levels[:, :, ry0:ry1, rx0:rx1]
+            cache.z[:, :, iy0:iy1, ix0:ix1] = z[:, :, ry0:ry1, rx0:rx1]
+            cache.y[:, :, iy0 * 8:iy1 * 8, ix0 * 8:ix1 * 8] = yc[:, :, ry0 * 8:ry1 * 8, rx0 * 8:rx1 * 8]
+            cache.sig_ref[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2] = sigs[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2]
+            recomputed += x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
+        cache.record(plan, recomputed, ntok)
         return cache.y
 
-    def _infer_motion(self, x: Any, plan: Any, sigs: np.ndarray, small: np.ndarray, ntok: int) -> Any:
+    def _infer_motion(self, x: Any, plan: Any, ntok: int) -> Any:
         """Global motion since the key frame: warp the key latent to this view, restart it where content
         newly came into view, warm-start the refiner from it with fewer steps. None when too much is
         new (the caller computes a new key frame)."""
@@ -204,22 +203,22 @@ class ModelBackend(Backend):
         st, cache, cfg, ops = self.stages, self.cache, self.cache.config, self.ops
         b, _, hp, wp = x.shape
         a_lat = affine_to_latent(shift_affine(*plan.shift))  # latent output px → previous latent px
-        enc = st.encode(x)
-        # tokens on a grid that moved by a fraction of a cell are not comparable level by level: quantize
-        # afresh (as the full path does) and restart the latent only where content newly came into view
-        levels, _ = ops.fsq_hysteresis(enc.zq, None, self.info.fsq_levels, 0.0)
         ones = _ones_like(cache.z, (b, 1) + tuple(cache.z.shape[2:]))
         seen = ops.warp_affine(ones, a_lat, border="zeros")[:, 0] > 0.999  # (B, h, w) visible before
         mask = ops.dilate_mask(~seen, cfg.dilate)  # (B, h, w) restart here
         frac = float(mask.float().mean()) if hasattr(mask, "float") else float(mask.mean())
         if frac > cfg.rekey_frac:
             return None
+        enc = st.encode(x)
+        # tokens on a grid that moved by a fraction of a cell are not comparable level by level: quantize
+        # afresh (as the full path does) and restart the latent only where content newly came into view
+        levels, _ = ops.fsq_hysteresis(enc.zq, None, self.info.fsq_levels, 0.0)
         emb = st.embed(levels)
         z0 = ops.warp_and_blend(cache.z, a_lat, st.initial(emb), mask)
         k = min(cfg.warm_steps, self.steps)
         z = st.refine(z0, emb, self._style_vec, k, warm_first_step(self.info, k))
         y = st.decode(z, enc.skip, x)
-        cache.y, cache.small_prev = y, small  # the key frame's tokens and latent stay as they are
+        cache.y = y  # the key frame's tokens and latent stay as they are
         cache.record(plan, int(round(frac * ntok)), ntok)
         return y
 
@@ -244,14 +243,6 @@ class ModelBackend(Backend):
     def close(self) -> None:
         self.reset()
         self.stages.close()
-
-
-def _float(a: Any) -> Any:
-    return a.astype(np.float32) if isinstance(a, np.ndarray) else a.float()
-
-
-def _round_int(a: Any) -> Any:
-    return np.rint(a).astype(np.int32) if isinstance(a, np.ndarray) else a.round().int()
 
 
 def _ones_like(a: Any, shape: tuple) -> Any:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from realtime.budget import BUDGET_PRESETS
 from realtime.config import PRECISIONS, BackendConfig, PipelineConfig, SourceConfig, parse_size
 from realtime.errors import UserError
 
@@ -14,7 +15,6 @@ SOURCE_HELP = (
     "or stereo forms sbs:SRC, tb:SRC, pair:SRC_L,SRC_R"
 )
 SINK_HELP = "window, a file path (.mp4 H.264, .mkv FFV1, ...), vcam, or null; repeat for several"
-BUDGET_PRESETS = {"30fps": 33.3, "vr72": 13.9, "vr90": 11.1, "vr120": 8.3}
 
 
 def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = None) -> None:
