@@ -7,9 +7,11 @@ It walks a quality ladder, best first::
 
 from the moving average of the measured frame latency: above ``headroom × budget`` (or on a deadline
 miss) it steps one rung cheaper at once; below ``raise_below × budget`` for ``patience`` frames in a
-row, and when the rung above is predicted to fit (its own moving average, if it was seen), it steps
-one rung better. Per-stage costs are kept as moving averages too, so the pipeline can predict
-whether a live frame can still make its deadline (`should_drop`).
+row, and when the rung above is predicted to fit, it steps one rung better. The prediction scales the
+current rung's cost by the cost ratio of the two rungs measured when the controller last crossed
+between them (load slows every rung alike, so ratios outlive absolute costs). After a move the new
+rung's average starts afresh from its first frame. Per-stage costs are kept as moving averages too,
+so the pipeline can predict whether a live frame can still make its deadline (`should_drop`).
 
 The clock is injectable (`clock=`) so tests drive it with a fake one.
 """
@@ -68,7 +70,8 @@ class BudgetController:
         self.alpha, self.headroom, self.raise_below, self.patience = alpha, headroom, raise_below, patience
         self.clock = clock
         self.frame_ema: Optional[float] = None  # ms, whole frame at the current rung
-        self.rung_ema: dict[int, float] = {}  # ms per rung, as last seen
+        self.rung_ema: dict[int, float] = {}  # ms of work per rung, since the controller last moved there
+        self.ratio: dict[int, float] = {}  # rung i's work / rung i+1's, measured across the last crossing
         self.stage_ema: dict[str, float] = {}  # ms per stage
         self.misses = 0
         self.frames = 0
@@ -76,6 +79,7 @@ class BudgetController:
         self.choices: Counter[str] = Counter()
         self._calm = 0
         self._t0: Optional[float] = None
+        self._last_level: Optional[int] = None  # the rung of the previous frame
 
     @property
     def choice(self) -> Choice:
@@ -87,16 +91,17 @@ class BudgetController:
         return self.choice
 
     def observe_stage(self, stage: str, ms: float) -> None:
+        """The cost of a stage outside the start/end span (the output stage): part of every prediction."""
         old = self.stage_ema.get(stage)
         self.stage_ema[stage] = ms if old is None else old + self.alpha * (ms - old)
 
     def predicted_ms(self) -> float:
-        """Expected cost of one frame at the current rung, from start to display (0 if unknown)."""
-        return self.rung_ema.get(self.level, self.frame_ema or 0.0)
+        """Expected work of one frame at the current rung, from start to display (0 until measured)."""
+        return self.rung_ema.get(self.level, 0.0)
 
     def should_drop(self, age_ms: float) -> bool:
         """Live input: a frame already `age_ms` old cannot make the budget."""
-        return age_ms + self.predicted_ms() > self.budget_ms
+        return age_ms + self.predicted_ms() + sum(self.stage_ema.values()) > self.budget_ms
 
     def end_frame(self, extra_ms: float = 0.0) -> float:
         """Record the frame started by `start_frame`; `extra_ms` is time outside the clock span (the
@@ -109,6 +114,10 @@ class BudgetController:
         self.frames += 1
         old = self.rung_ema.get(self.level)
         self.rung_ema[self.level] = work if old is None else old + self.alpha * (work - old)
+        prev, self._last_level = self._last_level, self.level
+        if prev is not None and abs(prev - self.level) == 1:  # just crossed: both costs are fresh
+            better = min(prev, self.level)
+            self.ratio[better] = self.rung_ema[better] / max(self.rung_ema[better + 1], 1e-6)
         self.frame_ema = latency if self.frame_ema is None else self.frame_ema + self.alpha * (latency - self.frame_ema)
         missed = latency > self.budget_ms
         self.misses += missed
@@ -122,20 +131,29 @@ class BudgetController:
             return
         if self.frame_ema < self.raise_below * self.budget_ms and self.level > 0:
             self._calm += 1
-            better = self.rung_ema.get(self.level - 1)
+            better = self.predicted_better_ms()
             fits = better is None or better < self.headroom * self.budget_ms
             if self._calm >= self.patience and fits:
                 self._move(-1)
         else:
             self._calm = 0
 
+    def predicted_better_ms(self) -> Optional[float]:
+        """Expected frame latency one rung better (None: never measured, worth a try)."""
+        cur = self.rung_ema.get(self.level)
+        ratio = self.ratio.get(self.level - 1)
+        if cur is None or ratio is None or self.frame_ema is None:
+            return None
+        return cur * ratio + max(0.0, self.frame_ema - cur)  # work scaled, the rest (age, output) as now
+
     def _move(self, step: int) -> None:
         self.level += step
         self.changes += 1
         self._calm = 0
-        # the new rung's cost is its own: start its average from what was last seen there
-        self.frame_ema = self.rung_ema.get(self.level, self.frame_ema)
-        log.debug("budget: %s (frame ≈ %.1f ms of %.1f)", self.choice.label, self.frame_ema or 0, self.budget_ms)
+        # the new rung's cost is its own and what was seen there before may be stale: measure afresh
+        self.rung_ema.pop(self.level, None)
+        self.frame_ema = None
+        log.debug("budget: now %s (budget %.1f ms)", self.choice.label, self.budget_ms)
 
     def stats(self) -> dict[str, Any]:
         return {"budget_ms": self.budget_ms, "frames": self.frames, "misses": self.misses,

@@ -50,6 +50,7 @@ class TemporalConfig:
     dilate: int = 1  # token-mask dilation radius
     cut_frac: float = 0.5  # more changed tokens than this: a scene cut, reset
     crop_margin: int = 3  # tokens of context around the changed box (≥ the decoder's receptive field / 8)
+    min_crop: int = 8  # smallest crop side in tokens: the exported dynamic graphs start at 64 px (models.export.DYNAMIC_MIN)
     max_crop_frac: float = 0.6  # a crop larger than this fraction of the frame: compute everything instead
     grey_width: int = 320  # phase-correlation frame width
     motion_min_px: float = 0.5  # global shifts below this (image px) count as a still camera
@@ -91,18 +92,28 @@ def tile_change(sig: np.ndarray, ref: np.ndarray, thresh: float) -> np.ndarray:
     return d.reshape(d.shape[0] // r, r, d.shape[1] // r, r).any(axis=(1, 3))
 
 
-def crop_regions(changed: np.ndarray, margin: int) -> tuple[tuple[Box, Box], ...]:
+def crop_regions(changed: np.ndarray, margin: int, min_side: int = 1) -> tuple[tuple[Box, Box], ...]:
     """(h, w) bool token mask → non-overlapping (box, inner) regions: one per 8-connected group of changed
-    tokens (`inner`, its bounding box) grown by `margin` tokens (`box`, clipped to the frame); groups
-    whose boxes would overlap are merged until none do."""
+    tokens (`inner`, its bounding box) grown by `margin` tokens and then to at least `min_side` tokens a
+    side where the frame allows (`box`, inside the frame); groups whose boxes would overlap are merged
+    until none do."""
     import cv2
 
     h, w = changed.shape
     n, _, st, _ = cv2.connectedComponentsWithStats(changed.astype(np.uint8), connectivity=8)
     inners = [(int(y), int(y + bh), int(x), int(x + bw)) for x, y, bw, bh in st[1:n, :4]]
 
+    def side(lo: int, hi: int, n: int) -> tuple[int, int]:
+        lo, hi = max(0, lo - margin), min(n, hi + margin)
+        short = min(n, min_side) - (hi - lo)
+        if short > 0:  # grow both ways, then slide back inside the frame
+            lo, hi = lo - short // 2, hi + short - short // 2
+            lo, hi = (0, hi - lo) if lo < 0 else (lo, hi)
+            lo, hi = (n - (hi - lo), n) if hi > n else (lo, hi)
+        return lo, hi
+
     def grow(b: Box) -> Box:
-        return max(0, b[0] - margin), min(h, b[1] + margin), max(0, b[2] - margin), min(w, b[3] + margin)
+        return side(b[0], b[1], h) + side(b[2], b[3], w)
 
     def overlap(a: Box, b: Box) -> bool:
         return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
@@ -236,7 +247,7 @@ class TemporalCache:
         if cfg.dilate > 0:
             k = np.ones((2 * cfg.dilate + 1,) * 2, np.uint8)
             changed = cv2.dilate(changed.view(np.uint8), k).astype(bool)
-        regions = crop_regions(changed, cfg.crop_margin)
+        regions = crop_regions(changed, cfg.crop_margin, cfg.min_crop)
         if sum((b[1] - b[0]) * (b[3] - b[2]) for b, _ in regions) > cfg.max_crop_frac * h * w:
             return Plan("full", reason="large"), sigs, small
         return Plan("crop", regions=regions), sigs, small

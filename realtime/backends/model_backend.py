@@ -25,6 +25,8 @@ from realtime.temporal import TemporalCache, TemporalConfig, grey_of, shift_affi
 
 log = logging.getLogger(__name__)
 
+MIN_INTERNAL_PX = 64  # the budget's internal scale stops here (models.export.DYNAMIC_MIN)
+
 
 def parse_style_blend(spec: str, names: Sequence[str]) -> np.ndarray:
     """'cel' or 'cel:0.5,starry:0.5' → normalized (S,) float32 weights over `names`. Raises `UserError`."""
@@ -121,7 +123,8 @@ class ModelBackend(Backend):
             self._valid_hw = (h, w)
             x = self.ops.preprocess(list(images), fmt="rgb")  # (B, 3, Hp, Wp) float32
         else:
-            hs, ws = max(8, round(h * self.scale)), max(8, round(w * self.scale))
+            # never below the smallest size the exported dynamic graphs take (64 px), nor above the input
+            hs, ws = (max(min(n, MIN_INTERNAL_PX), round(n * self.scale)) for n in (h, w))
             self._valid_hw = (hs, ws)
             x = self.ops.preprocess(list(images), fmt="rgb", out_size=(ws, hs))  # (B, 3, Hs_p, Ws_p)
         if self.temporal:

@@ -1,0 +1,246 @@
+"""Temporal latent reuse (realtime/temporal.py) through our model's default backend (ONNX Runtime,
+CPU): deterministic still / noisy / moving-object / pan / scene-cut sequences over real photographs,
+and `--no-temporal` against the full-compute path."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.temporal import psnr
+from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from realtime.cli import main
+from realtime.config import BackendConfig
+from realtime.sources.synthetic import add_sensor_noise, load_photo
+from realtime.temporal import TemporalConfig, crop_regions
+
+W, H = 192, 112  # not a preset: the dynamic graphs, 24 x 14 tokens
+
+
+def photo(name: str = "coffee", w: int = 400, h: int = 300) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(load_photo(name), (w, h), interpolation=cv2.INTER_AREA)
+
+
+def window(img: np.ndarray, x: int, y: int = 60) -> np.ndarray:
+    """The W x H view whose top-left corner is at (x, y): moving x by -d moves the content by +d."""
+    return np.ascontiguousarray(img[y:y + H, x:x + W])
+
+
+@pytest.fixture(scope="module")
+def backends():
+    """(temporal, full-compute) backends on the same shipped model and style."""
+    tmp = OnnxRuntimeBackend(BackendConfig(name="onnxruntime", style="cel", temporal=True))
+    full = OnnxRuntimeBackend(BackendConfig(name="onnxruntime", style="cel", temporal=False))
+    yield tmp, full
+    tmp.close()
+    full.close()
+
+
+def run(backend, frames: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+    """Outputs and the cache's mode per frame, from a fresh temporal state."""
+    backend.reset()
+    outs, modes = [], []
+    for f in frames:
+        outs.append(backend([f])[0])
+        modes.append(backend.cache.last_mode if backend.temporal else "off")
+    return outs, modes
+
+
+def counters(backend) -> dict:
+    return dict(vars(backend.cache.stats))
+
+
+def delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in before}
+
+
+def test_still_camera_with_sensor_noise_reuses_the_previous_output(backends):
+    tmp, full = backends
+    base = window(photo("rocket"), 100)
+    frames = [add_sensor_noise(base, 3.0, 7, t) for t in range(6)]
+    before = counters(tmp)
+    outs, modes = run(tmp, frames)
+    assert modes == ["full"] + ["skip"] * 5
+    assert all(np.array_equal(o, outs[0]) for o in outs)  # no flicker at all
+    d = delta(before, counters(tmp))
+    assert d["skips"] == 5 and d["full"] == 1 and d["resets"] == 0
+    assert d["tokens_recomputed"] == 24 * 14 and d["tokens_total"] == 6 * 24 * 14
+    # the per-frame path does flicker on the same noise: the skip is doing something
+    per_frame, _ = run(full, frames)
+    assert not all(np.array_equal(o, per_frame[0]) for o in per_frame)
+
+
+def test_sensor_noise_does_not_flip_tokens(backends):
+    tmp, _ = backends
+    st, ops, info = tmp.stages, tmp.ops, tmp.info
+    base = window(photo("rocket"), 100)
+    x0 = tmp.preprocess([base])
+    levels0, _ = ops.fsq_hysteresis(st.encode(x0).zq, None, info.fsq_levels, 0.0)
+    plain, held = [], []
+    for t in range(4):
+        zq = st.encode(tmp.preprocess([add_sensor_noise(base, 3.0, 11, t)])).zq
+        plain.append(float((ops.fsq_hysteresis(zq, None, info.fsq_levels, 0.0)[0] != levels0).mean()))
+        margin = tmp.cache.config.hysteresis_margin
+        held.append(float((ops.fsq_hysteresis(zq, levels0, info.fsq_levels, margin)[0] != levels0).mean()))
+    assert max(plain) > 0  # the noise reaches the quantizer...
+    assert max(held) <= 0.01 and sum(held) < 0.5 * sum(plain)  # ...but hysteresis holds the tokens
+
+
+def test_a_moving_object_is_recomputed_only_around_itself(backends):
+    tmp, full = backends
+    base = window(photo("rocket"), 100)
+    patch = photo("coffee")[100:116, 150:166]  # 16 x 16 px of another photo
+    moved = base.copy()
+    moved[40:56, 48:64] = patch
+    before = counters(tmp)
+    outs, modes = run(tmp, [base, moved])
+    assert modes == ["full", "crop"]
+    d = delta(before, counters(tmp))
+    assert d["crops"] == 1 and 0 < d["tokens_recomputed"] - 24 * 14 < 0.5 * 24 * 14
+    # the changed tokens (rows 5-6, cols 6-7) are inside the pasted region; far away nothing moved
+    changed = np.any(outs[1] != outs[0], axis=-1)
+    ys, xs = np.nonzero(changed)
+    assert changed.any() and ys.min() >= 4 * 8 and ys.max() < 8 * 8 and xs.min() >= 5 * 8 and xs.max() < 9 * 8
+    ref, _ = run(full, [moved])
+    assert psnr(outs[1], ref[0]) >= 30.0  # close to computing the whole frame
+
+
+def test_crop_regions_one_per_group_merged_where_crops_overlap():
+    m = np.zeros((14, 24), bool)
+    m[2:4, 2:4] = True
+    m[9:11, 18:21] = True
+    regions = crop_regions(m, margin=2)
+    assert [inner for _, inner in regions] == [(2, 4, 2, 4), (9, 11, 18, 21)]
+    assert [box for box, _ in regions] == [(0, 6, 0, 6), (7, 13, 16, 23)]
+    m[4:6, 6:8] = True  # close to the first group: their crops would overlap, so one region
+    regions = crop_regions(m, margin=2)
+    assert [inner for _, inner in regions] == [(2, 6, 2, 8), (9, 11, 18, 21)]
+    for (b, inner) in regions:  # the box holds its inner part and stays inside the frame
+        assert b[0] <= inner[0] < inner[1] <= b[1] <= 14 and b[2] <= inner[2] < inner[3] <= b[3] <= 24
+    assert crop_regions(np.zeros((14, 24), bool), 2) == ()
+
+
+def test_a_scene_cut_resets_the_cache_and_equals_full_compute(backends):
+    tmp, full = backends
+    a, b = window(photo("rocket"), 100), window(photo("coffee"), 100)
+    before = counters(tmp)
+    outs, modes = run(tmp, [a, b])
+    assert modes == ["full", "full"]
+    assert delta(before, counters(tmp))["resets"] == 1
+    ref, _ = run(full, [a, b])
+    assert np.array_equal(outs[1], ref[1])
+
+
+def test_a_pan_warps_the_cached_latent_and_a_stop_makes_a_new_key_frame(backends):
+    tmp, full = backends
+    big = photo("coffee")
+    xs = [100, 97, 94, 91, 91]  # content moves 3 px right per frame, then the camera stops
+    frames = [window(big, x) for x in xs]
+    outs, modes = run(tmp, frames[:2])
+    assert modes == ["full", "motion"]
+    shift = tmp.cache.last_shift
+    assert abs(shift[0] - 3.0) < 0.5 and abs(shift[1]) < 0.5  # key -> now, content px
+    outs, modes = run(tmp, frames)
+    assert modes == ["full", "motion", "motion", "motion", "full"]  # at rest: recompute, new key frame
+    assert abs(tmp.cache.last_shift[0]) < 1e-9  # measured from the new key frame
+    ref, _ = run(full, frames)
+    for o, r in zip(outs[1:4], ref[1:4]):
+        assert psnr(o, r) >= 25.0  # warm-started from the warped latent, one step: close to full compute
+    # pasting the previous output would be far worse than warping the latent: the warp is doing the work
+    assert psnr(outs[0], ref[3]) < psnr(outs[3], ref[3]) - 3.0
+
+
+def test_much_new_content_in_view_makes_a_new_key_frame(backends):
+    tmp, _ = backends
+    big = photo("coffee")
+    outs, modes = run(tmp, [window(big, 150), window(big, 90)])  # 60 px of 192 newly in view
+    assert modes == ["full", "full"]
+
+
+def test_no_temporal_matches_the_full_compute_path_exactly(backends):
+    tmp, full = backends
+    big = photo("coffee")
+    frames = [window(big, x) for x in (100, 97, 97, 94)]
+    frames[2] = frames[2].copy()
+    frames[2][40:56, 48:64] = 0
+    ref = [run(full, [f])[0][0] for f in frames]  # each frame alone, from nothing
+    seq, modes = run(full, frames)
+    assert modes == ["off"] * 4
+    assert all(np.array_equal(a, b) for a, b in zip(seq, ref))
+    tmp.set_temporal(False)
+    try:
+        off, _ = run(tmp, frames)
+    finally:
+        tmp.set_temporal(True)
+    assert all(np.array_equal(a, b) for a, b in zip(off, ref))
+    on, _ = run(tmp, frames[:1])
+    assert np.array_equal(on[0], ref[0])  # temporal on: the first frame is the full-compute frame
+
+
+def test_size_change_and_style_switch_start_from_a_cold_cache(backends):
+    tmp, _ = backends
+    img = window(photo("rocket"), 100)
+    run(tmp, [img, img])
+    assert tmp.cache.last_mode == "skip"
+    tmp.set_style("pastel")
+    try:
+        tmp([img])
+        assert tmp.cache.last_mode == "full"  # the cached output had the old style
+        tmp([np.ascontiguousarray(img[:96, :160])])
+        assert tmp.cache.last_mode == "full"
+    finally:
+        tmp.set_style("cel")
+
+
+def test_stereo_eyes_share_one_decision(backends):
+    tmp, _ = backends
+    left, right = window(photo("rocket"), 100), window(photo("rocket"), 92)
+    right2 = right.copy()
+    right2[40:56, 48:64] = 255  # only the right eye sees the change
+    tmp.reset()
+    before = counters(tmp)
+    first = tmp([left, right])
+    second = tmp([left, right2])
+    assert tmp.cache.last_mode == "crop"
+    d = delta(before, counters(tmp))
+    per_eye = (d["tokens_recomputed"] - 2 * 24 * 14) / 2
+    assert per_eye > 0 and d["tokens_recomputed"] % 2 == 0  # the same region on both eyes
+    assert not np.array_equal(second[1], first[1])
+    tmp([left, right2])
+    assert tmp.cache.last_mode == "skip"  # both eyes still: one shared skip
+
+
+def test_run_stats_report_tokens_recomputed_skips_and_resets(tmp_path, capsys):
+    out = tmp_path / "stats.json"
+    rc = main(["run", "--source", "demo", "--sink", "null", "--max-frames", "12", "--size", "160x96",
+               "--stats-json", str(out)])
+    assert rc == 0
+    t = json.loads(out.read_text())["temporal"]
+    assert t["frames"] == 12 and 0 < t["tokens_recomputed_frac"] <= 1
+    assert {"skips", "resets", "crop_frames", "motion_frames", "full_frames"} <= set(t)
+    assert "tokens recomputed" in capsys.readouterr().out
+    rc = main(["run", "--source", "demo", "--sink", "null", "--max-frames", "4", "--size", "160x96",
+               "--no-temporal", "--stats-json", str(out)])
+    assert rc == 0 and "temporal" not in json.loads(out.read_text())
+
+
+def test_temporal_config_is_frozen():
+    cfg = TemporalConfig()
+    with pytest.raises(Exception):
+        cfg.change_thresh = 1.0  # type: ignore[misc]
+
+
+def test_crops_are_at_least_the_dynamic_graphs_smallest_size():
+    from models.export import DYNAMIC_MIN
+
+    assert TemporalConfig().min_crop * 8 == min(DYNAMIC_MIN[1])
+    m = np.zeros((14, 24), bool)
+    m[0, 23] = True  # a corner token
+    ((box, inner),) = crop_regions(m, margin=1, min_side=8)
+    assert inner == (0, 1, 23, 24) and box == (0, 8, 16, 24)
+    m = np.zeros((5, 6), bool)
+    m[2, 2] = True  # a frame smaller than the minimum: the whole frame
+    assert crop_regions(m, margin=1, min_side=8)[0][0] == (0, 5, 0, 6)
