@@ -90,6 +90,7 @@ class BenchConfig:
     precisions: tuple[str, ...] = PRECISIONS
     device: str = "auto"
     style: Optional[str] = None
+    model_dir: Optional[Path] = None  # None = the shipped model
     budget_ms: float = DEFAULT_BUDGET_MS
     fps: float = 30.0  # rate of the live source in the end-to-end runs
     peers: bool = True
@@ -299,7 +300,7 @@ def _build(name: str, cfg: BenchConfig, precision: str = "auto", steps: Optional
     from realtime.backends import create_backend
 
     return create_backend(BackendConfig(name=name, device=cfg.device, style=cfg.style, steps=steps,
-                                        temporal=temporal, precision=precision))
+                                        temporal=temporal, precision=precision, model_dir=cfg.model_dir))
 
 
 class _Progress:

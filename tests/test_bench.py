@@ -228,3 +228,13 @@ def test_missing_or_failing_extra_measures_are_reported_not_raised(monkeypatch, 
     assert bench._run_temporal(cfg) == {"status": "ok", "e_warp": 0.01}
     monkeypatch.setitem(sys.modules, "benchmarks.fidelity", types.SimpleNamespace(main=lambda argv: 2))
     assert bench._run_fidelity(cfg, tmp_path)["status"] == "failed"
+
+
+def test_model_option_reaches_our_backends(tmp_path):
+    """`--model DIR` (e.g. a calibrated copy with INT8 graphs) is the model every one of our rows loads."""
+    missing = tmp_path / "no-such-model"
+    cfg = BenchConfig(quick=True, sizes=("96x64",), backends=("onnxruntime",), precisions=("fp32",),
+                      temporal=(False,), model_dir=missing, peers=False, e2e=False, effort=TINY, progress=False)
+    result = run_bench(cfg, tmp_path / "out")
+    rows = [r for r in result["rows"] if r["backend"] == "onnxruntime"]
+    assert rows and all(r["status"] == "unavailable" and "no-such-model" in r["reason"] for r in rows)

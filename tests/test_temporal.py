@@ -244,3 +244,13 @@ def test_crops_are_at_least_the_dynamic_graphs_smallest_size():
     m = np.zeros((5, 6), bool)
     m[2, 2] = True  # a frame smaller than the minimum: the whole frame
     assert crop_regions(m, margin=1, min_side=8)[0][0] == (0, 5, 0, 6)
+
+
+def test_signature_is_the_exact_4x4_block_mean_with_edge_padding():
+    from realtime.temporal import signature
+
+    rng = np.random.default_rng(3)
+    g = rng.uniform(0, 255, (37, 45)).astype(np.float32)
+    padded = np.pad(g, ((0, 3), (0, 3)), mode="edge")  # to 40 x 48
+    ref = padded.reshape(10, 4, 12, 4).mean(axis=(1, 3))
+    np.testing.assert_allclose(signature(g, 40, 48), ref, rtol=0, atol=1e-4)

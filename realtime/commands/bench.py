@@ -73,6 +73,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     opts.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                       help="device for every backend (default auto)")
     opts.add_argument("--style", default=None, help="style of our model (default: the model's default)")
+    opts.add_argument("--model", type=Path, default=None, metavar="DIR",
+                      help="our model's folder, e.g. a copy with INT8 graphs from 'genreal calibrate --out DIR' "
+                           "(default: the shipped model)")
     opts.add_argument("--budget-ms", type=float, default=33.3, metavar="MS",
                       help="deadline for the miss rate (default 33.3 = 30 fps)")
     opts.add_argument("--fps", type=float, default=30.0, help="rate of the live end-to-end source (default 30)")
@@ -114,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         backends=parse_backends(args.backends) if args.backends else None,
         steps=_ints(args.steps) if args.steps else None,
         temporal=(True,) if args.no_temporal_sweep else (True, False),
-        precisions=precisions, device=args.device, style=args.style, budget_ms=args.budget_ms, fps=args.fps,
+        precisions=precisions, device=args.device, style=args.style, model_dir=args.model, budget_ms=args.budget_ms, fps=args.fps,
         peers=not args.no_peers, e2e=not args.no_e2e, e2e_backend=args.e2e_backend,
         run_temporal=args.temporal, run_fidelity=args.fidelity, progress=not args.no_progress, command=command,
     )
