@@ -100,8 +100,11 @@ class BudgetController:
         return self.rung_ema.get(self.level, 0.0)
 
     def should_drop(self, age_ms: float) -> bool:
-        """Live input: a frame already `age_ms` old cannot make the budget."""
-        return age_ms + self.predicted_ms() + sum(self.stage_ema.values()) > self.budget_ms
+        """Live input: drop a frame already `age_ms` old that cannot make the budget but a fresher one
+        could. When even a fresh frame cannot (the cheapest rung costs more than the budget), only frames
+        already older than the budget are dropped: showing late frames beats showing none."""
+        cost = self.predicted_ms() + sum(self.stage_ema.values())
+        return age_ms > self.budget_ms or (cost <= self.budget_ms and age_ms + cost > self.budget_ms)
 
     def end_frame(self, extra_ms: float = 0.0) -> float:
         """Record the frame started by `start_frame`; `extra_ms` is time outside the clock span (the

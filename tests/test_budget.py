@@ -84,6 +84,10 @@ def test_drop_prediction_uses_the_measured_cost_and_the_output_stage():
     frame(ctl, clock, {"K=1,scale=1": 20.0})
     ctl.observe_stage("output", 5.0)
     assert ctl.should_drop(10.0) and not ctl.should_drop(8.0)
+    # a budget no frame can make (60 ms of work for 33.3): keep showing frames, drop only stale ones
+    for _ in range(5):
+        frame(ctl, clock, {"K=1,scale=1": 60.0})
+    assert not ctl.should_drop(10.0) and ctl.should_drop(34.0)
 
 
 def test_misses_and_bad_use():

@@ -171,6 +171,7 @@ class OrtStages:
         self._current: Optional[tuple[int, int, int]] = None  # (B, Hp, Wp) of the active sessions
         self._active: dict[str, Any] = {}
         self.preset: Optional[str] = None
+        self._announced: set[str] = set()  # graph sets already logged at INFO
         if self.precision == "int8" and not any(self._int8_paths(p) for p in self.presets):
             raise UserError(f"no INT8 graphs in {self.onnx_dir} (*{INT8_SUFFIX}): run 'genreal calibrate' first, "
                             "or use --precision fp32")
@@ -331,8 +332,12 @@ class OrtStages:
         for stage in STAGES:
             if stage not in sessions:
                 sessions[stage] = self._open(self._stage_path(preset, stage), stage, preset)
-        log.info("onnxruntime: %dx%d batch %d runs the %s graphs on %s (%s)", wp, hp, batch, preset,
-                 self.device, self.precision)
+        # once per graph set at INFO: temporal crops switch shapes (and full frame <-> dynamic) often
+        first = preset not in self._announced
+        self._announced.add(preset)
+        log.log(logging.INFO if first else logging.DEBUG,
+                "onnxruntime: %dx%d batch %d runs the %s graphs on %s (%s)", wp, hp, batch, preset,
+                self.device, self.precision)
         self._current, self._active, self.preset = key, sessions, preset
         return sessions
 
