@@ -5,7 +5,8 @@
 - The infer thread runs the backend's preprocess / stylize / postprocess. With ``--budget-ms`` a
   `BudgetController` picks the backend's refine steps / internal scale / reuse thresholds per frame;
   in live mode a frame that cannot make its deadline (its age plus the predicted cost exceeds the
-  budget) is dropped before inference.
+  budget) is dropped before inference, unless no frame could (then only frames already older than
+  the budget are dropped: `BudgetController.should_drop`).
 - The output stage runs on the calling (main) thread, so window toolkits and Ctrl-C behave:
   it writes every sink, measures capture→display latency and handles the window's keys.
 
