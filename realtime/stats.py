@@ -124,7 +124,8 @@ class RunStats:
         if self.temporal:
             t = self.temporal
             lines.append(f"temporal: {100 * t.get('tokens_recomputed_frac', 0):.1f}% of tokens recomputed, "
-                         f"{t.get('skips', 0)} frames reused, {t.get('resets', 0)} scene resets")
+                         f"previous output reused for {t.get('skips', 0)} of {t.get('frames', 0)} frames, "
+                         f"scene resets: {t.get('resets', 0)}")
         if self.budget:
             b = self.budget
             lines.append(f"budget choices: {', '.join(f'{k} ×{v}' for k, v in b.get('choices', {}).items())}; "
