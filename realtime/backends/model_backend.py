@@ -77,7 +77,6 @@ class ModelBackend(Backend):
         self.scale = 1.0  # internal resolution scale (budget controller)
         self.cache = TemporalCache(temporal_config or TemporalConfig())
         self._greys: Optional[list[np.ndarray]] = None
-        self._choices: dict[str, int] = {}
         self._style = ""
         self._style_vec: Any = None
         self._valid_hw: Optional[tuple[int, int]] = None
@@ -99,8 +98,7 @@ class ModelBackend(Backend):
 
     # -- temporal state and budget choices -------------------------------------------------
     def reset(self) -> None:
-        if hasattr(self, "cache"):
-            self.cache.reset()
+        self.cache.reset()
 
     supports_choices = True
 
@@ -204,7 +202,7 @@ class ModelBackend(Backend):
         from kernels.spec import affine_to_latent
 
         st, cache, cfg, ops = self.stages, self.cache, self.cache.config, self.ops
-        b, _, hp, wp = x.shape
+        b = x.shape[0]
         a_lat = affine_to_latent(shift_affine(*plan.shift))  # latent output px → previous latent px
         ones = _ones_like(cache.z, (b, 1) + tuple(cache.z.shape[2:]))
         seen = ops.warp_affine(ones, a_lat, border="zeros")[:, 0] > 0.999  # (B, h, w) visible before
