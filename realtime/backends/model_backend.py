@@ -21,7 +21,7 @@ from realtime.backends.base import Backend
 from realtime.backends.stages import ModelStages, warm_first_step
 from realtime.config import BackendConfig
 from realtime.errors import UserError
-from realtime.temporal import TemporalCache, TemporalConfig, grey_of, shift_affine
+from realtime.temporal import TemporalCache, TemporalConfig, grey_of, motion_change, shift_affine
 
 log = logging.getLogger(__name__)
 
@@ -155,37 +155,47 @@ class ModelBackend(Backend):
         cache = self.cache
         b, _, hp, wp = x.shape
         ntok = b * (hp // 8) * (wp // 8)
-        plan, sigs, small = cache.plan(self._greys, hp, wp)
-        self._greys = None
+        greys, self._greys = self._greys, None
+        plan, sigs, small = cache.plan(greys, hp, wp)
         if plan.mode == "skip":
             cache.record(plan, 0, ntok)
             return cache.y
         if plan.mode == "crop":
             return self._infer_crop(x, plan, sigs, ntok)
         if plan.mode == "motion":
-            y = self._infer_motion(x, plan, ntok)
+            if cache.config.motion == "output":
+                y = self._infer_motion_output(x, plan, greys, sigs, ntok)
+            else:
+                y = self._infer_motion_latent(x, plan, ntok)
             if y is not None:
                 return y
             plan.mode, plan.reason = "full", "rekey"
         levels, z, y = self._full(x)
-        cache.store_full(levels, z, y, sigs, small, (b, hp, wp))
+        cache.store_full(levels, z, y, sigs, small, (b, hp, wp), greys)
         cache.record(plan, ntok, ntok)
         return y
 
+    def _crop(self, x: Any, box: tuple[int, int, int, int], prev_levels: Any) -> tuple[Any, Any, Any]:
+        """The per-frame path on the token box (y0, y1, x0, x1) of `x` → (levels, z, rgb) of the crop;
+        FSQ hysteresis against `prev_levels` (the cached tokens of that box) when given."""
+        st = self.stages
+        ty0, ty1, tx0, tx1 = box
+        xc = x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
+        if isinstance(xc, np.ndarray):
+            xc = np.ascontiguousarray(xc)
+        enc = st.encode(xc)
+        margin = self.cache.config.hysteresis_margin if prev_levels is not None else 0.0
+        levels, _ = self.ops.fsq_hysteresis(enc.zq, prev_levels, self.info.fsq_levels, margin)
+        emb = st.embed(levels)
+        z = st.refine(st.initial(emb), emb, self._style_vec, self.steps, 0)
+        return levels, z, st.decode(z, enc.skip, xc)  # (B, 3, crop h, crop w)
+
     def _infer_crop(self, x: Any, plan: Any, sigs: np.ndarray, ntok: int) -> Any:
         """Still camera, a few tiles changed: run the stages on each padded crop, paste its inner part."""
-        st, cache = self.stages, self.cache
+        cache = self.cache
         recomputed = 0
         for (ty0, ty1, tx0, tx1), (iy0, iy1, ix0, ix1) in plan.regions:
-            xc = x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
-            if isinstance(xc, np.ndarray):
-                xc = np.ascontiguousarray(xc)
-            enc = st.encode(xc)
-            prev = cache.levels[:, :, ty0:ty1, tx0:tx1]
-            levels, _ = self.ops.fsq_hysteresis(enc.zq, prev, self.info.fsq_levels, cache.config.hysteresis_margin)
-            emb = st.embed(levels)
-            z = st.refine(st.initial(emb), emb, self._style_vec, self.steps, 0)
-            yc = st.decode(z, enc.skip, xc)  # (B, 3, crop h, crop w)
+            levels, z, yc = self._crop(x, (ty0, ty1, tx0, tx1), cache.levels[:, :, ty0:ty1, tx0:tx1])
             ry0, ry1, rx0, rx1 = iy0 - ty0, iy1 - ty0, ix0 - tx0, ix1 - tx0  # inner box inside the crop, tokens
             cache.levels[:, :, iy0:iy1, ix0:ix1] = levels[:, :, ry0:ry1, rx0:rx1]
             cache.z[:, :, iy0:iy1, ix0:ix1] = z[:, :, ry0:ry1, rx0:rx1]
@@ -195,7 +205,30 @@ class ModelBackend(Backend):
         cache.record(plan, recomputed, ntok)
         return cache.y
 
-    def _infer_motion(self, x: Any, plan: Any, ntok: int) -> Any:
+    def _infer_motion_output(self, x: Any, plan: Any, greys: list[np.ndarray], sigs: np.ndarray,
+                             ntok: int) -> Any:
+        """Global motion since the key frame: the key output warped to this view, with crops recomputed
+        where the warp cannot explain the input (new in view, moved on its own). None when that is too
+        much (the caller computes a new key frame)."""
+        cache, cfg = self.cache, self.cache.config
+        masks = motion_change(greys, cache.key_greys, sigs, plan.shift, cfg.change_thresh * cache.reuse)
+        unexplained = masks[0] | masks[1] | masks[2]
+        regions = cache.regions_for(*masks) if unexplained.mean() <= cfg.rekey_frac else None
+        if regions is None:
+            return None
+        y = self.ops.warp_affine(cache.key_y, shift_affine(*plan.shift), border="replicate")  # (B, 3, Hp, Wp)
+        recomputed = 0
+        for (ty0, ty1, tx0, tx1), (iy0, iy1, ix0, ix1) in regions:
+            # the key tokens sit on a grid the camera moved off: quantize afresh, no hysteresis
+            _, _, yc = self._crop(x, (ty0, ty1, tx0, tx1), None)
+            ry0, ry1, rx0, rx1 = iy0 - ty0, iy1 - ty0, ix0 - tx0, ix1 - tx0
+            y[:, :, iy0 * 8:iy1 * 8, ix0 * 8:ix1 * 8] = yc[:, :, ry0 * 8:ry1 * 8, rx0 * 8:rx1 * 8]
+            recomputed += x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
+        cache.y = y  # the key frame's tokens, latent and output stay as they are
+        cache.record(plan, recomputed, ntok)
+        return y
+
+    def _infer_motion_latent(self, x: Any, plan: Any, ntok: int) -> Any:
         """Global motion since the key frame: warp the key latent to this view, restart it where content
         newly came into view, warm-start the refiner from it with fewer steps. None when too much is
         new (the caller computes a new key frame)."""
