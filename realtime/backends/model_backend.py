@@ -21,7 +21,7 @@ from realtime.backends.base import Backend
 from realtime.backends.stages import ModelStages, warm_first_step
 from realtime.config import BackendConfig
 from realtime.errors import UserError
-from realtime.temporal import TemporalCache, TemporalConfig, grey_of, motion_change, shift_affine
+from realtime.temporal import TemporalCache, TemporalConfig, grey_of, motion_change
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +211,12 @@ class ModelBackend(Backend):
         where the warp cannot explain the input (new in view, moved on its own). None when that is too
         much (the caller computes a new key frame)."""
         cache, cfg = self.cache, self.cache.config
-        masks = motion_change(greys, cache.key_greys, sigs, plan.shift, cfg.change_thresh * cache.reuse)
-        unexplained = masks[0] | masks[1] | masks[2]
+        masks = motion_change(greys, cache.key_greys, sigs, plan.affine, cfg.change_thresh * cache.reuse)
+        unexplained = np.logical_or.reduce(masks)
         regions = cache.regions_for(*masks) if unexplained.mean() <= cfg.rekey_frac else None
         if regions is None:
             return None
-        y = self.ops.warp_affine(cache.key_y, shift_affine(*plan.shift), border="replicate")  # (B, 3, Hp, Wp)
+        y = self.ops.warp_affine(cache.key_y, plan.affine, border="replicate")  # (B, 3, Hp, Wp)
         recomputed = 0
         for (ty0, ty1, tx0, tx1), (iy0, iy1, ix0, ix1) in regions:
             # the key tokens sit on a grid the camera moved off: quantize afresh, no hysteresis
@@ -236,7 +236,7 @@ class ModelBackend(Backend):
 
         st, cache, cfg, ops = self.stages, self.cache, self.cache.config, self.ops
         b = x.shape[0]
-        a_lat = affine_to_latent(shift_affine(*plan.shift))  # latent output px → previous latent px
+        a_lat = affine_to_latent(plan.affine)  # latent output px → key latent px
         ones = _ones_like(cache.z, (b, 1) + tuple(cache.z.shape[2:]))
         seen = ops.warp_affine(ones, a_lat, border="zeros")[:, 0] > 0.999  # (B, h, w) visible before
         mask = ops.dilate_mask(~seen, cfg.dilate)  # (B, h, w) restart here
