@@ -291,3 +291,21 @@ def test_signature_is_the_exact_4x4_block_mean_with_edge_padding():
     padded = np.pad(g, ((0, 3), (0, 3)), mode="edge")  # to 40 x 48
     ref = padded.reshape(10, 4, 12, 4).mean(axis=(1, 3))
     np.testing.assert_allclose(signature(g, 40, 48), ref, rtol=0, atol=1e-4)
+
+
+def test_camera_roll_and_zoom_are_followed_by_the_affine_motion(backends):
+    from realtime.sources.synthetic import CameraPose, VirtualCamera, invert_affine
+
+    tmp, full = backends
+    cam = VirtualCamera(load_photo("coffee"), (640, 360))  # room for crops along all four edges
+    (x0, x1), (y0, y1) = cam.centre_range(1.3, 2.0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    poses = [CameraPose(cx + 2 * i, cy + i, 1.2 + 0.005 * i, 0.2 * i) for i in range(4)]
+    frames = [cam.view(p) for p in poses]
+    outs, modes = run(tmp, frames)
+    assert modes == ["full", "motion", "motion", "motion"]
+    truth = invert_affine(cam.flow_affine(poses[0], poses[3]))  # frame 3 px -> key px
+    corners = np.array([[0, 639, 0, 639], [0, 0, 359, 359], [1, 1, 1, 1]], float)
+    assert np.abs((tmp.cache.last_affine - truth) @ corners).max() < 0.3  # px at the frame corners
+    ref, _ = run(full, frames)
+    assert psnr(outs[3], ref[3]) >= 30.0
