@@ -8,10 +8,17 @@ It walks a quality ladder, best first::
 from the moving average of the measured frame latency: above ``headroom × budget`` (or on a deadline
 miss) it steps one rung cheaper at once; below ``raise_below × budget`` for ``patience`` frames in a
 row, and when the rung above is predicted to fit, it steps one rung better. The prediction scales the
-current rung's cost by the cost ratio of the two rungs measured when the controller last crossed
-between them (load slows every rung alike, so ratios outlive absolute costs). After a move the new
-rung's average starts afresh from its first frame. Per-stage costs are kept as moving averages too,
-so the pipeline can predict whether a live frame can still make its deadline (`should_drop`).
+current rung's peak cost (a slowly decaying maximum: with temporal reuse, p99 is made by the full
+frames among cheap ones) by the cost ratio of the two rungs measured when the controller last crossed
+between them: the average of the rung it left against the first `ratio_frames` frames of the rung
+it moved to (load slows every rung alike, so ratios outlive absolute costs; averages, because with
+temporal reuse single frames vary several-fold). After a move the new rung's average starts afresh;
+the first frame at a rung (and of a run) is not part of it, nor can it move the controller: it
+restarts the temporal cache with a full frame and may meet new tensor shapes. Per-stage costs are
+kept as moving averages too, so the pipeline can predict whether a live frame can still make its
+deadline (`should_drop`). A climb that has to step back down within ``2 × patience`` frames doubles
+the patience before that rung is tried again (up to 16×), so a rung that fits on average but not in
+its peaks (full frames among cheap temporal ones) is not probed over and over.
 
 The clock is injectable (`clock=`) so tests drive it with a fake one.
 """
@@ -61,7 +68,7 @@ class BudgetController:
 
     def __init__(self, budget_ms: float, default_steps: int, scales: tuple[float, ...] = (1.0, 0.75, 0.5),
                  alpha: float = 0.2, headroom: float = 0.85, raise_below: float = 0.6, patience: int = 15,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 ratio_frames: int = 5, clock: Callable[[], float] = time.perf_counter) -> None:
         if not budget_ms > 0:
             raise ValueError(f"budget_ms must be positive, got {budget_ms}")
         self.budget_ms = float(budget_ms)
@@ -79,7 +86,14 @@ class BudgetController:
         self.choices: Counter[str] = Counter()
         self._calm = 0
         self._t0: Optional[float] = None
-        self._last_level: Optional[int] = None  # the rung of the previous frame
+        self.ratio_frames = ratio_frames
+        self._crossing: Optional[tuple[int, float]] = None  # (rung left, its average) until the new one is measured
+        self._at_rung = 0  # frames at the current rung since the last move
+        self.probe_frames, self.max_backoff = 2 * patience, 16
+        self.backoff: dict[int, int] = {}  # rung → patience multiplier, doubled each time a climb there fails
+        self.peak_decay = 0.98  # per frame
+        self.peak_ms = 0.0  # work of the dearest recent frame at this rung (full frames among temporal ones)
+        self._climbed = False  # the last move was a climb
 
     @property
     def choice(self) -> Choice:
@@ -115,15 +129,23 @@ class BudgetController:
         self._t0 = None
         latency = work + extra_ms
         self.frames += 1
-        old = self.rung_ema.get(self.level)
-        self.rung_ema[self.level] = work if old is None else old + self.alpha * (work - old)
-        prev, self._last_level = self._last_level, self.level
-        if prev is not None and abs(prev - self.level) == 1:  # just crossed: both costs are fresh
-            better = min(prev, self.level)
-            self.ratio[better] = self.rung_ema[better] / max(self.rung_ema[better + 1], 1e-6)
-        self.frame_ema = latency if self.frame_ema is None else self.frame_ema + self.alpha * (latency - self.frame_ema)
+        self._at_rung += 1
         missed = latency > self.budget_ms
         self.misses += missed
+        if self._at_rung == 1:
+            # the first frame of a run or after a move restarts the temporal cache (a full frame) and may
+            # meet new tensor shapes: it counts as a miss if it is one, but says nothing about the rung
+            return latency
+        old = self.rung_ema.get(self.level)
+        self.rung_ema[self.level] = work if old is None else old + self.alpha * (work - old)
+        self.peak_ms = max(work, self.peak_ms * self.peak_decay)
+        if self._crossing is not None and self._at_rung > self.ratio_frames:  # both sides measured
+            left, left_ms = self._crossing
+            self._crossing = None
+            better, worse = sorted((left, self.level))
+            costs = {left: left_ms, self.level: self.rung_ema[self.level]}
+            self.ratio[better] = costs[better] / max(costs[worse], 1e-6)
+        self.frame_ema = latency if self.frame_ema is None else self.frame_ema + self.alpha * (latency - self.frame_ema)
         self._adapt(missed)
         return latency
 
@@ -136,31 +158,41 @@ class BudgetController:
             self._calm += 1
             better = self.predicted_better_ms()
             fits = better is None or better < self.headroom * self.budget_ms
-            if self._calm >= self.patience and fits:
+            if self._calm >= self.patience * self.backoff.get(self.level - 1, 1) and fits:
                 self._move(-1)
         else:
             self._calm = 0
 
     def predicted_better_ms(self) -> Optional[float]:
-        """Expected frame latency one rung better (None: never measured, worth a try)."""
+        """Expected latency of the dearest frames one rung better (None: never measured, worth a try):
+        p99 is made by the full frames among cheap temporal ones, not by the average."""
         cur = self.rung_ema.get(self.level)
         ratio = self.ratio.get(self.level - 1)
         if cur is None or ratio is None or self.frame_ema is None:
             return None
-        return cur * ratio + max(0.0, self.frame_ema - cur)  # work scaled, the rest (age, output) as now
+        return self.peak_ms * ratio + max(0.0, self.frame_ema - cur)  # work scaled, the rest (age, output) as now
 
     def _move(self, step: int) -> None:
+        left = self.level
+        if step > 0 and self._climbed and self._at_rung <= self.probe_frames:
+            # a climb that did not hold: wait twice as long before trying this rung again
+            self.backoff[left] = min(self.max_backoff, 2 * self.backoff.get(left, 1))
+        self._climbed = step < 0
+        self._crossing = (left, self.rung_ema[left]) if left in self.rung_ema else None
+        self._at_rung = 0
         self.level += step
         self.changes += 1
         self._calm = 0
         # the new rung's cost is its own and what was seen there before may be stale: measure afresh
         self.rung_ema.pop(self.level, None)
         self.frame_ema = None
+        self.peak_ms = 0.0
         log.debug("budget: now %s (budget %.1f ms)", self.choice.label, self.budget_ms)
 
     def stats(self) -> dict[str, Any]:
         return {"budget_ms": self.budget_ms, "frames": self.frames, "misses": self.misses,
                 "changes": self.changes, "choices": dict(self.choices), "final": self.choice.label,
+                "backoff": {self.rungs[k].label: v for k, v in self.backoff.items()},
                 "stage_ema_ms": {k: round(v, 3) for k, v in self.stage_ema.items()}}
 
 
