@@ -141,6 +141,10 @@ def test_compare_with_peers_ratios():
     assert c["peers"]["teacher"]["speedup"] == 10.0
     assert c["peers"]["opencv"]["latency_ratio_ours_over_peer"] == 0.25
     assert c["ours_per_frame_p50_ms"] == 5.0 and c["peers"]["teacher"]["speedup_per_frame"] == 20.0
+    assert c["peers"]["teacher"]["speedup_mean"] == 10.0
+    rows[1]["total"]["mean_ms"] = 25.0  # cheap at p50, dear on average (full frames among reused ones)
+    (c,) = compare_with_peers(rows, ["640x360"])
+    assert c["peers"]["teacher"]["speedup"] == 10.0 and c["peers"]["teacher"]["speedup_mean"] == 4.0
 
 
 def test_update_readme_writes_tables_and_copies_charts(tiny_result, tmp_path):

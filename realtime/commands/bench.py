@@ -160,7 +160,8 @@ def summary(result: dict[str, Any]) -> str:
             lines.append(f"{r['backend']} {r.get('precision') or ''}: {r['status']}: {r.get('reason', '')}")
     for c in result.get("peer_comparison", []):
         for p, v in c["peers"].items():
-            lines.append(f"{c['size']}: ours ({c['ours']}) vs {p}: {v['speedup']}x faster")
+            lines.append(f"{c['size']}: ours ({c['ours']}) vs {p}: {v['speedup']}x faster at p50, "
+                         f"{v.get('speedup_mean')}x by mean")
     for r in result.get("end_to_end", []):
         if r.get("status") == "ok":
             p, pat = r["pipeline"], r["pattern"]
