@@ -371,7 +371,7 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
             return z + self.m.refiner.step(z, emb, cond)
 
     def decode(z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if not rewrite:
+        if not rewrite or cfg.dec_res != 1:  # HalfResDecoder is written in the cheap form already
             return model.decode(z, skip, x)
         dec = model.decoder  # the same arithmetic as Decoder.forward (models/model.py)
         h = F.pixel_shuffle(dec.up8(z), 2)  # (B, dec_ch, H/4, W/4)

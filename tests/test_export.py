@@ -27,7 +27,7 @@ def test_static_specs_have_fixed_shapes_and_equal_profiles():
     enc = specs["encode"]
     assert isinstance(enc, ExportSpec) and enc.size == (640, 360) and enc.batch == 1
     assert [t.name for t in enc.inputs] == ["x"] and [t.name for t in enc.outputs] == ["zq", "skip"]
-    assert enc.outputs[0].shape == (1, 6, 45, 80) and enc.outputs[1].shape == (1, 24, 90, 160)
+    assert enc.outputs[0].shape == (1, 6, 45, 80) and enc.outputs[1].shape == (1, CFG.skip_ch, 90, 160)
     assert specs["embed"].inputs[0] == TensorSpec("levels", "int32", (1, 6, 45, 80), (1, 6, 45, 80),
                                                   (1, 6, 45, 80), (1, 6, 45, 80))
     assert [t.name for t in specs["refine_step"].inputs] == ["z", "emb", "cond"]
@@ -126,7 +126,7 @@ def test_dynamic_graphs_match_torch_at_another_size_and_batch(exported):
     for stage in STAGES:
         spec = specs[stage]
         shapes = {"x": (2, 3, 136, 200), "levels": (2, 6, 17, 25), "emb": (2, 64, 17, 25), "z": (2, 64, 17, 25),
-                  "cond": (2, 64), "skip": (2, 24, 34, 50), "style": (2, 64)}
+                  "cond": (2, 64), "skip": (2, model.cfg.skip_ch, 34, 50), "style": (2, 64)}
         rng = np.random.default_rng(7)
         ins = {k: (rng.integers(0, 5, shapes[k]).astype(np.int32) if k == "levels"
                    else rng.random(shapes[k], dtype=np.float32)) for k in spec.input_names}

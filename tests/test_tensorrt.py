@@ -269,7 +269,7 @@ def test_profile_from_static_and_dynamic_specs() -> None:
     assert prof[2].max == (1, 64)
     dyn = {p.name: p for p in tb.profile_from_spec(preset_specs(ModelConfig(), "dynamic")["decode"])}
     assert dyn["x"].min == (1, 3, 64, 64) and dyn["x"].opt == (1, 3, 720, 1280) and dyn["x"].max == (2, 3, 2160, 3840)
-    assert dyn["skip"].max == (2, 24, 540, 960) and dyn["z"].min == (1, 64, 8, 8)
+    assert dyn["skip"].max == (2, ModelConfig().skip_ch, 540, 960) and dyn["z"].min == (1, 64, 8, 8)
 
 
 def test_profile_rejects_inconsistent_specs() -> None:
