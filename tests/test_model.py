@@ -177,3 +177,22 @@ def test_config_round_trip():
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError):
         ModelConfig(default_steps=9)
+
+
+def test_decoders_start_at_the_identity_and_old_configs_keep_theirs():
+    import torch
+
+    from models.model import Decoder, HalfResDecoder
+
+    x = torch.rand(1, 3, 32, 48)
+    for dec_res, cls in ((1, Decoder), (2, HalfResDecoder)):
+        m = build_model(dec_res=dec_res)
+        assert isinstance(m.decoder, cls)
+        z = torch.randn(1, m.cfg.latent_ch, 4, 6)
+        y = m.decode(z, m.skip(x), x)
+        assert y.shape == x.shape
+        assert float((y - x).abs().mean()) < 0.1  # a fresh decoder passes the picture through
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "dec_res"}  # saved before dec_res
+    assert ModelConfig.from_dict(old).dec_res == 1 and ModelConfig().dec_res == 2
+    with pytest.raises(ValueError):
+        ModelConfig(dec_res=4)
