@@ -158,7 +158,8 @@ def test_fused_graph_equals_the_stage_chain_at_default_steps(exported):
     levels = np.rint(zq * 2 + 2).astype(np.int32)
     (emb,) = sess["embed"].run(None, {"levels": levels})
     (z,) = sess["initial"].run(None, {"emb": emb})
-    for k in range(CFG.default_steps):
+    default_steps = json.loads((out / "index.json").read_text())["default_steps"]  # the exported model's K
+    for k in range(default_steps):
         (z,) = sess["refine_step"].run(None, {"z": z, "emb": emb, "cond": style + step_emb[k]})
     (rgb,) = sess["decode"].run(None, {"z": z, "skip": skip, "x": x})
     rgb_f, zq_f = sess["fused"].run(None, {"x": x, "style": style})

@@ -426,7 +426,8 @@ def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> 
     assert ("set_flag", ("FP16",)) in calls and not [c for c in calls if c[1] == ("INT8",)]
     n_addr = names.count("set_tensor_address")
     assert n_addr == 3 + 2 + 2 + 4 + 4  # every I/O tensor of the five engines, once
-    assert names.count("execute_async_v3") == 1 + 1 + 1 + 2 + 1  # default steps = 2 refine calls
+    k = backend.info.default_steps
+    assert names.count("execute_async_v3") == 1 + 1 + 1 + k + 1  # encode, embed, initial, K refine steps, decode
     backend.set_style("pastel")
     out2 = backend([img])[0]
     assert [c[0] for c in calls].count("set_tensor_address") == n_addr  # buffers allocated once: same addresses
