@@ -58,10 +58,11 @@ class TemporalConfig:
     hysteresis_margin: float = 0.3  # FSQ: a level flips only when it wins by this much (in level spacings)
     dilate: int = 1  # token-mask dilation radius
     cut_frac: float = 0.5  # more changed tokens than this: a scene cut, reset
-    crop_margin: int = 3  # tokens of context around the changed box (≥ the decoder's receptive field / 8)
+    crop_margin: int = 2  # tokens of context around a changed group (the shipped model's receptive field: margins
+    #                       2 and 3 gave outputs within 1 code of each other on the benchmark clips)
     min_crop: int = 8  # smallest crop side in tokens: the exported dynamic graphs start at 64 px (models.export.DYNAMIC_MIN)
     max_crop_frac: float = 0.6  # a crop larger than this fraction of the frame: compute everything instead
-    grey_width: int = 256  # phase-correlation frame width (256: 0.8 ms, ≤ 0.4 px error at 640x360 here)
+    grey_width: int = 256  # motion-estimate frame width (Lucas-Kanade here, phase correlation at half of it)
     motion_min_px: float = 0.5  # global shifts below this (image px) count as a still camera
     motion_conf: float = 0.15  # phase-correlation response below this: no reliable global motion
     rekey_frac: float = 0.25  # under motion, more newly visible tokens than this: compute a new key frame
@@ -183,20 +184,28 @@ def motion_change(greys: Sequence[np.ndarray], key_greys: Sequence[np.ndarray], 
 
 
 def global_motion(key: np.ndarray, cur: np.ndarray, full_w: int, conf: float,
-                  init: Optional[np.ndarray] = None, still_px: float = 0.5) -> Optional[np.ndarray]:
+                  init: Optional[np.ndarray] = None, still_px: float = 0.5,
+                  max_residual: float = 12.0) -> Optional[np.ndarray]:
     """The affine (2, 3) mapping full-size output pixels to key-frame pixels, from two small grey frames:
     starting at phase correlation's translation (with the linear part of `init`, the previous frame's
     estimate, when given), then refined by Lucas-Kanade over all six parameters, so camera roll and
     zoom are followed too (measured on the demo clip: ≤ 0.1 px error at the frame corners over 70 px
-    of motion, about 1 ms at 256 px). None when phase correlation's response is below `conf` (no
-    reliable global motion); unrefined when, without `init`, its translation is below `still_px` (a
-    still camera: a least-squares fit would follow objects moving in front of it)."""
+    of motion, about 1 ms at 256 px). None when phase correlation's response is below `conf`, or when
+    the fitted motion leaves a mean residual above `max_residual` grey levels (no global motion
+    explains the frame: a scene cut); unrefined when, without `init`, its translation is below
+    `still_px` (a still camera: a least-squares fit would follow objects moving in front of it)."""
     import cv2
 
     s = full_w / cur.shape[1]
-    (dx, dy), response = cv2.phaseCorrelate(key.astype(np.float64), cur.astype(np.float64), _hann(cur.shape))
+    # phase correlation at half this size (4x cheaper; its ~0.1 px error there is well inside what
+    # Lucas-Kanade corrects), then everything in this grid's pixels
+    kh, ch = (cv2.resize(g, (max(8, g.shape[1] // 2), max(8, g.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+              for g in (key, cur))
+    (dx, dy), response = cv2.phaseCorrelate(kh.astype(np.float64), ch.astype(np.float64), _hann(ch.shape))
     if response < conf:
         return None
+    fx, fy = cur.shape[1] / ch.shape[1], cur.shape[0] / ch.shape[0]
+    dx, dy = dx * fx, dy * fy
     a = np.array([[1.0, 0.0, -dx], [0.0, 1.0, -dy]])
     if init is None:
         if max(abs(dx), abs(dy)) * s < still_px:
@@ -205,7 +214,21 @@ def global_motion(key: np.ndarray, cur: np.ndarray, full_w: int, conf: float,
         lin = rescale_affine(init, 1.0 / s)[:, :2]
         c = np.array([(cur.shape[1] - 1) / 2.0, (cur.shape[0] - 1) / 2.0])
         a = np.hstack([lin, (c - np.array([dx, dy]) - lin @ c)[:, None]])
-    return rescale_affine(refine_affine(key, cur, a), s)
+    a = refine_affine(key, cur, a)
+    if motion_residual(key, cur, a) > max_residual:  # no motion explains the new frame: a cut, not a move
+        return None
+    return rescale_affine(a, s)
+
+
+def motion_residual(key: np.ndarray, cur: np.ndarray, a: np.ndarray, border: float = 0.1) -> float:
+    """Mean |cur - key warped by `a`| (grey levels) inside a `border` margin."""
+    import cv2
+
+    h, w = cur.shape
+    by, bx = int(h * border), int(w * border)
+    warped = cv2.warpAffine(key, a, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_REPLICATE)
+    return float(np.abs(cur[by:h - by, bx:w - bx] - warped[by:h - by, bx:w - bx]).mean())
 
 
 def refine_affine(key: np.ndarray, cur: np.ndarray, a: np.ndarray, iters: int = 3,
@@ -391,5 +414,5 @@ class TemporalCache:
 
 
 __all__ = ["TemporalConfig", "TemporalCache", "TemporalStats", "Plan", "signature", "tile_change", "crop_regions",
-           "motion_change", "global_motion", "refine_affine", "rescale_affine", "motion_px", "grey_of",
+           "motion_change", "global_motion", "refine_affine", "motion_residual", "rescale_affine", "motion_px", "grey_of",
            "small_grey", "IDENTITY"]

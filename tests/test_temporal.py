@@ -313,3 +313,17 @@ def test_camera_roll_and_zoom_are_followed_by_the_affine_motion(backends):
     assert np.abs((tmp.cache.last_affine - truth) @ corners).max() < 0.3  # px at the frame corners
     ref, _ = run(full, frames)
     assert psnr(outs[3], ref[3]) >= 30.0
+
+
+def test_reused_and_cropped_frames_convert_only_what_changed_to_the_same_bytes(backends):
+    tmp, _ = backends
+    base = window(photo("rocket"), 100)
+    moved = base.copy()
+    moved[40:56, 48:64] = 255
+    outs, modes = run(tmp, [base, base, moved])
+    assert modes == ["full", "skip", "crop"]
+    whole = tmp.ops.postprocess(tmp.cache.y, valid_hw=(H, W))  # the whole cached output converted
+    assert np.array_equal(outs[2], whole[0] if whole.ndim == 4 else whole)
+    assert outs[1] is not outs[0] and np.array_equal(outs[1], outs[0])  # a reused frame is a new array
+    outs[1][:] = 0  # a sink scribbling on a frame it was given changes nothing in the next one
+    assert np.array_equal(tmp([moved])[0], outs[2])

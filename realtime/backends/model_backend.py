@@ -77,6 +77,10 @@ class ModelBackend(Backend):
         self.scale = 1.0  # internal resolution scale (budget controller)
         self.cache = TemporalCache(temporal_config or TemporalConfig())
         self._greys: Optional[list[np.ndarray]] = None
+        # the last uint8 output and the pixel rects (y0, y1, x0, x1) of `infer`'s result that changed since
+        # (None: all of it): a reused or cropped frame converts only what changed
+        self._shown: Optional[np.ndarray] = None
+        self._dirty: Optional[list[tuple[int, int, int, int]]] = None
         self._style = ""
         self._style_vec: Any = None
         self._valid_hw: Optional[tuple[int, int]] = None
@@ -99,6 +103,7 @@ class ModelBackend(Backend):
     # -- temporal state and budget choices -------------------------------------------------
     def reset(self) -> None:
         self.cache.reset()
+        self._shown, self._dirty = None, None
 
     supports_choices = True
 
@@ -138,6 +143,7 @@ class ModelBackend(Backend):
         return g
 
     def infer(self, x: Any) -> Any:
+        self._dirty = None
         if not self.temporal or self._greys is None:
             return self._full(x)[2]
         return self._infer_temporal(x)
@@ -159,6 +165,7 @@ class ModelBackend(Backend):
         plan, sigs, small = cache.plan(greys, hp, wp)
         if plan.mode == "skip":
             cache.record(plan, 0, ntok)
+            self._dirty = []
             return cache.y
         if plan.mode == "crop":
             return self._infer_crop(x, plan, sigs, ntok)
@@ -169,7 +176,7 @@ class ModelBackend(Backend):
                 y = self._infer_motion_latent(x, plan, ntok)
             if y is not None:
                 return y
-            plan.mode, plan.reason = "full", "rekey"
+            plan.mode, plan.reason = "full", plan.reason or "rekey"
         levels, z, y = self._full(x)
         cache.store_full(levels, z, y, sigs, small, (b, hp, wp), greys)
         cache.record(plan, ntok, ntok)
@@ -203,6 +210,7 @@ class ModelBackend(Backend):
             cache.sig_ref[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2] = sigs[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2]
             recomputed += x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
         cache.record(plan, recomputed, ntok)
+        self._dirty = [(iy0 * 8, iy1 * 8, ix0 * 8, ix1 * 8) for _, (iy0, iy1, ix0, ix1) in plan.regions]
         return cache.y
 
     def _infer_motion_output(self, x: Any, plan: Any, greys: list[np.ndarray], sigs: np.ndarray,
@@ -212,6 +220,9 @@ class ModelBackend(Backend):
         much (the caller computes a new key frame)."""
         cache, cfg = self.cache, self.cache.config
         masks = motion_change(greys, cache.key_greys, sigs, plan.affine, cfg.change_thresh * cache.reuse)
+        if masks[0].mean() > cfg.cut_frac:  # most of what stayed in view changed: not motion, a new scene
+            plan.reason = "cut"
+            return None
         unexplained = np.logical_or.reduce(masks)
         regions = cache.regions_for(*masks) if unexplained.mean() <= cfg.rekey_frac else None
         if regions is None:
@@ -258,6 +269,16 @@ class ModelBackend(Backend):
 
     def postprocess(self, y: Any, like: Sequence[np.ndarray]) -> list[np.ndarray]:
         h, w = like[0].shape[:2]
+        shown, dirty, self._dirty = self._shown, self._dirty, None
+        same = (dirty is not None and shown is not None and isinstance(y, np.ndarray)
+                and self._valid_hw == (h, w) and shown.shape == (len(like), h, w, 3))
+        if same:  # only the changed rects (elementwise conversion: the same bytes as converting it all)
+            for y0, y1, x0, x1 in dirty:
+                y1, x1 = min(y1, h), min(x1, w)
+                if y1 > y0 and x1 > x0:
+                    part = self.ops.postprocess(np.ascontiguousarray(y[:, :, y0:y1, x0:x1]), valid_hw=(y1 - y0, x1 - x0))
+                    shown[:, y0:y1, x0:x1] = part if part.ndim == 4 else part[None]
+            return [shown[i].copy() for i in range(len(like))]  # copies: the sinks may still hold the last ones
         if self._valid_hw is None or self._valid_hw == (h, w):
             out = self.ops.postprocess(y, valid_hw=(h, w))
         else:  # internal resolution below the input's: back to the input size
@@ -266,6 +287,8 @@ class ModelBackend(Backend):
             out = out[None]
         if not isinstance(out, np.ndarray):  # a CUDA tensor: one copy back to the host
             out = out.cpu().numpy()
+        if self.temporal:
+            self._shown = np.array(out)  # kept for the next frame's rects (ours to update)
         return [np.ascontiguousarray(out[i]) for i in range(len(like))]
 
     def stats(self) -> dict[str, Any]:
