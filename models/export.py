@@ -374,9 +374,7 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
         if not rewrite or cfg.dec_res != 1:  # HalfResDecoder is written in the cheap form already
             return model.decode(z, skip, x)
         dec = model.decoder  # the same arithmetic as Decoder.forward (models/model.py)
-        h = F.pixel_shuffle(dec.up8(z), 2)  # (B, dec_ch, H/4, W/4)
-        h = F.relu(dec.fuse(torch.cat([F.relu(h), skip], dim=1)))
-        h = F.relu(dec.block(h))
+        h = dec.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
         coef = F.interpolate(dec.coef(h), scale_factor=4.0, mode="bilinear", align_corners=False)  # (B, 12, H, W)
         b, _, hh, ww = x.shape
         a = coef[:, :9].reshape(b, 3, 3, hh, ww)  # (B, 3 rows, 3 cols, H, W)

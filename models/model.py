@@ -171,13 +171,16 @@ class Decoder(nn.Module):
     (pixel-shuffled features + a 3×3 conv that also sees the input).
     """
 
+    texture_up = 4  # the texture path's pixel shuffle from 1/4: to full resolution
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        r = self.texture_up
         self.up8 = nn.Conv2d(cfg.latent_ch, 4 * cfg.dec_ch, 1)  # pixel-shuffled ×2 to 1/4
         self.fuse = conv3(cfg.dec_ch + cfg.skip_ch, cfg.dec_ch)
         self.block = ResBlock(cfg.dec_ch)
         self.coef = nn.Conv2d(cfg.dec_ch, 12, 1)  # per-location colour transform at 1/4
-        self.up4 = nn.Conv2d(cfg.dec_ch, 16 * cfg.out_ch, 1)  # pixel-shuffled ×4 to full resolution
+        self.up4 = nn.Conv2d(cfg.dec_ch, r * r * cfg.out_ch, 1)  # pixel-shuffled ×r from 1/4
         self.out = conv3(cfg.out_ch + 3, 3)
         with torch.no_grad():  # start at the identity (rgb = x): gentle styles converge fast
             self.coef.weight.mul_(0.1)
@@ -185,10 +188,14 @@ class Decoder(nn.Module):
             self.out.weight.mul_(0.1)
             self.out.bias.zero_()
 
-    def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def trunk(self, z: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Latent + skip → decoder features (B, dec_ch, H/4, W/4)."""
         h = F.pixel_shuffle(self.up8(z), 2)  # (B, dec_ch, H/4, W/4)
         h = F.relu(self.fuse(torch.cat([F.relu(h), skip], dim=1)))  # (B, dec_ch, H/4, W/4)
-        h = F.relu(self.block(h))  # (B, dec_ch, H/4, W/4)
+        return F.relu(self.block(h))  # (B, dec_ch, H/4, W/4)
+
+    def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
         coef = F.interpolate(self.coef(h), scale_factor=4.0, mode="bilinear", align_corners=False)  # (B, 12, H, W)
         a, b = coef[:, :9], coef[:, 9:]  # (B, 9, H, W) matrix rows, (B, 3, H, W) offset
         color = torch.cat([(a[:, 3 * i : 3 * i + 3] * x).sum(1, keepdim=True) for i in range(3)], dim=1) + b
@@ -196,31 +203,17 @@ class Decoder(nn.Module):
         return color + self.out(torch.cat([t, x], dim=1))  # (B, 3, H, W)
 
 
-class HalfResDecoder(nn.Module):
+class HalfResDecoder(Decoder):
     """`Decoder` with its colour and texture paths at half resolution; full resolution only adds the
     upsampled change: rgb = x + up2(y_half - x_half). The input's own detail passes through untouched
     and the style's change is drawn at half resolution: about 4x less full-resolution work (the decoder
     was 60 % of a frame on a CPU).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.up8 = nn.Conv2d(cfg.latent_ch, 4 * cfg.dec_ch, 1)  # pixel-shuffled ×2 to 1/4
-        self.fuse = conv3(cfg.dec_ch + cfg.skip_ch, cfg.dec_ch)
-        self.block = ResBlock(cfg.dec_ch)
-        self.coef = nn.Conv2d(cfg.dec_ch, 12, 1)  # per-location colour transform at 1/4
-        self.up4 = nn.Conv2d(cfg.dec_ch, 4 * cfg.out_ch, 1)  # pixel-shuffled ×2 to 1/2
-        self.out = conv3(cfg.out_ch + 3, 3)
-        with torch.no_grad():  # start at the identity (rgb = x)
-            self.coef.weight.mul_(0.1)
-            self.coef.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]))
-            self.out.weight.mul_(0.1)
-            self.out.bias.zero_()
+    texture_up = 2  # to half resolution
 
     def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        h = F.pixel_shuffle(self.up8(z), 2)  # (B, dec_ch, H/4, W/4)
-        h = F.relu(self.fuse(torch.cat([F.relu(h), skip], dim=1)))  # (B, dec_ch, H/4, W/4)
-        h = F.relu(self.block(h))  # (B, dec_ch, H/4, W/4)
+        h = self.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
         xh = F.avg_pool2d(x, 2)  # (B, 3, H/2, W/2)
         b, _, hh, wh = xh.shape
         coef = F.interpolate(self.coef(h), scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12, H/2, W/2)
@@ -229,7 +222,6 @@ class HalfResDecoder(nn.Module):
         t = F.relu(F.pixel_shuffle(self.up4(h), 2))  # (B, out_ch, H/2, W/2)
         delta = color + self.out(torch.cat([t, xh], dim=1)) - xh  # (B, 3, H/2, W/2)
         return x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 3, H, W)
-
 
 class GenrealModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
