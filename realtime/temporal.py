@@ -363,12 +363,16 @@ class TemporalCache:
         frac = float(changed.mean())
         if frac == 0.0:
             return Plan("skip"), sigs, small
-        if frac > cfg.cut_frac:
-            return Plan("full", reason="cut"), sigs, small
-        regions = self.regions_for(changed)
-        if regions is None:
-            return Plan("full", reason="large"), sigs, small
-        return Plan("crop", regions=regions), sigs, small
+        regions = self.regions_for(changed) if frac <= cfg.cut_frac else None
+        if regions is not None:
+            return Plan("crop", regions=regions), sigs, small
+        # too much changed for a still camera: a slow start, a zoom or a roll that phase correlation's
+        # translation missed? Fit the full motion before giving up on the key frame
+        a = global_motion(self.key_small, small, w, cfg.motion_conf, None, still_px=0.0)
+        if a is not None and motion_px(a, IDENTITY, w, h) >= cfg.motion_min_px:
+            self._affine = a
+            return Plan("motion", affine=a), sigs, small
+        return Plan("full", reason="cut" if frac > cfg.cut_frac else "large"), sigs, small
 
     def regions_for(self, *masks: np.ndarray) -> Optional[tuple[tuple[Box, Box], ...]]:
         """Changed token tiles (h, w), one mask or several → the crops to recompute (dilated, with
