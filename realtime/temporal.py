@@ -29,7 +29,7 @@ Noise robustness: the change signature is the mean grey of 4×4-pixel blocks (se
 compared per 8×8 token tile against the signature stored when the tile was last computed (so slow
 drifts still add up), and FSQ levels only flip when the new level clearly wins (`hysteresis_margin`).
 
-Stereo: a batch of two eyes shares one decision (one crop box, the left eye's motion, one cut / skip),
+Stereo: a batch of two eyes shares one decision (one crop set, the left eye's motion, one cut / skip),
 so both views are restyled from the same evidence and stay consistent.
 
 Nothing here imports torch: arrays are those of the engine (numpy on "cpu"); slicing and the
