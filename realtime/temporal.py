@@ -157,16 +157,12 @@ def motion_change(greys: Sequence[np.ndarray], key_greys: Sequence[np.ndarray], 
     eye, as five masks: tiles whose input differs from the warped key input (4×4 block means, as for a
     still camera), and tiles with pixels not in view at the key frame, split by the key frame's edge
     they lie beyond (left, right, top, bottom: an L-shaped band in one crop would be the whole frame)."""
-    import cv2
-
     h, w = greys[0].shape
     hp, wp = sigs.shape[1] * BLOCK, sigs.shape[2] * BLOCK
     th, tw = hp // TOKEN, wp // TOKEN
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     changed = np.zeros((th, tw), bool)
-    for g, kg, sig in zip(greys, key_greys, sigs):
-        warped = cv2.warpAffine(kg, affine, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        changed |= tile_change(sig, signature(warped, hp, wp), thresh)
+    for kg, sig in zip(key_greys, sigs):
+        changed |= tile_change(sig, signature(warp_back(kg, affine, w, h), hp, wp), thresh)
     # a tile is in view at the key frame when its corner pixels are (the view is a parallelogram); a
     # quarter pixel past the edge is still the edge (the warp replicates it), not new content
     # (each new tile goes with the first key-frame edge it lies beyond: left, right, top, bottom)
@@ -222,12 +218,9 @@ def global_motion(key: np.ndarray, cur: np.ndarray, full_w: int, conf: float,
 
 def motion_residual(key: np.ndarray, cur: np.ndarray, a: np.ndarray, border: float = 0.1) -> float:
     """Mean |cur - key warped by `a`| (grey levels) inside a `border` margin."""
-    import cv2
-
     h, w = cur.shape
     by, bx = int(h * border), int(w * border)
-    warped = cv2.warpAffine(key, a, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_REPLICATE)
+    warped = warp_back(key, a, w, h)
     return float(np.abs(cur[by:h - by, bx:w - bx] - warped[by:h - by, bx:w - bx]).mean())
 
 
@@ -235,8 +228,6 @@ def refine_affine(key: np.ndarray, cur: np.ndarray, a: np.ndarray, iters: int = 
                   border: float = 0.1) -> np.ndarray:
     """Lucas-Kanade (additive, with the current frame's gradients, so the 6x6 system is built once):
     refine `a` (cur px → key px) so that key(a p) ≈ cur(p), on the frame less a `border` margin."""
-    import cv2
-
     h, w = cur.shape
     by, bx = int(h * border), int(w * border)
     gy, gx = np.gradient(cur)
@@ -248,11 +239,18 @@ def refine_affine(key: np.ndarray, cur: np.ndarray, a: np.ndarray, iters: int = 
         return a
     inner = cur[by:h - by, bx:w - bx]
     for _ in range(iters):
-        warped = cv2.warpAffine(key, a, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_REPLICATE)
+        warped = warp_back(key, a, w, h)
         r = (inner - warped[by:h - by, bx:w - bx]).reshape(-1)
         a = a + np.linalg.solve(hess, jac.T @ r).reshape(2, 3)
     return a
+
+
+def warp_back(key: np.ndarray, a: np.ndarray, w: int, h: int) -> np.ndarray:
+    """The key-frame grey seen from the current view: out(p) = key(a p), edges replicated."""
+    import cv2
+
+    return cv2.warpAffine(key, a, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def rescale_affine(a: np.ndarray, s: float) -> np.ndarray:
