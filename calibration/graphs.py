@@ -3,9 +3,9 @@
 `StageChain` runs the stage graphs (`models/export.py` contract: ``encode``, ``embed``, ``initial``,
 ``refine_step``, ``decode``) as one whole frame, exactly as the runtime does::
 
-    x (B, 3, H, W) ─encode─▶ zq, skip ─FSQ (kernels)─▶ levels ─embed─▶ emb ─initial─▶ z0
-      z_{k+1} = refine_step(z_k, emb, style_vec + step_emb[k])          k < steps
-      decode(z, skip, x) ─▶ rgb (B, 3, H, W)
+    x (B, 3, H, W)[, norm] ─encode─▶ zq, skip[, ctx] ─FSQ (kernels)─▶ levels ─embed─▶ emb ─initial─▶ z0
+      z_{k+1} = refine_step(z_k, emb, style_vec [+ ctx] + step_emb[k])  k < steps  (ctx: encode's frame context)
+      decode(z, skip, x[, norm]) ─▶ rgb (B, 3, H, W)     (norm: the frame normalization, models with one)
 
 Each stage can come from its FP32 graph or its INT8 (Q/DQ) graph, so calibration can measure the
 final-frame effect of quantizing any subset of stages. With a `Recorder`, the chain keeps the real
@@ -118,6 +118,9 @@ class StageChain:
         self.sessions = {s: make_session(self.paths[s], threads) for s in CHAIN_STAGES}
         self.ops = kernels.get_ops("cpu")
 
+    def _inputs(self, name: str) -> set[str]:
+        return {i.name for i in self.sessions[name].get_inputs()}
+
     def stage(self, name: str, feed: Mapping[str, np.ndarray], recorder: Optional[Recorder] = None) -> list[np.ndarray]:
         if recorder is not None:
             recorder.add(name, feed)
@@ -131,16 +134,27 @@ class StageChain:
         inputs for the step embeddings a warm start uses); they do not change the output.
         """
         b = x.shape[0]
-        zq, skip = self.stage("encode", {"x": x}, recorder)  # (B, d, h, w), (B, S, H/4, W/4)
+        feed = {"x": x}
+        if "norm" in self._inputs("encode"):  # models with frame normalization
+            from realtime.backends.stages import frame_norm
+
+            feed["norm"] = frame_norm(x)  # (B, 4)
+        outs = self.stage("encode", feed, recorder)  # zq (B, d, h, w), skip (B, S, H/4, W/4)[, ctx (B, E)]
+        zq, skip = outs[0], outs[1]
+        ctx = outs[2] if len(outs) > 2 else None
         levels, _ = self.ops.fsq_hysteresis(zq, None, self.tables.fsq_levels, 0.0)  # (B, d, h, w) int32
         (emb,) = self.stage("embed", {"levels": levels.astype(np.int32, copy=False)}, recorder)  # (B, C, h, w)
         (z,) = self.stage("initial", {"emb": emb}, recorder)  # (B, C, h, w)
         z_out = z
         for k in range(steps + extra_steps):
-            (z,) = self.stage("refine_step", {"z": z, "emb": emb, "cond": self.tables.cond(style, k, b)}, recorder)
+            cond = self.tables.cond(style, k, b)
+            if ctx is not None:
+                cond = np.ascontiguousarray(cond + ctx, dtype=np.float32)  # + the frame context
+            (z,) = self.stage("refine_step", {"z": z, "emb": emb, "cond": cond}, recorder)
             if k == steps - 1:
                 z_out = z
-        (rgb,) = self.stage("decode", {"z": z_out, "skip": skip, "x": x}, recorder)  # (B, 3, H, W)
+        dfeed = {"z": z_out, "skip": skip, "x": x, **({"norm": feed["norm"]} if "norm" in feed else {})}
+        (rgb,) = self.stage("decode", dfeed, recorder)  # (B, 3, H, W)
         return rgb
 
     def frame(self, images: Sequence[np.ndarray], style: int, steps: int,

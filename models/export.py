@@ -174,6 +174,7 @@ def stage_specs(cfg: "ModelConfig", size: Optional[Size], batch: Optional[int]) 
     d, c, s, e = len(cfg.fsq_levels), cfg.latent_ch, cfg.skip_ch, cfg.style_dim
     f32, i32 = "float32", "int32"
     x = _tensor("x", f32, b, 3, hw(1))
+    norm = [_tensor("norm", f32, b, 4, None)] if cfg.normalize else []  # the whole frame's frame_norm
     lat = hw(8)
 
     def spec(stage: str, ins: Sequence[TensorSpec], outs: Sequence[TensorSpec]) -> ExportSpec:
@@ -181,13 +182,14 @@ def stage_specs(cfg: "ModelConfig", size: Optional[Size], batch: Optional[int]) 
                           None if batch is None else int(batch))
 
     return {
-        "encode": spec("encode", [x], [_tensor("zq", f32, b, d, lat), _tensor("skip", f32, b, s, hw(4))]),
+        "encode": spec("encode", [x, *norm], [_tensor("zq", f32, b, d, lat), _tensor("skip", f32, b, s, hw(4))]
+                       + ([_tensor("ctx", f32, b, e, None)] if cfg.context else [])),
         "embed": spec("embed", [_tensor("levels", i32, b, d, lat)], [_tensor("emb", f32, b, c, lat)]),
         "initial": spec("initial", [_tensor("emb", f32, b, c, lat)], [_tensor("z0", f32, b, c, lat)]),
         "refine_step": spec("refine_step",
                             [_tensor("z", f32, b, c, lat), _tensor("emb", f32, b, c, lat), _tensor("cond", f32, b, e, None)],
                             [_tensor("z_next", f32, b, c, lat)]),
-        "decode": spec("decode", [_tensor("z", f32, b, c, lat), _tensor("skip", f32, b, s, hw(4)), x],
+        "decode": spec("decode", [_tensor("z", f32, b, c, lat), _tensor("skip", f32, b, s, hw(4)), x, *norm],
                        [_tensor("rgb", f32, b, 3, hw(1))]),
         "fused": spec("fused", [x, _tensor("style", f32, b, e, None)],
                       [_tensor("rgb", f32, b, 3, hw(1)), _tensor("zq", f32, b, d, lat)]),
@@ -328,7 +330,8 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
     half_vals = [(v - 1) / 2 for v in cfg.fsq_levels]
 
     class Encode(nn.Module):
-        """tanh(encoder(x)) and skip(x), with the 4x4 pixel-unshuffle folded into the first convolutions."""
+        """tanh(encoder(x)), skip(x) and (models with one) the frame context, with the 4x4 pixel-unshuffle
+        folded into the first convolutions."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -336,13 +339,16 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
             self.stem = _unshuffle_conv(model.encoder.stem, 4)
             self.skip = _unshuffle_conv(model.skip_net.proj, 4)
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(self, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
             enc = self.m.encoder
+            x = self.m.normalized(x, norm)  # x itself for models without `normalize`
             if not rewrite:
-                return torch.tanh(enc(x)), self.m.skip(x)
-            h = torch.relu(self.stem(x))  # (B, enc_ch, H/4, W/4) = enc.stem(pixel_unshuffle(x, 4))
-            h = enc.block(enc.down(h))  # (B, C, H/8, W/8)
-            return torch.tanh(enc.head(torch.relu(h))), self.skip(x)  # (B, d, h, w), (B, S, H/4, W/4)
+                h, skip = enc.features(x), self.m.skip_net(x)
+            else:
+                h = torch.relu(self.stem(x))  # (B, enc_ch, H/4, W/4) = enc.stem(pixel_unshuffle(x, 4))
+                h, skip = torch.relu(enc.block(enc.down(h))), self.skip(x)  # (B, C, H/8, W/8), (B, S, H/4, W/4)
+            zq = torch.tanh(enc.head(h))  # (B, d, h, w)
+            return (zq, skip) if self.m.context is None else (zq, skip, self.m.context(h))  # ctx (B, E)
 
     class Embed(nn.Module):
         def __init__(self) -> None:
@@ -370,9 +376,9 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
         def forward(self, z: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
             return z + self.m.refiner.step(z, emb, cond)
 
-    def decode(z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if not rewrite or cfg.dec_res != 1:  # HalfResDecoder is written in the cheap form already
-            return model.decode(z, skip, x)
+    def decode(z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not rewrite or cfg.dec_res != 1 or cfg.normalize:  # HalfResDecoder is written in the cheap form already
+            return model.decode(z, skip, x, norm)
         dec = model.decoder  # the same arithmetic as Decoder.forward (models/model.py)
         h = dec.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
         coef = F.interpolate(dec.coef(h), scale_factor=4.0, mode="bilinear", align_corners=False)  # (B, 12, H, W)
@@ -387,8 +393,9 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
             super().__init__()
             self.m = model
 
-        def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return decode(z, skip, x)
+        def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor,
+                    norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+            return decode(z, skip, x, norm)
 
     class Fused(nn.Module):
         def __init__(self) -> None:
@@ -398,13 +405,16 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
             self.register_buffer("half_w", torch.tensor(half_vals, dtype=torch.float32).view(1, -1, 1, 1))
 
         def forward(self, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            zq, skip = self.encode(x)  # (B, d, h, w), (B, S, H/4, W/4)
+            norm = self.m.frame_norm(x)  # (B, 4) of this whole frame, or None
+            outs = self.encode(x, norm)  # zq (B, d, h, w), skip (B, S, H/4, W/4)[, ctx (B, E)]
+            zq, skip = outs[0], outs[1]
+            cond = style + outs[2] if len(outs) > 2 else style  # (B, E)
             codes = torch.round(zq * self.half_w) / self.half_w
             emb = self.m.embed(codes)  # (B, C, h, w)
             z = self.m.initial_latent(emb)
             for k in range(cfg.default_steps):
-                z = z + self.m.refiner.step(z, emb, style + self.m.refiner.step_emb[k])
-            return decode(z, skip, x), zq
+                z = z + self.m.refiner.step(z, emb, cond + self.m.refiner.step_emb[k])
+            return decode(z, skip, x, norm), zq
 
     encode = Encode()
     mods = {"encode": encode, "embed": Embed(), "initial": Initial(), "refine_step": RefineStep(),
@@ -422,6 +432,9 @@ def example_inputs(spec: ExportSpec, use: str = "opt", seed: int = 0) -> dict[st
             out[t.name] = rng.integers(0, 5, size=shape).astype(np.int32)
         elif t.name == "x":
             out[t.name] = rng.random(shape, dtype=np.float32)
+        elif t.name == "norm":  # channel means and a spread, as frame_norm gives them
+            out[t.name] = np.concatenate([rng.uniform(0.3, 0.7, shape[:-1] + (3,)),
+                                          rng.uniform(0.1, 0.4, shape[:-1] + (1,))], axis=-1).astype(np.float32)
         else:
             out[t.name] = (rng.standard_normal(shape) * 0.5).astype(np.float32)
     return out

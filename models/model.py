@@ -46,6 +46,16 @@ class ModelConfig:
     max_steps: int = 4  # largest K the refiner was trained for
     default_steps: int = 2  # K when the caller does not say
     dec_res: int = 2  # 2: the decoder's colour + texture paths at half resolution (HalfResDecoder); 1: at full
+    #: frame context: the encoder also returns a (B, E) summary of the whole frame (feature means and
+    #: spreads) that is added to the style vector, and the refiner's FiLM is a small MLP. The teachers
+    #: normalize every layer over the whole image (instance norm), so their look of a region depends on
+    #: the rest of the frame; a purely local student cannot follow that.
+    context: bool = True
+    #: frame normalization: the encoder, skip and colour path see the frame with its per-channel mean
+    #: removed and divided by its spread (`frame_norm`). The teachers' first instance norm removes the
+    #: input's mean colour and contrast exactly, so their output colours do not follow the input's; a
+    #: student without this learns the wrong colour for every photo unlike its training set.
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         if self.num_styles < 1:
@@ -65,6 +75,8 @@ class ModelConfig:
         d = dict(d)
         d["fsq_levels"] = tuple(d["fsq_levels"])
         d.setdefault("dec_res", 1)  # models saved before dec_res existed have the full-resolution decoder
+        d.setdefault("context", False)  # nor did they have the frame context
+        d.setdefault("normalize", False)  # or the frame normalization
         return cls(**d)
 
 
@@ -72,6 +84,7 @@ class Encoded(NamedTuple):
     tokens: torch.Tensor  # (B, H/8, W/8) int64
     emb: torch.Tensor  # (B, C, H/8, W/8) token embeddings
     z_cont: torch.Tensor  # (B, d, H/8, W/8) pre-quantization latent
+    ctx: Optional[torch.Tensor] = None  # (B, E) frame context (add it to the style vector); None without
 
 
 class ModelOutput(NamedTuple):
@@ -104,11 +117,38 @@ class Encoder(nn.Module):
         self.block = ResBlock(cfg.latent_ch)
         self.head = nn.Conv2d(cfg.latent_ch, len(cfg.fsq_levels), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → relu'd features (B, C, H/8, W/8) that `head` and `Context` read."""
         h = F.relu(self.stem(F.pixel_unshuffle(x, 4)))  # (B, enc_ch, H/4, W/4)
         h = self.down(h)  # (B, C, H/8, W/8)
-        h = self.block(h)  # (B, C, H/8, W/8)
-        return self.head(F.relu(h))  # (B, d, H/8, W/8)
+        return F.relu(self.block(h))  # (B, C, H/8, W/8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, d, H/8, W/8)
+
+
+class Context(nn.Module):
+    """Frame context: per-channel mean and spread of the encoder features over the whole frame → (B, E).
+
+    Starts at zero (no effect). The runtime computes it on full frames and reuses a key frame's
+    context for the crops it recomputes, so a crop is styled as a part of its frame.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * cfg.latent_ch, cfg.style_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    @staticmethod
+    def stats(h: torch.Tensor) -> torch.Tensor:
+        """Encoder features (B, C, h, w) → their per-channel mean and spread over the frame (B, 2C)."""
+        mean = h.mean(dim=(2, 3))  # (B, C)
+        spread = (h - mean[:, :, None, None]).square().mean(dim=(2, 3)).add(1e-6).sqrt()  # (B, C)
+        return torch.cat([mean, spread], dim=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.stats(h))  # (B, E)
 
 
 class Skip(nn.Module):
@@ -131,9 +171,17 @@ class RefineStep(nn.Module):
         self.mix = nn.Conv2d(2 * c, c, 1)
         self.conv1 = conv3(c, c)
         self.conv2 = conv3(c, c)
-        self.film = nn.Linear(cfg.style_dim, 4 * c)  # (gamma1, beta1, gamma2, beta2)
-        nn.init.zeros_(self.film.weight)
-        nn.init.zeros_(self.film.bias)
+        e = cfg.style_dim
+        last = nn.Linear(2 * e if cfg.context else e, 4 * c)  # (gamma1, beta1, gamma2, beta2)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        # with a frame context, a small MLP so that style and frame can interact (scale by 1/spread ...)
+        self.film = nn.Sequential(nn.Linear(e, 2 * e), nn.ReLU(), last) if cfg.context else last
+
+    @property
+    def film_out(self) -> nn.Linear:
+        """The FiLM's last (zero-initialized) linear layer."""
+        return self.film[-1] if isinstance(self.film, nn.Sequential) else self.film
 
     def forward(self, z: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         g1, b1, g2, b2 = self.film(cond)[:, :, None, None].chunk(4, dim=1)  # each (B, C, 1, 1)
@@ -194,7 +242,11 @@ class Decoder(nn.Module):
         h = F.relu(self.fuse(torch.cat([F.relu(h), skip], dim=1)))  # (B, dec_ch, H/4, W/4)
         return F.relu(self.block(h))  # (B, dec_ch, H/4, W/4)
 
-    def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor,
+                norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`norm` (B, 4): the frame normalization (models with `normalize`): the colour transform reads
+        the normalized frame."""
+        x = x if norm is None else normalize(x, norm)
         h = self.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
         coef = F.interpolate(self.coef(h), scale_factor=4.0, mode="bilinear", align_corners=False)  # (B, 12, H, W)
         a, b = coef[:, :9], coef[:, 9:]  # (B, 9, H, W) matrix rows, (B, 3, H, W) offset
@@ -212,15 +264,34 @@ class HalfResDecoder(Decoder):
 
     texture_up = 2  # to half resolution
 
-    def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        if cfg.normalize:
+            # a colour transform of both the normalized and the raw frame (3x6 matrix + offset): styles
+            # that ignore the input's colour cast read the first, looks that keep the photo's colours
+            # (the cel teacher) the second. Starts at the identity on the raw frame.
+            self.coef = nn.Conv2d(cfg.dec_ch, 21, 1)
+            with torch.no_grad():
+                self.coef.weight.mul_(0.1)
+                self.coef.bias.zero_()
+                self.coef.bias[9:18].copy_(torch.eye(3).flatten())
+
+    def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor,
+                norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`norm` (B, 4): the frame normalization (models with `normalize`): the colour transform reads the
+        normalized and the raw frame, the texture path the normalized one, the pass-through of the
+        input's own detail stays x's."""
         h = self.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
         xh = F.avg_pool2d(x, 2)  # (B, 3, H/2, W/2)
+        xc = xh if norm is None else normalize(xh, norm)  # what the colour transform reads (pooling is linear)
         b, _, hh, wh = xh.shape
-        coef = F.interpolate(self.coef(h), scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12, H/2, W/2)
+        coef = F.interpolate(self.coef(h), scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12|21, H/2, W/2)
         a = coef[:, :9].reshape(b, 3, 3, hh, wh)  # (B, 3 rows, 3 cols, H/2, W/2)
-        color = (a * xh.unsqueeze(1)).sum(2) + coef[:, 9:]  # (B, 3, H/2, W/2)
+        color = (a * xc.unsqueeze(1)).sum(2) + coef[:, -3:]  # (B, 3, H/2, W/2)
+        if coef.shape[1] == 21:  # + the raw frame's matrix
+            color = color + (coef[:, 9:18].reshape(b, 3, 3, hh, wh) * xh.unsqueeze(1)).sum(2)
         t = F.relu(F.pixel_shuffle(self.up4(h), 2))  # (B, out_ch, H/2, W/2)
-        delta = color + self.out(torch.cat([t, xh], dim=1)) - xh  # (B, 3, H/2, W/2)
+        delta = color + self.out(torch.cat([t, xc], dim=1)) - xh  # (B, 3, H/2, W/2)
         return x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 3, H, W)
 
 class GenrealModel(nn.Module):
@@ -228,6 +299,7 @@ class GenrealModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
+        self.context = Context(cfg) if cfg.context else None
         self.fsq = FSQ(cfg.fsq_levels)
         self.embed = nn.Conv2d(self.fsq.dim, cfg.latent_ch, 1)
         self.skip_net = Skip(cfg)
@@ -236,20 +308,43 @@ class GenrealModel(nn.Module):
         self.decoder = Decoder(cfg) if cfg.dec_res == 1 else HalfResDecoder(cfg)
 
     # -- stages (the runtime calls these one by one) ---------------------------------
-    def encode(self, x: torch.Tensor) -> Encoded:
-        """(B, 3, H, W) in [0, 1] → tokens (B, H/8, W/8), emb (B, C, H/8, W/8), z_cont (B, d, H/8, W/8)."""
+    # -- frame normalization ----------------------------------------------------------------
+    def frame_norm(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, 3, H, W) → (B, 4): per-channel mean and one spread of the whole frame (None without
+        `cfg.normalize`). The runtime computes it on a whole frame and passes it with that frame's crops."""
+        if not self.cfg.normalize:
+            return None
+        return frame_norm(x)
+
+    def normalized(self, x: torch.Tensor, norm: Optional[torch.Tensor]) -> torch.Tensor:
+        """x normalized with `norm` (B, 4) (computed from x itself when None); x without `cfg.normalize`."""
+        if not self.cfg.normalize:
+            return x
+        return normalize(x, frame_norm(x) if norm is None else norm)
+
+    def encode(self, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> Encoded:
+        """(B, 3, H, W) in [0, 1] → tokens (B, H/8, W/8), emb (B, C, H/8, W/8), z_cont (B, d, H/8, W/8)
+        and, with `cfg.context`, the frame context ctx (B, E). `norm`: the whole frame's `frame_norm`
+        when x is a crop of it."""
         _check_input(x)
-        z_cont = self.encoder(x)
+        h = self.encoder.features(self.normalized(x, norm))
+        z_cont = self.encoder.head(h)
         z_q, tokens = self.fsq(z_cont)
-        return Encoded(tokens, self.embed(z_q), z_cont)
+        ctx = self.context(h) if self.context is not None else None
+        return Encoded(tokens, self.embed(z_q), z_cont, ctx)
+
+    @staticmethod
+    def condition(style_vec: torch.Tensor, ctx: Optional[torch.Tensor]) -> torch.Tensor:
+        """The refiner's conditioning vector (B, E): style vector (1 or B, E) + frame context (B, E)."""
+        return style_vec if ctx is None else style_vec + ctx
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int64 tokens → (B, C, h, w) embeddings (what `encode` returns for those tokens)."""
         return self.embed(self.fsq.tokens_to_codes(tokens))
 
-    def skip(self, x: torch.Tensor) -> torch.Tensor:
+    def skip(self, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, 3, H, W) → (B, S, H/4, W/4) skip features for `decode`."""
-        return self.skip_net(x)
+        return self.skip_net(self.normalized(x, norm))
 
     def style_embedding(self, weights: torch.Tensor) -> torch.Tensor:
         """Style weights (S,) or (B, S) (one-hot, or a blend summing to 1) → (B, E) style vectors."""
@@ -268,24 +363,42 @@ class GenrealModel(nn.Module):
             raise ValueError(f"refine steps must be within 0..{self.cfg.max_steps}")
         return self.refiner(z, emb, style_vec.expand(z.shape[0], -1), steps, first_step)
 
-    def decode(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor,
+               norm: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Latent + skip features + input → rgb (B, 3, H, W), unclamped."""
-        return self.decoder(z, skip, x)
+        if self.cfg.normalize and norm is None:
+            norm = frame_norm(x)
+        return self.decoder(z, skip, x, norm if self.cfg.normalize else None)
 
     # -- all stages ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor, style_vec: torch.Tensor, steps: Optional[int] = None,
-                z_init: Optional[torch.Tensor] = None) -> ModelOutput:
+                z_init: Optional[torch.Tensor] = None, norm: Optional[torch.Tensor] = None) -> ModelOutput:
         """K refiner steps from the learned start, or from `z_init` (a warm latent) when given.
 
         A warm start runs the last K step embeddings (k = max_steps-K … max_steps-1), as in training.
         """
         k = self.cfg.default_steps if steps is None else int(steps)
-        enc = self.encode(x)
+        norm = self.frame_norm(x) if norm is None else norm
+        enc = self.encode(x, norm)
+        style_vec = self.condition(style_vec, enc.ctx)
         if z_init is None:
             z = self.refine(self.initial_latent(enc.emb), enc.emb, style_vec, k, 0)
         else:
             z = self.refine(z_init, enc.emb, style_vec, k, self.cfg.max_steps - k)
-        return ModelOutput(self.decode(z, self.skip(x), x), z, enc.tokens)
+        return ModelOutput(self.decode(z, self.skip(x, norm), x, norm), z, enc.tokens)
+
+
+def normalize(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) with its frame's `frame_norm` (B, 4) → (x - mean) / spread."""
+    return (x - norm[:, :3, None, None]) / norm[:, 3:, None, None]
+
+
+def frame_norm(x: torch.Tensor, floor: float = 0.02) -> torch.Tensor:
+    """(B, 3, H, W) → (B, 4): each channel's mean, and the spread of all channels around their means
+    (at least `floor`, so a flat frame does not blow up)."""
+    mean = x.mean(dim=(2, 3))  # (B, 3)
+    spread = (x - mean[:, :, None, None]).square().mean(dim=(1, 2, 3)).sqrt().clamp_min(floor)  # (B,)
+    return torch.cat([mean, spread[:, None]], dim=1)
 
 
 def _check_input(x: torch.Tensor) -> None:

@@ -73,6 +73,79 @@ def test_training_step_loss_goes_down():
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
 
 
+def test_latent_bound_pulls_saturated_encoder_values_back():
+    """The FSQ bound term: zero while the encoder's pre-quantization values stay where tanh has a
+    gradient, positive once they saturate (where every token of an image becomes the same), and its
+    gradient shrinks them."""
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x = smooth_images(2, 48, seed=2)
+    t, styles, rng = 1.0 - x, torch.tensor([0, 1]), np.random.default_rng(0)
+    _, parts = training_step(model, x, t, styles, 8, LossWeights(), rng)
+    assert parts["bound"] == 0.0 and parts["tokens_per_crop"] >= 1
+    with torch.no_grad():
+        model.encoder.head.weight.mul_(200.0)
+    before = float(model.encode(x[:, :, 8:-8, 8:-8]).z_cont.abs().max())
+    loss, parts = training_step(model, x, t, styles, 8, LossWeights(latent_bound=1.0), rng)
+    assert parts["bound"] > 0.1
+    opt = torch.optim.SGD(model.encoder.head.parameters(), lr=0.05)
+    for _ in range(5):
+        loss, _ = training_step(model, x, t, styles, 8, LossWeights(latent_bound=1.0), rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(model.encode(x[:, :, 8:-8, 8:-8]).z_cont.abs().max()) < before
+
+
+def test_frame_stats_are_whole_image_statistics_and_feed_the_context():
+    """Training crops read the frame context from their whole image's statistics, as the runtime does."""
+    from models.distill import FrameStats
+
+    torch.manual_seed(0)
+    model = build_model(replace(SMALL, context=True))
+    rng_np = np.random.default_rng(0)
+    images = [rng_np.integers(lo, hi, (64, 80, 3), dtype=np.uint8) for lo, hi in ((0, 60), (0, 255), (180, 255))]
+    fs = FrameStats(images, "cpu", every=1)
+    fs.refresh(model, 0)
+    assert fs.table.shape == (3, 2 * SMALL.latent_ch)
+    with torch.no_grad():
+        x0 = torch.from_numpy(images[1]).permute(2, 0, 1)[None].float() / 255.0
+        stats, norms = fs(np.array([1]))
+        assert torch.allclose(norms, model.frame_norm(x0)) and norms.shape == (1, 4)
+        feats = model.encoder.features(model.normalized(x0, None))
+        assert torch.allclose(stats[0], model.context.stats(feats)[0], atol=1e-5)
+        model.context.proj.weight.normal_(0, 1.0)
+        model.refiner.step.film_out.weight.normal_(0, 0.5)
+    x = smooth_images(2, 48, seed=3)
+    t, styles = 1.0 - x, torch.tensor([0, 1])
+    la, _ = training_step(model, x, t, styles, 8, LossWeights(), np.random.default_rng(0), *fs(np.array([0, 0])))
+    lb, _ = training_step(model, x, t, styles, 8, LossWeights(), np.random.default_rng(0), *fs(np.array([2, 2])))
+    assert abs(float(la) - float(lb)) > 1e-5  # same crops and motion (same seed): only the frame differs
+
+
+def test_crops_stay_on_the_8_pixel_grid_of_the_teacher_output():
+    """Training crops start on multiples of 8 of the image the teacher ran on, unflipped (the teachers'
+    strokes are locked to a 4-pixel grid), and remember which image they came from."""
+    from models.data import CropSampler, Example, TrainingSet
+
+    h, w = 100, 130
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([yy, xx, np.zeros_like(xx)], axis=2).astype(np.uint8)  # each pixel knows where it is
+    data = TrainingSet([img, img[::-1].copy()], [Example(0, 0, img), Example(1, 1, img)], ["a", "b"])
+    sampler = CropSampler(data, 32, seed=0)
+    xs, ys, ss = sampler.sample(64)
+    assert xs.shape == (64, 32, 32, 3) and np.array_equal(xs[ss == 0], ys[ss == 0])
+    crops = xs[ss == 0]
+    assert len(crops) > 10
+    assert set(np.unique(crops[:, 0, 0, 0] % 8)) == {0} and set(np.unique(crops[:, 0, 0, 1] % 8)) == {0}
+    assert (crops[:, 0, 1, 1] > crops[:, 0, 0, 1]).all()  # not flipped
+    assert len({(int(c[0, 0, 0]), int(c[0, 0, 1])) for c in crops}) > 5  # but spread over the image
+    assert np.array_equal(sampler.last_images, ss)  # example i uses image i here
+    flipping = CropSampler(data, 32, seed=0, align=1, flips=True)
+    xf, _, _ = flipping.sample(64)
+    assert (xf[:, 0, 1, 1].astype(int) < xf[:, 0, 0, 1]).any()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")

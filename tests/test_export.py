@@ -26,8 +26,11 @@ def test_static_specs_have_fixed_shapes_and_equal_profiles():
     assert tuple(specs) == STAGES
     enc = specs["encode"]
     assert isinstance(enc, ExportSpec) and enc.size == (640, 360) and enc.batch == 1
-    assert [t.name for t in enc.inputs] == ["x"] and [t.name for t in enc.outputs] == ["zq", "skip"]
+    assert [t.name for t in enc.inputs] == ["x"] and [t.name for t in enc.outputs] == ["zq", "skip", "ctx"]
     assert enc.outputs[0].shape == (1, 6, 45, 80) and enc.outputs[1].shape == (1, CFG.skip_ch, 90, 160)
+    assert enc.outputs[2].shape == (1, CFG.style_dim)  # the frame context
+    no_ctx = stage_specs(ModelConfig(context=False), (640, 360), 1)["encode"]  # models saved before it
+    assert [t.name for t in no_ctx.outputs] == ["zq", "skip"]
     assert specs["embed"].inputs[0] == TensorSpec("levels", "int32", (1, 6, 45, 80), (1, 6, 45, 80),
                                                   (1, 6, 45, 80), (1, 6, 45, 80))
     assert [t.name for t in specs["refine_step"].inputs] == ["z", "emb", "cond"]
@@ -45,7 +48,7 @@ def test_dynamic_specs_name_axes_and_profiles():
     enc = specs["encode"]
     assert enc.inputs[0].shape == ("B", 3, "H", "W")
     assert enc.dynamic_axes() == {"x": {0: "B", 2: "H", 3: "W"}, "zq": {0: "B", 2: "H_8", 3: "W_8"},
-                                  "skip": {0: "B", 2: "H_4", 3: "W_4"}}
+                                  "skip": {0: "B", 2: "H_4", 3: "W_4"}, "ctx": {0: "B"}}
     x = enc.inputs[0]
     assert x.min == (1, 3, 64, 64) and x.max == (2, 3, 2160, 3840) and x.opt == (1, 3, 720, 1280)
     cond = specs["refine_step"].inputs[2]
@@ -144,7 +147,8 @@ def test_dynamic_graphs_match_torch_at_another_size_and_batch(exported):
 
 
 def test_fused_graph_equals_the_stage_chain_at_default_steps(exported):
-    """The fused graph = encode → FSQ round → embed → initial → K default refine steps → decode."""
+    """The fused graph = encode → FSQ round → embed → initial → K default refine steps (style + frame
+    context) → decode."""
     import onnxruntime as ort
 
     out, _ = exported
@@ -154,13 +158,14 @@ def test_fused_graph_equals_the_stage_chain_at_default_steps(exported):
         styles, step_emb = t["styles"], t["step_emb"]
     x = np.random.default_rng(0).random((1, 3, 64, 96), dtype=np.float32)
     style = styles[2:3]  # (1, E)
-    zq, skip = sess["encode"].run(None, {"x": x})
+    zq, skip, *ctx = sess["encode"].run(None, {"x": x})  # + the frame context (B, E) for models with one
+    cond = style + ctx[0] if ctx else style
     levels = np.rint(zq * 2 + 2).astype(np.int32)
     (emb,) = sess["embed"].run(None, {"levels": levels})
     (z,) = sess["initial"].run(None, {"emb": emb})
     default_steps = json.loads((out / "index.json").read_text())["default_steps"]  # the exported model's K
     for k in range(default_steps):
-        (z,) = sess["refine_step"].run(None, {"z": z, "emb": emb, "cond": style + step_emb[k]})
+        (z,) = sess["refine_step"].run(None, {"z": z, "emb": emb, "cond": cond + step_emb[k]})
     (rgb,) = sess["decode"].run(None, {"z": z, "skip": skip, "x": x})
     rgb_f, zq_f = sess["fused"].run(None, {"x": x, "style": style})
     assert np.max(np.abs(zq_f - zq)) <= 1e-5

@@ -138,17 +138,17 @@ def test_style_switching_and_blending(model, x):
         batch = model.style_embedding(torch.eye(4)[:2])  # (2, E): per-sample styles
         assert torch.allclose(batch[1], e1[0])
         # FiLM starts at zero; give the style path some weight so styles must differ
-        model.refiner.step.film.weight.data.normal_(0, 0.1)
+        model.refiner.step.film_out.weight.data.normal_(0, 0.1)
         y0, y1 = model(x, e0).rgb, model(x, e1).rgb
         assert (y0 - y1).abs().max() > 1e-4
         # switching back gives exactly the first result: no hidden state
         assert torch.equal(model(x, e0).rgb, y0)
-        model.refiner.step.film.weight.data.zero_()
+        model.refiner.step.film_out.weight.data.zero_()
 
 
 def test_k_steps_and_warm_start(model, x):
     cfg = model.cfg
-    model.refiner.step.film.weight.data.normal_(0, 0.1)
+    model.refiner.step.film_out.weight.data.normal_(0, 0.1)
     with torch.no_grad():
         vec = model.style_embedding(onehot(2))
         enc = model.encode(x)
@@ -169,7 +169,7 @@ def test_k_steps_and_warm_start(model, x):
         assert not torch.allclose(warm.z, model(x, vec, 1).z)
         with pytest.raises(ValueError):
             model(x, vec, cfg.max_steps + 1)
-    model.refiner.step.film.weight.data.zero_()
+    model.refiner.step.film_out.weight.data.zero_()
 
 
 def test_config_round_trip():
@@ -186,7 +186,7 @@ def test_decoders_start_at_the_identity_and_old_configs_keep_theirs():
 
     x = torch.rand(1, 3, 32, 48)
     for dec_res, cls in ((1, Decoder), (2, HalfResDecoder)):
-        m = build_model(dec_res=dec_res)
+        m = build_model(dec_res=dec_res, normalize=False)
         assert isinstance(m.decoder, cls)
         z = torch.randn(1, m.cfg.latent_ch, 4, 6)
         y = m.decode(z, m.skip(x), x)
@@ -196,3 +196,79 @@ def test_decoders_start_at_the_identity_and_old_configs_keep_theirs():
     assert ModelConfig.from_dict(old).dec_res == 1 and ModelConfig().dec_res == 2
     with pytest.raises(ValueError):
         ModelConfig(dec_res=4)
+
+
+def test_frame_context_styles_a_crop_as_part_of_its_frame():
+    """With `context`, encode returns a (B, E) summary of the whole frame that is added to the style
+    vector. A crop refined with its frame's context comes out closer to the full-frame result than the
+    same crop with its own context, and the context starts at zero (no effect before training)."""
+    torch.manual_seed(0)
+    m = build_model(num_styles=2).eval()
+    assert m.cfg.context
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 3, 96, 128, generator=g)
+    x[:, :, :, 64:] *= 0.3  # a dark right half: the frame's statistics differ from any crop's
+    s = m.style_embedding(onehot(0, 2))
+    with torch.no_grad():
+        enc = m.encode(x)
+        assert enc.ctx.shape == (1, m.cfg.style_dim) and float(enc.ctx.abs().max()) == 0.0
+        m.context.proj.weight.normal_(0, 0.5)
+        m.refiner.step.film_out.weight.normal_(0, 0.2)
+        full = m(x, s, 2)
+        enc = m.encode(x)
+        assert torch.equal(m.refine(m.initial_latent(enc.emb), enc.emb, m.condition(s, enc.ctx), 2),
+                           full.z)  # forward = refine with style + context
+        xc = x[:, :, 16:80, 16:64]  # a crop of the bright half
+
+        def crop_with(ctx, norm):
+            e = m.encode(xc, norm)
+            z = m.refine(m.initial_latent(e.emb), e.emb, m.condition(s, ctx), 2)
+            return m.decode(z, m.skip(xc, norm), xc, norm)[:, :, 16:-16, 8:-8]
+
+        ref = full.rgb[:, :, 32:64, 24:56]
+        n = m.frame_norm(x)
+        with_frame = (crop_with(enc.ctx, n) - ref).abs().mean()
+        with_own = (crop_with(m.encode(xc).ctx, None) - ref).abs().mean()
+    assert float(with_frame) < 0.5 * float(with_own)
+
+
+def test_models_saved_without_context_load_as_before(tmp_path, x):
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "context"}  # saved before `context`
+    cfg = ModelConfig.from_dict(old)
+    assert not cfg.context
+    m = build_model(cfg)
+    assert m.context is None and "refiner.step.film.weight" in m.state_dict()  # the old layout
+    with torch.no_grad():
+        assert m.encode(x).ctx is None
+        assert m(x, m.style_embedding(onehot(0, cfg.num_styles))).rgb.shape == x.shape
+
+
+def test_frame_normalization_makes_the_output_ignore_the_input_colour_cast():
+    """Like the teachers (whose first instance norm removes the input's mean colour), a model with
+    `normalize` reads the frame without its colour cast: with the decoder's raw-frame colour matrix
+    off (the path that lets looks like cel keep the photo's colours; it starts as the identity), a
+    frame and the frame plus a colour cast give the same picture. A crop given its frame's
+    normalization sees what the frame saw."""
+    from models.model import frame_norm
+
+    torch.manual_seed(0)
+    m = build_model(num_styles=2).eval()
+    assert m.cfg.normalize
+    with torch.no_grad():
+        m.refiner.step.film_out.weight.normal_(0, 0.2)
+        x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(5)) * 0.6
+        assert float((m(x, m.style_embedding(onehot(0, 2))).rgb - x).abs().mean()) < 0.1  # starts near rgb = x
+        m.decoder.coef.weight[9:18].zero_()
+        m.decoder.coef.bias[9:18].zero_()
+        s = m.style_embedding(onehot(1, 2))
+        cast = torch.tensor([0.2, -0.05, 0.1]).view(1, 3, 1, 1)
+        y, y_cast = m(x, s).rgb, m(x + cast, s).rgb
+        assert float((y - y_cast).abs().max()) < 1e-4
+        n = frame_norm(x)
+        assert n.shape == (1, 4) and torch.allclose(n[0, :3], x.mean(dim=(2, 3))[0])
+        assert torch.allclose(frame_norm(x + cast)[:, 3], n[:, 3], atol=1e-6)  # the spread ignores it
+        xc = x[:, :, 8:56, 16:80]
+        assert torch.equal(m.encode(xc, n).z_cont, m.encoder(m.normalized(xc, n)))
+        assert not torch.equal(m.encode(xc, n).z_cont, m.encode(xc).z_cont)  # its own norm differs
+        flat = frame_norm(torch.full((1, 3, 16, 16), 0.5))
+        assert float(flat[0, 3]) == pytest.approx(0.02)  # a flat frame: the floor, no division by zero

@@ -35,7 +35,7 @@ def one_thread():
 def small_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(SMALL)
-    model.refiner.step.film.weight.data.normal_(0, 0.2)  # make styles differ in an untrained model
+    model.refiner.step.film_out.weight.data.normal_(0, 0.2)  # make styles differ in an untrained model
     d = tmp_path_factory.mktemp("model")
     styles = [{"name": n, "teacher": f"builtin:{i}", "psnr": 20.0 + i, "ssim": 0.5} for i, n in enumerate(NAMES)]
     save_model(model, d, {"styles": styles, "default_style": "sun"})

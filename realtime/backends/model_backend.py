@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from realtime.backends.base import Backend
-from realtime.backends.stages import ModelStages, warm_first_step
+from realtime.backends.stages import ModelStages, condition, warm_first_step
 from realtime.config import BackendConfig
 from realtime.errors import UserError
 from realtime.temporal import TemporalCache, TemporalConfig, grey_of, motion_change
@@ -83,6 +83,11 @@ class ModelBackend(Backend):
         self._dirty: Optional[list[tuple[int, int, int, int]]] = None
         self._style = ""
         self._style_vec: Any = None
+        # the frame normalization (B, 4) and frame context (B, E) of the last full frame (models with them;
+        # else None): crops of later frames use them, so a recomputed patch is styled as a part of the
+        # frame around it
+        self._key_norm: Any = None
+        self._key_ctx: Any = None
         self._valid_hw: Optional[tuple[int, int]] = None
         self.set_style(config.style if config.style is not None else self.info.default_style)
 
@@ -104,6 +109,7 @@ class ModelBackend(Backend):
     def reset(self) -> None:
         self.cache.reset()
         self._shown, self._dirty = None, None
+        self._key_norm, self._key_ctx = None, None
 
     supports_choices = True
 
@@ -151,11 +157,13 @@ class ModelBackend(Backend):
     def _full(self, x: Any) -> tuple[Any, Any, Any]:
         """The per-frame path → (levels (B, d, h, w), z (B, C, h, w), rgb (B, 3, Hp, Wp))."""
         st = self.stages
-        enc = st.encode(x)
+        norm = st.frame_norm(x)  # (B, 4) or None
+        enc = st.encode(x, norm)
         levels, _ = self.ops.fsq_hysteresis(enc.zq, None, self.info.fsq_levels, 0.0)  # (B, d, h, w)
         emb = st.embed(levels)
-        z = st.refine(st.initial(emb), emb, self._style_vec, self.steps, 0)
-        return levels, z, st.decode(z, enc.skip, x)  # (B, 3, Hp, Wp)
+        z = st.refine(st.initial(emb), emb, condition(self._style_vec, enc.ctx), self.steps, 0)
+        self._key_norm, self._key_ctx = norm, enc.ctx
+        return levels, z, st.decode(z, enc.skip, x, norm)  # (B, 3, Hp, Wp)
 
     def _infer_temporal(self, x: Any) -> Any:
         cache = self.cache
@@ -190,12 +198,14 @@ class ModelBackend(Backend):
         xc = x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
         if isinstance(xc, np.ndarray):
             xc = np.ascontiguousarray(xc)
-        enc = st.encode(xc)
+        norm = self._key_norm if self._key_norm is not None else st.frame_norm(x)  # the whole frame's
+        enc = st.encode(xc, norm)
         margin = self.cache.config.hysteresis_margin if prev_levels is not None else 0.0
         levels, _ = self.ops.fsq_hysteresis(enc.zq, prev_levels, self.info.fsq_levels, margin)
         emb = st.embed(levels)
-        z = st.refine(st.initial(emb), emb, self._style_vec, self.steps, 0)
-        return levels, z, st.decode(z, enc.skip, xc)  # (B, 3, crop h, crop w)
+        ctx = self._key_ctx if self._key_ctx is not None else enc.ctx  # the whole frame's context
+        z = st.refine(st.initial(emb), emb, condition(self._style_vec, ctx), self.steps, 0)
+        return levels, z, st.decode(z, enc.skip, xc, norm)  # (B, 3, crop h, crop w)
 
     def _infer_crop(self, x: Any, plan: Any, sigs: np.ndarray, ntok: int) -> Any:
         """Still camera, a few tiles changed: run the stages on each padded crop, paste its inner part."""
@@ -254,15 +264,16 @@ class ModelBackend(Backend):
         frac = float(mask.float().mean()) if hasattr(mask, "float") else float(mask.mean())
         if frac > cfg.rekey_frac:
             return None
-        enc = st.encode(x)
+        norm = st.frame_norm(x)
+        enc = st.encode(x, norm)
         # tokens on a grid that moved by a fraction of a cell are not comparable level by level: quantize
         # afresh (as the full path does) and restart the latent only where content newly came into view
         levels, _ = ops.fsq_hysteresis(enc.zq, None, self.info.fsq_levels, 0.0)
         emb = st.embed(levels)
         z0 = ops.warp_and_blend(cache.z, a_lat, st.initial(emb), mask)
         k = min(cfg.warm_steps, self.steps)
-        z = st.refine(z0, emb, self._style_vec, k, warm_first_step(self.info, k))
-        y = st.decode(z, enc.skip, x)
+        z = st.refine(z0, emb, condition(self._style_vec, enc.ctx), k, warm_first_step(self.info, k))
+        y = st.decode(z, enc.skip, x, norm)
         cache.y = y  # the key frame's tokens and latent stay as they are
         cache.record(plan, int(round(frac * ntok)), ntok)
         return y

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from realtime.backends.model_backend import ModelBackend
-from realtime.backends.stages import Encoded, ModelInfo, info_from_manifest
+from realtime.backends.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
 from realtime.errors import UserError
 
@@ -349,11 +349,19 @@ class OrtStages:
         w = np.asarray(weights, np.float32).reshape(1, -1)  # (1, S)
         return w @ self.styles_table  # (1, E)
 
-    def encode(self, x: np.ndarray) -> Encoded:
+    def frame_norm(self, x: np.ndarray) -> Optional[np.ndarray]:
+        return frame_norm(x) if self.info.normalize else None
+
+    def _with_norm(self, feeds: dict[str, np.ndarray], x: np.ndarray, norm: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        if self.info.normalize:
+            feeds["norm"] = np.ascontiguousarray(frame_norm(x) if norm is None else norm, dtype=np.float32)
+        return feeds
+
+    def encode(self, x: np.ndarray, norm: Optional[np.ndarray] = None) -> Encoded:
         x = np.ascontiguousarray(x, dtype=np.float32)  # (B, 3, Hp, Wp)
         self.sessions_for(x.shape[0], x.shape[2], x.shape[3])
-        zq, skip = self._run("encode", {"x": x})
-        return Encoded(zq, skip)  # (B, d, h, w), (B, S, Hp/4, Wp/4)
+        outs = self._run("encode", self._with_norm({"x": x}, x, norm))  # zq, skip[, ctx (B, E)]
+        return Encoded(outs[0], outs[1], outs[2] if len(outs) > 2 else None)
 
     def embed(self, levels: np.ndarray) -> np.ndarray:
         (emb,) = self._run("embed", {"levels": np.ascontiguousarray(levels, dtype=np.int32)})
@@ -364,9 +372,10 @@ class OrtStages:
         return z0
 
     def cond(self, style_vec: np.ndarray, step: int, batch: int) -> np.ndarray:
-        """The refine_step input (B, E) = style_vec + step_emb[step]."""
-        vec = np.asarray(style_vec, np.float32).reshape(-1) + self.step_emb[min(step, len(self.step_emb) - 1)]
-        return np.ascontiguousarray(np.broadcast_to(vec, (batch, vec.shape[0])))
+        """The refine_step input (B, E) = style_vec (+ frame context), (1 or B, E), + step_emb[step]."""
+        e = self.step_emb.shape[1]
+        vec = np.asarray(style_vec, np.float32).reshape(-1, e) + self.step_emb[min(step, len(self.step_emb) - 1)]
+        return np.ascontiguousarray(np.broadcast_to(vec, (batch, e)), dtype=np.float32)
 
     def refine(self, z: np.ndarray, emb: np.ndarray, style_vec: np.ndarray, steps: int,
                first_step: int = 0) -> np.ndarray:
@@ -400,9 +409,10 @@ class OrtStages:
             z_dev = io.get_outputs()[0]
         return z_dev.numpy()
 
-    def decode(self, z: np.ndarray, skip: np.ndarray, x: np.ndarray) -> np.ndarray:
-        (rgb,) = self._run("decode", {"z": np.ascontiguousarray(z, np.float32), "skip": skip,
-                                      "x": np.ascontiguousarray(x, dtype=np.float32)})
+    def decode(self, z: np.ndarray, skip: np.ndarray, x: np.ndarray, norm: Optional[np.ndarray] = None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        (rgb,) = self._run("decode", self._with_norm({"z": np.ascontiguousarray(z, np.float32), "skip": skip, "x": x},
+                                                     x, norm))
         return rgb  # (B, 3, Hp, Wp) unclamped
 
     def close(self) -> None:

@@ -4,11 +4,14 @@ TensorRT), so `ModelBackend` and the temporal cache never know which engine runs
 An engine ("stages") runs the model's stages one by one (DESIGN.md §3)::
 
     x (B, 3, Hp, Wp) float in [0, 1], Hp and Wp multiples of 8       (kernels' preprocess output)
-      encode(x)            → Encoded(zq (B, d, h, w) in [-1, 1] before rounding,  skip (B, S, Hp/4, Wp/4))
+      frame_norm(x)        → norm (B, 4) the whole frame's channel means and spread (models with
+                             `normalize`; else None): pass it with the frame, or a crop of it, to:
+      encode(x, norm)      → Encoded(zq (B, d, h, w) in [-1, 1] before rounding,  skip (B, S, Hp/4, Wp/4),
+                                     ctx (B, E) frame context or None)
       embed(levels)        → emb (B, C, h, w)       levels: int32 (B, d, h, w), FSQ level per channel
       initial(emb)         → z0 (B, C, h, w)        the learned cold start
-      refine(z, emb, style_vec, steps, first_step) → z (B, C, h, w)
-      decode(z, skip, x)   → rgb (B, 3, Hp, Wp)     unclamped
+      refine(z, emb, cond, steps, first_step) → z (B, C, h, w)   cond = style_vec + ctx: (1 or B, E)
+      decode(z, skip, x, norm) → rgb (B, 3, Hp, Wp)  unclamped
 
 where h = Hp/8, w = Wp/8. `zq = tanh(z_cont)`: quantizing it with
 ``kernels.get_ops(...).fsq_hysteresis(zq, prev_levels, info.fsq_levels, margin)`` gives the FSQ
@@ -21,7 +24,7 @@ Arrays are whatever `kernel_device` says: numpy on "cpu", torch tensors on "cuda
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 import numpy as np
 
@@ -39,6 +42,7 @@ class ModelInfo:
     max_steps: int
     default_steps: int
     model_dir: str = ""
+    normalize: bool = False  # encode and decode take the frame normalization `norm` (B, 4)
 
     @property
     def downsample(self) -> int:
@@ -48,6 +52,14 @@ class ModelInfo:
 class Encoded(NamedTuple):
     zq: Array  # (B, d, h, w) tanh(z_cont) in [-1, 1], before FSQ rounding
     skip: Array  # (B, S, Hp/4, Wp/4)
+    #: (B, E) frame context (models with `context`): added to the style vector before the refiner; a crop
+    #: of a frame is refined with its whole frame's context. None for models without it.
+    ctx: Optional[Array] = None
+
+
+def condition(style_vec: Array, ctx: Optional[Array]) -> Array:
+    """The refiner's conditioning vector: style vector (1, E) + frame context (B, E) → (B, E) (or (1, E))."""
+    return style_vec if ctx is None else style_vec + ctx
 
 
 class ModelStages(Protocol):
@@ -63,7 +75,10 @@ class ModelStages(Protocol):
     def style_vector(self, weights: np.ndarray) -> Array:
         """(S,) float32 style weights (one-hot or a blend summing to 1) → (1, E) style vector."""
 
-    def encode(self, x: Array) -> Encoded: ...
+    def frame_norm(self, x: Array) -> Optional[Array]:
+        """(B, 3, Hp, Wp) → (B, 4) (`frame_norm` below), or None for models without `normalize`."""
+
+    def encode(self, x: Array, norm: Optional[Array] = None) -> Encoded: ...
 
     def embed(self, levels: Array) -> Array: ...
 
@@ -71,9 +86,29 @@ class ModelStages(Protocol):
 
     def refine(self, z: Array, emb: Array, style_vec: Array, steps: int, first_step: int = 0) -> Array: ...
 
-    def decode(self, z: Array, skip: Array, x: Array) -> Array: ...
+    def decode(self, z: Array, skip: Array, x: Array, norm: Optional[Array] = None) -> Array: ...
 
     def close(self) -> None: ...
+
+
+def frame_norm(x: Array, floor: float = 0.02) -> Array:
+    """(B, 3, H, W) float frame → (B, 4) float32: each channel's mean and the spread of all channels
+    around their means, at least `floor` (the same numbers as `models.model.frame_norm`)."""
+    if isinstance(x, np.ndarray):
+        import cv2
+
+        out = np.empty((x.shape[0], 4), np.float32)
+        for b in range(x.shape[0]):
+            var = 0.0
+            for c in range(3):
+                mean, std = cv2.meanStdDev(np.ascontiguousarray(x[b, c], dtype=np.float32))
+                out[b, c] = mean[0, 0]
+                var += float(std[0, 0]) ** 2
+            out[b, 3] = max(floor, (var / 3.0) ** 0.5)
+        return out
+    from models.model import frame_norm as torch_frame_norm
+
+    return torch_frame_norm(x.float(), floor)
 
 
 def warm_first_step(info: ModelInfo, steps: int) -> int:
@@ -96,8 +131,9 @@ def info_from_manifest(manifest: dict, model_cfg: dict, model_dir: str = "") -> 
         max_steps=int(model_cfg["max_steps"]),
         default_steps=int(model_cfg["default_steps"]),
         model_dir=model_dir,
+        normalize=bool(model_cfg.get("normalize", False)),
     )
 
 
-__all__ = ["Array", "ModelInfo", "Encoded", "ModelStages", "warm_first_step", "info_from_manifest",
+__all__ = ["Array", "ModelInfo", "Encoded", "condition", "frame_norm", "ModelStages", "warm_first_step", "info_from_manifest",
            "style_names_of"]

@@ -36,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 
 from realtime.backends.model_backend import ModelBackend
-from realtime.backends.stages import Encoded, ModelInfo, info_from_manifest
+from realtime.backends.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
 from realtime.errors import UserError
 
@@ -295,11 +295,19 @@ class TensorRTStages:
         w = self._in(np.asarray(weights, np.float32).reshape(1, -1))  # (1, S)
         return self._out(w @ self.styles_table)  # (1, E)
 
-    def encode(self, x: Any) -> Encoded:
+    def frame_norm(self, x: Any) -> Any:
+        return self._out(frame_norm(self._in(x, self.torch.float32))) if self.info.normalize else None
+
+    def _norm_feed(self, x: Any, norm: Any) -> dict[str, Any]:
+        if not self.info.normalize:
+            return {}
+        return {"norm": frame_norm(x) if norm is None else self._in(norm, self.torch.float32)}
+
+    def encode(self, x: Any, norm: Any = None) -> Encoded:
         x = self._in(x, self.torch.float32)  # (B, 3, Hp, Wp)
         run = self.engines_for(x.shape[0], x.shape[2], x.shape[3])
-        zq, skip = run["encode"](x=x)
-        return Encoded(self._out(zq), self._out(skip))  # (B, d, h, w), (B, S, Hp/4, Wp/4)
+        outs = run["encode"](x=x, **self._norm_feed(x, norm))  # zq (B, d, h, w), skip (B, S, Hp/4, Wp/4)[, ctx (B, E)]
+        return Encoded(self._out(outs[0]), self._out(outs[1]), self._out(outs[2]) if len(outs) > 2 else None)
 
     def embed(self, levels: Any) -> Any:
         (emb,) = self._active["embed"](levels=self._in(levels, self.torch.int32))
@@ -312,15 +320,17 @@ class TensorRTStages:
     def refine(self, z: Any, emb: Any, style_vec: Any, steps: int, first_step: int = 0) -> Any:
         if steps < 0 or first_step + steps > self.info.max_steps:
             raise ValueError(f"refine steps must be within 0..{self.info.max_steps}")
-        z, emb, vec = self._in(z), self._in(emb), self._in(style_vec).reshape(1, -1)  # vec (1, E)
+        e = self.step_emb.shape[1]
+        z, emb, vec = self._in(z), self._in(emb), self._in(style_vec).reshape(-1, e)  # vec (1 or B, E)
         run = self._active["refine_step"]
         for k in range(first_step, first_step + steps):
-            cond = (vec + self.step_emb[min(k, self.step_emb.shape[0] - 1)]).expand(z.shape[0], -1)  # (B, E)
+            cond = (vec + self.step_emb[min(k, self.step_emb.shape[0] - 1)]).expand(z.shape[0], -1).contiguous()  # (B, E)
             (z,) = run(z=z, emb=emb, cond=cond)
         return self._out(z)
 
-    def decode(self, z: Any, skip: Any, x: Any) -> Any:
-        (rgb,) = self._active["decode"](z=self._in(z), skip=self._in(skip), x=self._in(x, self.torch.float32))
+    def decode(self, z: Any, skip: Any, x: Any, norm: Any = None) -> Any:
+        x = self._in(x, self.torch.float32)
+        (rgb,) = self._active["decode"](z=self._in(z), skip=self._in(skip), x=x, **self._norm_feed(x, norm))
         return self._out(rgb)  # (B, 3, Hp, Wp) unclamped
 
     def close(self) -> None:

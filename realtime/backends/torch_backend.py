@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from realtime.backends.model_backend import ModelBackend
-from realtime.backends.stages import Encoded, ModelInfo, info_from_manifest
+from realtime.backends.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
 from realtime.errors import UserError
 
@@ -148,11 +148,22 @@ class TorchStages:
             w = self._torch.from_numpy(np.asarray(weights, np.float32)).to(self.kernel_device)
             return self._out(self.model.style_embedding(w.to(self.dtype)))  # (1, E)
 
-    def encode(self, x: Any) -> Encoded:
+    def frame_norm(self, x: Any) -> Any:
+        if not self.info.normalize:
+            return None
+        with self._torch.inference_mode():
+            return frame_norm(x)  # numpy on the CPU, a tensor on CUDA
+
+    def encode(self, x: Any, norm: Any = None) -> Encoded:
         with self._torch.inference_mode():
             x = self._in(x)
-            zq = self._torch.tanh(self.model.encoder(x))  # (B, d, h, w)
-            return Encoded(self._out(zq), self._out(self.model.skip(x)))
+            m = self.model
+            norm = None if norm is None else self._in(norm)
+            xn = m.normalized(x, norm)
+            h = m.encoder.features(xn)  # (B, C, h, w)
+            zq = self._torch.tanh(m.encoder.head(h))  # (B, d, h, w)
+            ctx = self._out(m.context(h)) if m.context is not None else None  # (B, E)
+            return Encoded(self._out(zq), self._out(m.skip_net(xn)), ctx)
 
     def embed(self, levels: Any) -> Any:
         with self._torch.inference_mode():
@@ -184,9 +195,10 @@ class TorchStages:
             graph = self._graphs[key] = _RefineGraph(self._torch, self.model, z, emb, conds.contiguous())
         return graph.run(z, emb, conds)
 
-    def decode(self, z: Any, skip: Any, x: Any) -> Any:
+    def decode(self, z: Any, skip: Any, x: Any, norm: Any = None) -> Any:
         with self._torch.inference_mode():
-            return self._out(self.model.decode(self._in(z), self._in(skip), self._in(x)))
+            norm = None if norm is None else self._in(norm)
+            return self._out(self.model.decode(self._in(z), self._in(skip), self._in(x), norm))
 
     def close(self) -> None:
         self._graphs.clear()
