@@ -500,13 +500,38 @@ def parity(module: Any, spec: ExportSpec, path: Path, levels: Sequence[int], see
     with torch.no_grad():
         ref = module(*(torch.from_numpy(ins[n]) for n in spec.input_names))
     ref = ref if isinstance(ref, tuple) else (ref,)
+    outs = {name: (a, b.numpy()) for name, a, b in zip(spec.output_names, got, ref)}
+    keep = None
+    if "zq" in outs and "rgb" in outs:  # fused: FSQ rounding inside the graph
+        keep = _unflipped_pixels(*outs["zq"], levels, outs["rgb"][0].shape)
     worst = 0.0
-    for name, a, b in zip(spec.output_names, got, ref):
-        b = b.numpy()
+    for name, (a, b) in outs.items():
         if name == "rgb":
             a, b = np.clip(a, 0, 1), np.clip(b, 0, 1)
+            if keep is not None:
+                a, b = a * keep, b * keep
         worst = max(worst, float(np.max(np.abs(a - b))))
     return worst
+
+
+def _unflipped_pixels(zq_a: np.ndarray, zq_b: np.ndarray, levels: Sequence[int], rgb_shape: tuple,
+                      reach: int = 4) -> np.ndarray:
+    """(B, 1, H, W) 1 where no FSQ token within `reach` cells rounded differently in the two runs.
+
+    A pre-rounding value within float error of a level boundary may round either way in torch and in
+    ONNX Runtime (more of them since the encoder stopped saturating); its token then differs and the
+    refiner's convolutions carry that a few cells around. The graphs still compute the same function:
+    parity is checked everywhere else, and `zq` itself is compared before rounding."""
+    half = (np.asarray(levels, np.float32) - 1).reshape(1, -1, 1, 1) / 2
+    flip = (np.rint(zq_a * half) != np.rint(zq_b * half)).any(axis=1)  # (B, h, w)
+    grown = np.zeros_like(flip)
+    padded = np.pad(flip, ((0, 0), (reach, reach), (reach, reach)))
+    h, w = flip.shape[1:]
+    for dy in range(2 * reach + 1):
+        for dx in range(2 * reach + 1):
+            grown |= padded[:, dy:dy + h, dx:dx + w]
+    full = np.repeat(np.repeat(grown, 8, axis=1), 8, axis=2)[:, None, : rgb_shape[2], : rgb_shape[3]]
+    return (~full).astype(np.float32)
 
 
 def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional[Union[str, Path]] = None,

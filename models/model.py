@@ -266,6 +266,7 @@ class HalfResDecoder(Decoder):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
+        self.dual = cfg.normalize
         if cfg.normalize:
             # a colour transform of both the normalized and the raw frame (3x6 matrix + offset): styles
             # that ignore the input's colour cast read the first, looks that keep the photo's colours
@@ -288,7 +289,7 @@ class HalfResDecoder(Decoder):
         coef = F.interpolate(self.coef(h), scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12|21, H/2, W/2)
         a = coef[:, :9].reshape(b, 3, 3, hh, wh)  # (B, 3 rows, 3 cols, H/2, W/2)
         color = (a * xc.unsqueeze(1)).sum(2) + coef[:, -3:]  # (B, 3, H/2, W/2)
-        if coef.shape[1] == 21:  # + the raw frame's matrix
+        if self.dual:  # + the raw frame's matrix
             color = color + (coef[:, 9:18].reshape(b, 3, 3, hh, wh) * xh.unsqueeze(1)).sum(2)
         t = F.relu(F.pixel_shuffle(self.up4(h), 2))  # (B, out_ch, H/2, W/2)
         delta = color + self.out(torch.cat([t, xc], dim=1)) - xh  # (B, 3, H/2, W/2)

@@ -242,3 +242,46 @@ def test_model_option_reaches_our_backends(tmp_path):
     result = run_bench(cfg, tmp_path / "out")
     rows = [r for r in result["rows"] if r["backend"] == "onnxruntime"]
     assert rows and all(r["status"] == "unavailable" and "no-such-model" in r["reason"] for r in rows)
+
+
+def test_teacher_probe_sees_global_normalization_and_a_stroke_grid():
+    """benchmarks.teacher_probe on stand-in teachers with known properties: one that removes the
+    frame's mean colour (crop-dependent, blind to a colour cast) and one locked to a 4 px grid."""
+    from benchmarks.teacher_probe import probe_teacher
+
+    class Fake:
+        paired = False
+
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __call__(self, img):
+            return self.fn(img)
+
+    def demean(img):
+        f = img.astype(np.float32)
+        return np.clip(f - f.mean(axis=(0, 1)) + 128, 0, 255).astype(np.uint8)
+
+    def grid4(img):
+        h, w = img.shape[0] // 4 * 4, img.shape[1] // 4 * 4
+        small = img[:h, :w].reshape(h // 4, 4, w // 4, 4, 3).mean(axis=(1, 3)).astype(np.uint8)
+        out = img.copy()
+        out[:h, :w] = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
+        return out
+
+    photo = (_photo(560, 560, seed=3) * 0.6 + 40).astype(np.uint8)
+    photo[:, 420:] = photo[:, 420:] // 3  # a dark strip: the frame's mean differs from a centred crop's
+    d = probe_teacher(Fake(demean), [photo])
+    assert d["cast"] > 40 and d["crop_256"] < 30 and d["shift_4"] > 40
+    g = probe_teacher(Fake(grid4), [photo])
+    assert g["shift_4"] >= 90 and g["shift_8"] >= 90 and g["shift_1"] < g["shift_4"] - 10
+    assert g["cast"] < 35 and g["crop_480"] >= 90  # a local teacher: crops agree, a cast shows
+    assert g["blur_1"] > g["blur_8"]
+
+
+def test_teacher_probe_bad_model_is_exit_2(tmp_path, capsys):
+    from benchmarks.teacher_probe import main as probe_main
+
+    assert probe_main(["--model", str(tmp_path / "missing"), "--json", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("teacher_probe: error:") and "\n" not in err and not (tmp_path / "p.json").exists()

@@ -85,7 +85,7 @@ def test_latent_bound_pulls_saturated_encoder_values_back():
     assert parts["bound"] == 0.0 and parts["tokens_per_crop"] >= 1
     with torch.no_grad():
         model.encoder.head.weight.mul_(200.0)
-    before = float(model.encode(x[:, :, 8:-8, 8:-8]).z_cont.abs().max())
+    before = float(model.encode(x[:, :, 8:-8, 8:-8]).z_cont.detach().abs().max())
     loss, parts = training_step(model, x, t, styles, 8, LossWeights(latent_bound=1.0), rng)
     assert parts["bound"] > 0.1
     opt = torch.optim.SGD(model.encoder.head.parameters(), lr=0.05)
@@ -94,7 +94,7 @@ def test_latent_bound_pulls_saturated_encoder_values_back():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(model.encode(x[:, :, 8:-8, 8:-8]).z_cont.abs().max()) < before
+    assert float(model.encode(x[:, :, 8:-8, 8:-8]).z_cont.detach().abs().max()) < before
 
 
 def test_frame_stats_are_whole_image_statistics_and_feed_the_context():
@@ -120,7 +120,7 @@ def test_frame_stats_are_whole_image_statistics_and_feed_the_context():
     t, styles = 1.0 - x, torch.tensor([0, 1])
     la, _ = training_step(model, x, t, styles, 8, LossWeights(), np.random.default_rng(0), *fs(np.array([0, 0])))
     lb, _ = training_step(model, x, t, styles, 8, LossWeights(), np.random.default_rng(0), *fs(np.array([2, 2])))
-    assert abs(float(la) - float(lb)) > 1e-5  # same crops and motion (same seed): only the frame differs
+    assert abs(float(la.detach()) - float(lb.detach())) > 1e-5  # same crops and motion (same seed): only the frame differs
 
 
 def test_crops_stay_on_the_8_pixel_grid_of_the_teacher_output():

@@ -26,16 +26,18 @@ def test_static_specs_have_fixed_shapes_and_equal_profiles():
     assert tuple(specs) == STAGES
     enc = specs["encode"]
     assert isinstance(enc, ExportSpec) and enc.size == (640, 360) and enc.batch == 1
-    assert [t.name for t in enc.inputs] == ["x"] and [t.name for t in enc.outputs] == ["zq", "skip", "ctx"]
+    assert [t.name for t in enc.inputs] == ["x", "norm"] and [t.name for t in enc.outputs] == ["zq", "skip", "ctx"]
+    assert enc.inputs[1].shape == (1, 4)  # the whole frame's normalization
     assert enc.outputs[0].shape == (1, 6, 45, 80) and enc.outputs[1].shape == (1, CFG.skip_ch, 90, 160)
     assert enc.outputs[2].shape == (1, CFG.style_dim)  # the frame context
-    no_ctx = stage_specs(ModelConfig(context=False), (640, 360), 1)["encode"]  # models saved before it
-    assert [t.name for t in no_ctx.outputs] == ["zq", "skip"]
+    old = stage_specs(ModelConfig(context=False, normalize=False), (640, 360), 1)  # models saved before them
+    assert [t.name for t in old["encode"].outputs] == ["zq", "skip"] and [t.name for t in old["encode"].inputs] == ["x"]
+    assert [t.name for t in old["decode"].inputs] == ["z", "skip", "x"]
     assert specs["embed"].inputs[0] == TensorSpec("levels", "int32", (1, 6, 45, 80), (1, 6, 45, 80),
                                                   (1, 6, 45, 80), (1, 6, 45, 80))
     assert [t.name for t in specs["refine_step"].inputs] == ["z", "emb", "cond"]
     assert specs["refine_step"].inputs[2].shape == (1, 64)
-    assert [t.name for t in specs["decode"].inputs] == ["z", "skip", "x"]
+    assert [t.name for t in specs["decode"].inputs] == ["z", "skip", "x", "norm"]
     assert [t.name for t in specs["fused"].outputs] == ["rgb", "zq"]
     for spec in specs.values():
         assert spec.dynamic_axes() == {}
@@ -48,7 +50,8 @@ def test_dynamic_specs_name_axes_and_profiles():
     enc = specs["encode"]
     assert enc.inputs[0].shape == ("B", 3, "H", "W")
     assert enc.dynamic_axes() == {"x": {0: "B", 2: "H", 3: "W"}, "zq": {0: "B", 2: "H_8", 3: "W_8"},
-                                  "skip": {0: "B", 2: "H_4", 3: "W_4"}, "ctx": {0: "B"}}
+                                  "skip": {0: "B", 2: "H_4", 3: "W_4"}, "ctx": {0: "B"},
+                                  "norm": {0: "B"}}
     x = enc.inputs[0]
     assert x.min == (1, 3, 64, 64) and x.max == (2, 3, 2160, 3840) and x.opt == (1, 3, 720, 1280)
     cond = specs["refine_step"].inputs[2]
@@ -129,9 +132,10 @@ def test_dynamic_graphs_match_torch_at_another_size_and_batch(exported):
     for stage in STAGES:
         spec = specs[stage]
         shapes = {"x": (2, 3, 136, 200), "levels": (2, 6, 17, 25), "emb": (2, 64, 17, 25), "z": (2, 64, 17, 25),
-                  "cond": (2, 64), "skip": (2, model.cfg.skip_ch, 34, 50), "style": (2, 64)}
+                  "cond": (2, 64), "skip": (2, model.cfg.skip_ch, 34, 50), "style": (2, 64), "norm": (2, 4)}
         rng = np.random.default_rng(7)
         ins = {k: (rng.integers(0, 5, shapes[k]).astype(np.int32) if k == "levels"
+                   else rng.uniform(0.1, 0.6, shapes[k]).astype(np.float32) if k == "norm"
                    else rng.random(shapes[k], dtype=np.float32)) for k in spec.input_names}
         got = ort.InferenceSession(str(out / DYNAMIC / f"{stage}.onnx"), providers=["CPUExecutionProvider"]).run(None, ins)
         with torch.no_grad():
@@ -158,7 +162,10 @@ def test_fused_graph_equals_the_stage_chain_at_default_steps(exported):
         styles, step_emb = t["styles"], t["step_emb"]
     x = np.random.default_rng(0).random((1, 3, 64, 96), dtype=np.float32)
     style = styles[2:3]  # (1, E)
-    zq, skip, *ctx = sess["encode"].run(None, {"x": x})  # + the frame context (B, E) for models with one
+    from realtime.backends.stages import frame_norm
+
+    norm = {"norm": frame_norm(x)} if "norm" in {i.name for i in sess["encode"].get_inputs()} else {}
+    zq, skip, *ctx = sess["encode"].run(None, {"x": x, **norm})  # + the frame context (B, E) for models with one
     cond = style + ctx[0] if ctx else style
     levels = np.rint(zq * 2 + 2).astype(np.int32)
     (emb,) = sess["embed"].run(None, {"levels": levels})
@@ -166,7 +173,7 @@ def test_fused_graph_equals_the_stage_chain_at_default_steps(exported):
     default_steps = json.loads((out / "index.json").read_text())["default_steps"]  # the exported model's K
     for k in range(default_steps):
         (z,) = sess["refine_step"].run(None, {"z": z, "emb": emb, "cond": cond + step_emb[k]})
-    (rgb,) = sess["decode"].run(None, {"z": z, "skip": skip, "x": x})
+    (rgb,) = sess["decode"].run(None, {"z": z, "skip": skip, "x": x, **norm})
     rgb_f, zq_f = sess["fused"].run(None, {"x": x, "style": style})
     assert np.max(np.abs(zq_f - zq)) <= 1e-5
     assert np.max(np.abs(np.clip(rgb_f, 0, 1) - np.clip(rgb, 0, 1))) <= 1e-3
@@ -260,3 +267,17 @@ def test_cli_preset_names_match_the_exporter():
     from realtime.commands.export import PRESET_NAMES
 
     assert PRESET_NAMES == ALL_PRESETS
+
+
+def test_fused_parity_ignores_only_pixels_near_tokens_that_rounded_differently():
+    from models.export import _unflipped_pixels
+
+    zq = np.zeros((1, 6, 12, 16), np.float32)
+    other = zq.copy()
+    other[0, 2, 6, 8] = 0.3  # one value across a level boundary (x2 = 0.6 rounds to 1, 0 to 0)
+    keep = _unflipped_pixels(zq, zq + 1e-7, [5] * 6, (1, 3, 96, 128))
+    assert keep.shape == (1, 1, 96, 128) and keep.min() == 1.0  # no flips: every pixel checked
+    keep = _unflipped_pixels(zq, other, [5] * 6, (1, 3, 96, 128))
+    assert keep[0, 0, 6 * 8, 8 * 8] == 0 and keep[0, 0, 2 * 8, 4 * 8] == 0  # the cell and 4 cells around
+    assert keep[0, 0, 1 * 8, 3 * 8] == 1 and keep[0, 0, 95, 0] == 1  # beyond: still checked
+    assert 0.3 < keep.mean() < 0.8

@@ -406,7 +406,7 @@ def test_ensure_engine_caches_rebuilds_on_mismatch_and_refuses_corrupt(tmp_path:
 def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> None:
     from realtime.backends.model_backend import ModelBackend
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from realtime.backends.tensorrt_backend import TensorRTStages
+    from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
     from realtime.config import BackendConfig
 
     calls: list = []
@@ -425,7 +425,9 @@ def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> 
     assert names.count("build_serialized_network") == 5 and names.count("deserialize_cuda_engine") == 5
     assert ("set_flag", ("FP16",)) in calls and not [c for c in calls if c[1] == ("INT8",)]
     n_addr = names.count("set_tensor_address")
-    assert n_addr == 3 + 2 + 2 + 4 + 4  # every I/O tensor of the five engines, once
+    specs = _specs()
+    assert n_addr == sum(len(specs[s].inputs) + len(specs[s].outputs) for s in TRT_STAGES)  # every I/O tensor, once
+    assert n_addr == 5 + 2 + 2 + 4 + 5  # encode x, norm → zq, skip, ctx; ...; decode z, skip, x, norm → rgb
     k = backend.info.default_steps
     assert names.count("execute_async_v3") == 1 + 1 + 1 + k + 1  # encode, embed, initial, K refine steps, decode
     backend.set_style("pastel")
@@ -440,7 +442,7 @@ def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> 
 
 
 def test_int8_uses_calibrated_graphs_and_fp16_elsewhere(tmp_path: Path, exported: Path) -> None:
-    from realtime.backends.tensorrt_backend import TensorRTStages
+    from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
 
     with pytest.raises(UserError, match="run 'genreal calibrate' first"):
         TensorRTStages(exported, precision="int8", device="cpu", cache_dir=tmp_path, trt=make_fake_trt([]), dev=DEV)
@@ -472,7 +474,7 @@ def test_backend_without_tensorrt_is_a_clean_user_error(monkeypatch: pytest.Monk
 
 
 def test_unknown_size_names_the_presets(tmp_path: Path, exported: Path) -> None:
-    from realtime.backends.tensorrt_backend import TensorRTStages
+    from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
 
     st = TensorRTStages(exported, device="cpu", cache_dir=tmp_path, trt=make_fake_trt([]), dev=DEV)
     with pytest.raises(UserError, match=r"no ONNX graph covers 320x240 .*640x360"):
@@ -490,7 +492,7 @@ def test_real_tensorrt_engine(tmp_path: Path, exported: Path) -> None:
         pytest.skip("TensorRT engines need a CUDA GPU")
     from realtime.backends.model_backend import ModelBackend
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from realtime.backends.tensorrt_backend import TensorRTStages
+    from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
     from realtime.config import BackendConfig
 
     cfg = BackendConfig(name="tensorrt", style="cel", temporal=False)

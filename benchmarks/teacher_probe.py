@@ -1,0 +1,104 @@
+"""How much of a teacher's output a small, local student can follow at all: measured properties of
+the teachers on the held-out photographs (the ones `benchmarks.fidelity` scores against).
+
+    python -m benchmarks.teacher_probe [--model DIR] [--width 960] [--json OUT.json]
+
+Per style of the model (its teacher spec), mean over the held-out photos, PSNR in dB:
+
+- ``crop_256`` / ``crop_480``: the teacher run on a centred 256 / 480 px crop against the same region
+  of the teacher run on the whole photo (32 px border dropped). Below ~30 dB the teacher's look of a
+  region depends on the rest of the frame (its instance norms pool over the whole image), which a
+  student only sees through whole-frame statistics.
+- ``shift_1`` … ``shift_8``: the teacher on the photo shifted by k px against its output shifted by k
+  (48 px border dropped). Low at 1-2 px and high at 4-8 px means the strokes are locked to a 4 px
+  grid of the image (strided layers): a pixel-exact match needs the student on that grid.
+- ``cast``: the teacher on the photo plus a colour cast (+12, -8, +6 of 255) against the teacher on
+  the photo: high means the teacher ignores the input's mean colour (what `ModelConfig.normalize`
+  copies).
+- ``blur_1`` … ``blur_8``: the teacher's output blurred (Gaussian sigma px) against itself: the
+  PSNR of a student that drew everything right down to that scale and nothing finer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger("benchmarks.teacher_probe")
+
+SHIFTS = (1, 2, 4, 8)
+BLURS = (1, 2, 4, 8)
+CAST = np.array([12, -8, 6], np.int16)
+
+
+def probe_teacher(teacher, photos: Sequence[np.ndarray]) -> dict[str, float]:
+    """The measures above for one teacher, averaged over `photos` (uint8 (H, W, 3))."""
+    import cv2
+
+    from models.evaluate import psnr_ssim
+
+    rows: dict[str, list[float]] = {}
+
+    def add(key: str, a: np.ndarray, b: np.ndarray) -> None:
+        with np.errstate(divide="ignore"):
+            p = psnr_ssim(np.ascontiguousarray(a), np.ascontiguousarray(b))[0]
+        rows.setdefault(key, []).append(min(p, 99.0))  # identical images: inf, reported as 99
+
+    for img in photos:
+        y = teacher(img)
+        h, w = img.shape[:2]
+        for c in (256, 480):
+            y0, x0 = (h - c) // 2, (w - c) // 2
+            yc = teacher(np.ascontiguousarray(img[y0:y0 + c, x0:x0 + c]))
+            add(f"crop_{c}", yc[32:-32, 32:-32], y[y0 + 32:y0 + c - 32, x0 + 32:x0 + c - 32])
+        for k in SHIFTS:
+            yk = teacher(np.ascontiguousarray(img[k:, k:]))
+            add(f"shift_{k}", yk[48:-48, 48:-48], y[k + 48:-48, k + 48:-48])
+        cast = np.clip(img.astype(np.int16) + CAST, 0, 255).astype(np.uint8)
+        add("cast", teacher(cast), y)
+        for s in BLURS:
+            add(f"blur_{s}", cv2.GaussianBlur(y, (0, 0), s), y)
+    return {k: round(float(np.mean(v)), 2) for k, v in rows.items()}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.teacher_probe", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="model folder whose teachers to probe (default: shipped)")
+    ap.add_argument("--width", type=int, default=960, help="held-out photo width in px (default 960)")
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/teacher_probe.json"), help="JSON output")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from models.data import heldout_images
+    from models.manifest import read_manifest, resolve_model_dir
+    from models.teachers import parse_teacher
+    from realtime.errors import UserError
+
+    try:
+        manifest = read_manifest(resolve_model_dir(args.model))
+        styles = [(s["name"], s["teacher"], parse_teacher(s["teacher"])) for s in manifest["styles"]]
+    except UserError as exc:
+        print(f"teacher_probe: error: {exc}", file=sys.stderr)
+        return 2
+    photos = [img for _, img in heldout_images(args.width)]
+    result = {"photos": [n for n, _ in heldout_images(args.width)], "width": args.width, "styles": []}
+    for name, spec, teacher in styles:
+        if teacher.paired:
+            continue
+        row = {"name": name, "teacher": spec, **probe_teacher(teacher, photos)}
+        result["styles"].append(row)
+        log.info("%-12s %-15s %s", name, spec, "  ".join(f"{k} {v:.1f}" for k, v in row.items()
+                                                          if k not in ("name", "teacher")))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
