@@ -284,13 +284,14 @@ class HalfResDecoder(Decoder):
         input's own detail stays x's."""
         h = self.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
         xh = F.avg_pool2d(x, 2)  # (B, 3, H/2, W/2)
-        xc = xh if norm is None else normalize(xh, norm)  # what the colour transform reads (pooling is linear)
+        xc = xh if norm is None else normalize(xh, norm)  # the normalized frame (pooling is linear)
         b, _, hh, wh = xh.shape
-        coef = F.interpolate(self.coef(h), scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12|21, H/2, W/2)
+        coef = self.coef(h)  # (B, 12|21, H/4, W/4)
+        if self.dual:  # A1 (xh - m) / s + A2 xh + c = (A1 / s + A2) xh + c - A1 m / s: one matrix on xh
+            coef = fold_frame_norm(coef, norm)  # (B, 12, H/4, W/4), before the upsampling (both linear)
+        coef = F.interpolate(coef, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12, H/2, W/2)
         a = coef[:, :9].reshape(b, 3, 3, hh, wh)  # (B, 3 rows, 3 cols, H/2, W/2)
-        color = (a * xc.unsqueeze(1)).sum(2) + coef[:, -3:]  # (B, 3, H/2, W/2)
-        if self.dual:  # + the raw frame's matrix
-            color = color + (coef[:, 9:18].reshape(b, 3, 3, hh, wh) * xh.unsqueeze(1)).sum(2)
+        color = (a * (xh if self.dual else xc).unsqueeze(1)).sum(2) + coef[:, 9:]  # (B, 3, H/2, W/2)
         t = F.relu(F.pixel_shuffle(self.up4(h), 2))  # (B, out_ch, H/2, W/2)
         delta = color + self.out(torch.cat([t, xc], dim=1)) - xh  # (B, 3, H/2, W/2)
         return x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 3, H, W)
@@ -387,6 +388,20 @@ class GenrealModel(nn.Module):
         else:
             z = self.refine(z_init, enc.emb, style_vec, k, self.cfg.max_steps - k)
         return ModelOutput(self.decode(z, self.skip(x, norm), x, norm), z, enc.tokens)
+
+
+def fold_frame_norm(coef: torch.Tensor, norm: Optional[torch.Tensor]) -> torch.Tensor:
+    """The dual colour transform's 21 coefficients (A1 on the normalized frame, A2 on the raw frame,
+    offset c; (B, 21, h, w)) → the 12 of one transform on the raw frame: A1 / s + A2 and c - A1 m / s,
+    with the frame's channel means m and spread s from `norm` (B, 4) (None: m = 0, s = 1)."""
+    b, _, h, w = coef.shape
+    a1, a2 = coef[:, :9].reshape(b, 3, 3, h, w), coef[:, 9:18].reshape(b, 3, 3, h, w)
+    if norm is None:
+        return torch.cat([(a1 + a2).reshape(b, 9, h, w), coef[:, 18:]], dim=1)
+    m, s = norm[:, :3].reshape(b, 1, 3, 1, 1), norm[:, 3:].reshape(b, 1, 1, 1, 1)
+    a = (a1 / s + a2).reshape(b, 9, h, w)
+    offset = coef[:, 18:] - (a1 * m).sum(2) / s[:, 0]  # (B, 3, h, w)
+    return torch.cat([a, offset], dim=1)
 
 
 def normalize(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:

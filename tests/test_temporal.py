@@ -327,3 +327,26 @@ def test_reused_and_cropped_frames_convert_only_what_changed_to_the_same_bytes(b
     assert outs[1] is not outs[0] and np.array_equal(outs[1], outs[0])  # a reused frame is a new array
     outs[1][:] = 0  # a sink scribbling on a frame it was given changes nothing in the next one
     assert np.array_equal(tmp([moved])[0], outs[2])
+
+
+def test_a_crop_is_normalized_and_conditioned_like_its_key_frame(backends, monkeypatch):
+    """The shipped model normalizes each frame and adds a whole-frame context to the style: a crop
+    gets its key frame's norm and context, not numbers from the crop itself (which would restyle the
+    patch as if it were a whole frame)."""
+    from realtime.backends.model_backend import images_norm
+
+    tmp, _ = backends
+    base = window(photo("rocket"), 100)
+    moved = base.copy()
+    moved[40:56, 48:64] = 255 - moved[40:56, 48:64]  # a bright change: the crop's own stats differ a lot
+    seen = {"encode": [], "refine": []}
+    st = tmp.stages
+    encode, refine = st.encode, st.refine
+    monkeypatch.setattr(st, "encode", lambda x, norm=None: seen["encode"].append(norm) or encode(x, norm))
+    monkeypatch.setattr(st, "refine", lambda z, emb, cond, *a: seen["refine"].append(cond) or refine(z, emb, cond, *a))
+    _, modes = run(tmp, [base, moved])
+    assert modes == ["full", "crop"]
+    key_norm, crop_norm = seen["encode"]
+    assert np.array_equal(crop_norm, key_norm) and np.allclose(key_norm, images_norm([base]))
+    assert np.array_equal(seen["refine"][1], seen["refine"][0])  # style + the key frame's context
+    assert not np.allclose(images_norm([moved[32:64, 40:72]]), key_norm, atol=0.02)  # its own would differ

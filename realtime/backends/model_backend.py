@@ -88,6 +88,7 @@ class ModelBackend(Backend):
         # frame around it
         self._key_norm: Any = None
         self._key_ctx: Any = None
+        self._input_norm: Optional[tuple[Any, np.ndarray]] = None  # (preprocessed x, its norm from the camera images)
         self._valid_hw: Optional[tuple[int, int]] = None
         self.set_style(config.style if config.style is not None else self.info.default_style)
 
@@ -138,7 +139,17 @@ class ModelBackend(Backend):
             x = self.ops.preprocess(list(images), fmt="rgb", out_size=(ws, hs))  # (B, 3, Hs_p, Ws_p)
         if self.temporal:
             self._greys = [self._grey(img) for img in images]
+        if self.info.normalize and self.device == "cpu":
+            # the frame normalization from the uint8 camera images (a third of the memory of x), for `infer`
+            self._input_norm = (x, images_norm(images))
         return x
+
+    def _frame_norm(self, x: Any) -> Any:
+        """`x`'s whole-frame normalization (B, 4): from its camera images when `preprocess` made x, else
+        from x."""
+        if self._input_norm is not None and self._input_norm[0] is x:
+            return self._input_norm[1]
+        return self.stages.frame_norm(x)
 
     def _grey(self, image: np.ndarray) -> np.ndarray:
         g = grey_of(image)  # (H, W)
@@ -157,7 +168,7 @@ class ModelBackend(Backend):
     def _full(self, x: Any) -> tuple[Any, Any, Any]:
         """The per-frame path → (levels (B, d, h, w), z (B, C, h, w), rgb (B, 3, Hp, Wp))."""
         st = self.stages
-        norm = st.frame_norm(x)  # (B, 4) or None
+        norm = self._frame_norm(x)  # (B, 4) or None
         enc = st.encode(x, norm)
         levels, _ = self.ops.fsq_hysteresis(enc.zq, None, self.info.fsq_levels, 0.0)  # (B, d, h, w)
         emb = st.embed(levels)
@@ -198,7 +209,7 @@ class ModelBackend(Backend):
         xc = x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
         if isinstance(xc, np.ndarray):
             xc = np.ascontiguousarray(xc)
-        norm = self._key_norm if self._key_norm is not None else st.frame_norm(x)  # the whole frame's
+        norm = self._key_norm if self._key_norm is not None else self._frame_norm(x)  # the whole frame's
         enc = st.encode(xc, norm)
         margin = self.cache.config.hysteresis_margin if prev_levels is not None else 0.0
         levels, _ = self.ops.fsq_hysteresis(enc.zq, prev_levels, self.info.fsq_levels, margin)
@@ -264,7 +275,7 @@ class ModelBackend(Backend):
         frac = float(mask.float().mean()) if hasattr(mask, "float") else float(mask.mean())
         if frac > cfg.rekey_frac:
             return None
-        norm = st.frame_norm(x)
+        norm = self._frame_norm(x)
         enc = st.encode(x, norm)
         # tokens on a grid that moved by a fraction of a cell are not comparable level by level: quantize
         # afresh (as the full path does) and restart the latent only where content newly came into view
@@ -311,6 +322,19 @@ class ModelBackend(Backend):
     def close(self) -> None:
         self.reset()
         self.stages.close()
+
+
+def images_norm(images: Sequence[np.ndarray], floor: float = 0.02) -> np.ndarray:
+    """uint8 RGB camera images → (B, 4) float32 `frame_norm` of the frames they make (channel means and
+    spread in [0, 1] units), read from the uint8 pixels (the padding rows of x aside, the same numbers)."""
+    import cv2
+
+    out = np.empty((len(images), 4), np.float32)
+    for i, img in enumerate(images):
+        mean, std = cv2.meanStdDev(np.ascontiguousarray(img))
+        out[i, :3] = mean[:3, 0] / 255.0
+        out[i, 3] = max(floor, float(np.sqrt(np.mean(np.square(std[:3, 0])))) / 255.0)
+    return out
 
 
 def _ones_like(a: Any, shape: tuple) -> Any:
