@@ -1,15 +1,18 @@
 """Distill teachers into one multi-style student (`genreal distill`).
 
-Per iteration, for a batch of random crops (each with its style's teacher output):
+Per iteration, for a batch of random crops on an 8-px grid (each with its style's teacher output,
+and its whole training image's frame normalization and feature statistics, `FrameStats`):
 
 - a known camera motion (small rotation, zoom, shift) warps each crop → frame 2;
 - cold path: K_max refiner steps from the learned start on frames 1 and 2, decoding after
   step K_max and after a random step K < K_max (every K must give a usable image);
 - warm path: frame 1's final latent, warped to frame 2, refined with ONE step on frame 2.
 
-Losses (L1): pixel + image gradient vs the teacher on every decoded output; temporal
-consistency (frame 2's output vs frame 1's output warped, masked to valid pixels); step
-distillation (warm K=1 output vs the stop-gradient cold K_max output on frame 2).
+Losses: pixel (squared error by default, `LossWeights.pixel_kind`) + image gradient (L1) vs the
+teacher on every decoded output; temporal consistency (L1, frame 2's output vs frame 1's output
+warped, masked to valid pixels); step distillation (L1, warm K=1 output vs the stop-gradient cold
+K_max output on frame 2); a bound on the encoder's pre-quantization values (keeps the FSQ tokens
+in use).
 
 Checkpoints (safetensors: model, optimizer state, step, RNG state in the metadata) are written
 every `ckpt_every` iterations to OUT/checkpoint.safetensors; `--resume` continues from there.

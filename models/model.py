@@ -2,16 +2,20 @@
 
 One self-contained file in the spirit of nanoGPT. Stages, each a small module with one job:
 
-    x (B, 3, H, W) RGB in [0, 1], H and W multiples of 8
-      │
-      ├─ Encoder ──▶ z_cont (B, d, H/8, W/8) ──FSQ──▶ tokens (B, H/8, W/8) int64
-      │                                            └─▶ emb (B, C, H/8, W/8)   token embeddings
-      ├─ Skip    ──▶ skip (B, S, H/4, W/4)          a light linear patch embedding of the input
+    x (B, 3, H, W) RGB in [0, 1], H and W multiples of 8;  norm = frame_norm(whole frame) (B, 4)
+      │  xn = (x - channel means) / spread               (cfg.normalize; else xn = x)
+      ├─ Encoder(xn) ──▶ z_cont (B, d, H/8, W/8) ──FSQ──▶ tokens (B, H/8, W/8) int64
+      │              │                              └─▶ emb (B, C, H/8, W/8)   token embeddings
+      │              └─▶ ctx (B, E)   frame context: whole-frame feature statistics (cfg.context)
+      ├─ Skip(xn)    ──▶ skip (B, S, H/4, W/4)      a light linear patch embedding of the input
       │
       │  z_0 = learned start from emb   or   a warm latent (the previous frame's z, warped)
-      │  z_{k+1} = z_k + R(z_k, emb, style, k)      for k < K (K = 1..max_steps, chosen at run time)
+      │  z_{k+1} = z_k + R(z_k, emb, style + ctx, k)  for k < K (K = 1..max_steps, chosen at run time)
       │
-      └─ Decoder(z_K, skip, x) ──▶ rgb (B, 3, H, W)
+      └─ Decoder(z_K, skip, x, norm) ──▶ rgb (B, 3, H, W)
+
+A crop of a frame is run with the whole frame's `norm` and `ctx` (the teachers' instance norms
+make their look of a region depend on the whole frame; see benchmarks/teacher_probe.py).
 
 Capacity sits at 1/8 resolution; the 1/4 and full-resolution layers are thin, so the model
 runs many times faster than the per-frame teacher. Styles are rows of an embedding table;
