@@ -522,14 +522,13 @@ def _unflipped_pixels(zq_a: np.ndarray, zq_b: np.ndarray, levels: Sequence[int],
     ONNX Runtime (more of them since the encoder stopped saturating); its token then differs and the
     refiner's convolutions carry that a few cells around. The graphs still compute the same function:
     parity is checked everywhere else, and `zq` itself is compared before rounding."""
-    half = (np.asarray(levels, np.float32) - 1).reshape(1, -1, 1, 1) / 2
-    flip = (np.rint(zq_a * half) != np.rint(zq_b * half)).any(axis=1)  # (B, h, w)
-    grown = np.zeros_like(flip)
-    padded = np.pad(flip, ((0, 0), (reach, reach), (reach, reach)))
-    h, w = flip.shape[1:]
-    for dy in range(2 * reach + 1):
-        for dx in range(2 * reach + 1):
-            grown |= padded[:, dy:dy + h, dx:dx + w]
+    import kernels
+
+    ops = kernels.get_ops("cpu")
+    level_a, _ = ops.fsq_hysteresis(zq_a, None, levels, 0.0)  # (B, d, h, w): the runtime's own rounding
+    level_b, _ = ops.fsq_hysteresis(zq_b, None, levels, 0.0)
+    flip = (level_a != level_b).any(axis=1)  # (B, h, w)
+    grown = ops.dilate_mask(flip, reach)  # (B, h, w)
     full = np.repeat(np.repeat(grown, 8, axis=1), 8, axis=2)[:, None, : rgb_shape[2], : rgb_shape[3]]
     return (~full).astype(np.float32)
 
