@@ -304,14 +304,13 @@ def test_frame_normalization_from_the_camera_images_matches_the_frame(ort_backen
     """The shipped model normalizes each frame (ModelConfig.normalize): the backend reads the norm from
     the uint8 camera images, which matches the padded float frame's own within rounding, and a crop
     of a frame is computed with its frame's norm and context (its key frame's), not its own."""
-    from realtime.backends.model_backend import images_norm
-    from realtime.backends.stages import frame_norm
+    from realtime.backends.stages import frame_norm, images_norm
 
     assert ort_backend.info.normalize
     img = image(640, 360, 5)
     x = ort_backend.preprocess([img])
     assert np.abs(images_norm([img]) - frame_norm(x)).max() < 5e-3  # x has 8 replicated padding rows
-    assert ort_backend._frame_norm(x) is ort_backend._input_norm[1]
+    assert np.array_equal(ort_backend._frame_norm(x), images_norm([img]))  # read from the camera image
     assert np.allclose(ort_backend._frame_norm(x.copy()), frame_norm(x))  # an x it did not make: from x
     flat = images_norm([np.full((64, 64, 3), 90, np.uint8)])
     assert np.allclose(flat[0], [90 / 255] * 3 + [0.02])  # a flat frame: the spread floor

@@ -333,7 +333,7 @@ def test_a_crop_is_normalized_and_conditioned_like_its_key_frame(backends, monke
     """The shipped model normalizes each frame and adds a whole-frame context to the style: a crop
     gets its key frame's norm and context, not numbers from the crop itself (which would restyle the
     patch as if it were a whole frame)."""
-    from realtime.backends.model_backend import images_norm
+    from realtime.backends.stages import images_norm
 
     tmp, _ = backends
     base = window(photo("rocket"), 100)

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from realtime.backends.base import Backend
-from realtime.backends.stages import ModelStages, condition, warm_first_step
+from realtime.backends.stages import ModelStages, condition, images_norm, warm_first_step
 from realtime.config import BackendConfig
 from realtime.errors import UserError
 from realtime.temporal import TemporalCache, TemporalConfig, grey_of, motion_change
@@ -88,7 +88,7 @@ class ModelBackend(Backend):
         # frame around it
         self._key_norm: Any = None
         self._key_ctx: Any = None
-        self._input_norm: Optional[tuple[Any, np.ndarray]] = None  # (preprocessed x, its norm from the camera images)
+        self._input_images: Optional[tuple[Any, list[np.ndarray]]] = None  # (preprocessed x, its camera images)
         self._valid_hw: Optional[tuple[int, int]] = None
         self.set_style(config.style if config.style is not None else self.info.default_style)
 
@@ -140,15 +140,15 @@ class ModelBackend(Backend):
         if self.temporal:
             self._greys = [self._grey(img) for img in images]
         if self.info.normalize and self.device == "cpu":
-            # the frame normalization from the uint8 camera images (a third of the memory of x), for `infer`
-            self._input_norm = (x, images_norm(images))
+            # `infer` reads the frame normalization from these uint8 images, on the frames that need it
+            self._input_images = (x, list(images))
         return x
 
     def _frame_norm(self, x: Any) -> Any:
         """`x`'s whole-frame normalization (B, 4): from its camera images when `preprocess` made x, else
-        from x."""
-        if self._input_norm is not None and self._input_norm[0] is x:
-            return self._input_norm[1]
+        from x. Only full frames (and a crop with no key frame) need it: skips and crops reuse the key's."""
+        if self._input_images is not None and self._input_images[0] is x:
+            return images_norm(self._input_images[1])
         return self.stages.frame_norm(x)
 
     def _grey(self, image: np.ndarray) -> np.ndarray:
@@ -322,19 +322,6 @@ class ModelBackend(Backend):
     def close(self) -> None:
         self.reset()
         self.stages.close()
-
-
-def images_norm(images: Sequence[np.ndarray], floor: float = 0.02) -> np.ndarray:
-    """uint8 RGB camera images → (B, 4) float32 `frame_norm` of the frames they make (channel means and
-    spread in [0, 1] units), read from the uint8 pixels (the padding rows of x aside, the same numbers)."""
-    import cv2
-
-    out = np.empty((len(images), 4), np.float32)
-    for i, img in enumerate(images):
-        mean, std = cv2.meanStdDev(np.ascontiguousarray(img))
-        out[i, :3] = mean[:3, 0] / 255.0
-        out[i, 3] = max(floor, float(np.sqrt(np.mean(np.square(std[:3, 0])))) / 255.0)
-    return out
 
 
 def _ones_like(a: Any, shape: tuple) -> Any:

@@ -24,7 +24,7 @@ Arrays are whatever `kernel_device` says: numpy on "cpu", torch tensors on "cuda
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -91,24 +91,40 @@ class ModelStages(Protocol):
     def close(self) -> None: ...
 
 
+def _norm_row(means: Any, stds: Any, floor: float) -> np.ndarray:
+    """A frame's channel means (3,) and standard deviations (3,) → its (4,) norm: the means and the
+    spread of all channels around them, sqrt(mean(std²)), at least `floor`."""
+    spread = float(np.sqrt(np.mean(np.square(np.asarray(stds, np.float64)))))
+    return np.array([*np.asarray(means, np.float64), max(floor, spread)], np.float32)
+
+
 def frame_norm(x: Array, floor: float = 0.02) -> Array:
     """(B, 3, H, W) float frame → (B, 4) float32: each channel's mean and the spread of all channels
     around their means, at least `floor` (the same numbers as `models.model.frame_norm`)."""
     if isinstance(x, np.ndarray):
         import cv2
 
-        out = np.empty((x.shape[0], 4), np.float32)
-        for b in range(x.shape[0]):
-            var = 0.0
-            for c in range(3):
-                mean, std = cv2.meanStdDev(np.ascontiguousarray(x[b, c], dtype=np.float32))
-                out[b, c] = mean[0, 0]
-                var += float(std[0, 0]) ** 2
-            out[b, 3] = max(floor, (var / 3.0) ** 0.5)
-        return out
+        rows = []
+        for frame in x:
+            moments = [cv2.meanStdDev(np.ascontiguousarray(plane, dtype=np.float32)) for plane in frame]
+            rows.append(_norm_row([m[0, 0] for m, _ in moments], [sd[0, 0] for _, sd in moments], floor))
+        return np.stack(rows)
     from models.model import frame_norm as torch_frame_norm
 
     return torch_frame_norm(x.float(), floor)
+
+
+def images_norm(images: Sequence[np.ndarray], floor: float = 0.02) -> np.ndarray:
+    """uint8 RGB camera images → (B, 4) float32 `frame_norm` of the frames they make ([0, 1] units),
+    read from the uint8 pixels: a third of the memory of the float frame, and the same numbers but for
+    the frame's padding rows."""
+    import cv2
+
+    rows = []
+    for img in images:
+        mean, std = cv2.meanStdDev(np.ascontiguousarray(img))
+        rows.append(_norm_row(mean[:3, 0] / 255.0, std[:3, 0] / 255.0, floor))
+    return np.stack(rows)
 
 
 def warm_first_step(info: ModelInfo, steps: int) -> int:
@@ -135,5 +151,5 @@ def info_from_manifest(manifest: dict, model_cfg: dict, model_dir: str = "") -> 
     )
 
 
-__all__ = ["Array", "ModelInfo", "Encoded", "condition", "frame_norm", "ModelStages", "warm_first_step", "info_from_manifest",
+__all__ = ["Array", "ModelInfo", "Encoded", "condition", "frame_norm", "images_norm", "ModelStages", "warm_first_step", "info_from_manifest",
            "style_names_of"]
