@@ -229,7 +229,7 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     svec = model.style_embedding(onehot)  # (B, E)
 
     def cold(x: torch.Tensor, k_extra: Optional[int]):
-        """K_max steps from the learned start → (rgb, rgb after step k_extra or None, z, emb, skip)."""
+        """K_max steps from the learned start → (rgb, rgb after step k_extra or None, z, emb, skip, cond, norm)."""
         norm = frame_norms if frame_norms is not None else model.frame_norm(x)
         enc = model.encode(x, norm)
         zc.append(enc.z_cont)
