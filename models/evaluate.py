@@ -52,15 +52,16 @@ BLUR_SIGMAS = (2.0, 8.0)
 
 
 def blurred_psnr(a: np.ndarray, b: np.ndarray, sigmas: Sequence[float] = BLUR_SIGMAS) -> list[float]:
-    """PSNR (dB, data range 255, at most 100) of two uint8 images after a Gaussian blur of each sigma
-    (px): the error left at scales coarser than the blur."""
+    """PSNR (dB, data range 255, capped like every PSNR of ours) of two uint8 images after a Gaussian
+    blur of each sigma (px): the error left at scales coarser than the blur."""
     import cv2
+
+    from calibration.report import psnr_from_mse
 
     out = []
     for sg in sigmas:
         fa, fb = (cv2.GaussianBlur(v.astype(np.float32), (0, 0), sg) for v in (a, b))
-        mse = float(np.mean((fa - fb) ** 2))
-        out.append(100.0 if mse < 1e-10 else min(100.0, 10.0 * np.log10(255.0 ** 2 / mse)))
+        out.append(psnr_from_mse(float(np.mean((fa - fb) ** 2))))
     return out
 
 
