@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from realtime.errors import UserError
+from realtime.errors import BackendUnavailable, UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.export import ExportSpec
@@ -66,7 +66,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise UserError(f"tensorrt not installed: {INSTALL_HINT}") from None
+        raise BackendUnavailable(f"tensorrt not installed: {INSTALL_HINT}") from None
     version = str(getattr(trt, "__version__", "0"))
     try:
         major = int(version.split(".")[0])

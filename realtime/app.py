@@ -1,42 +1,74 @@
 """Builds a pipeline from a validated `PipelineConfig`, runs it and reports the run.
 
-Shared by `genreal run` and `genreal demo`.
+Shared by `genreal run` and `genreal demo`. Everything that can be checked is checked before
+anything opens: every sink is validated, no output may be one of the inputs (same path, a link
+to it or a hard link: nothing is ever written over a source), and ``--stats-json`` is written
+once up front so an unwritable path or a full disk is found before the run, not after it.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Callable, Optional
 
 from realtime.backends import create_backend
 from realtime.config import PipelineConfig
+from realtime.errors import UserError
 from realtime.pipeline import Pipeline
-from realtime.sinks import make_sink
+from realtime.sinks import make_sink, output_path
+from realtime.sinks.file import same_file
 from realtime.sources import make_source
+from realtime.sources.base import Source
 from realtime.stats import RunStats
 
 log = logging.getLogger(__name__)
 
 
-def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], None]] = None) -> RunStats:
+def check_outputs(config: PipelineConfig, source: Source) -> None:
+    """Raise `UserError` when an output (a file sink or --stats-json) would overwrite an input or another output."""
+    inputs = source.input_paths()
+    outputs: list[tuple[str, Path]] = [(f"--sink {spec}", p) for spec in config.sinks
+                                       if (p := output_path(spec)) is not None]
+    if config.stats_json is not None:
+        outputs.append((f"--stats-json {config.stats_json}", config.stats_json))
+    for what, path in outputs:
+        for src in inputs:
+            if same_file(path, src):
+                raise UserError(f"{what} is the input {src}: writing it would destroy the input; "
+                                "choose another output name")
+    for i, (what, path) in enumerate(outputs):
+        for other, opath in outputs[:i]:
+            if same_file(path, opath) or Path(path).expanduser().resolve() == Path(opath).expanduser().resolve():
+                raise UserError(f"{what} and {other} are the same file: give each output its own name")
+
+
+def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], None]] = None,
+                 pace_files: bool = True) -> RunStats:
     """Open the source, sinks and backend (failing fast with `UserError`), run, and report.
 
     `report` is called with the final stats whether the run ended normally, by Ctrl-C or
-    with an error; `--stats-json` is written in every case too.
+    with an error; `--stats-json` is written in every case too. `pace_files`: a window shows a
+    file source at its frame rate (False: as fast as it is processed).
     """
     with ExitStack() as stack:
         source = make_source(config.source)
+        for spec in config.sinks:  # validate every sink before anything opens
+            make_sink(spec)  # (a sink opens nothing before its first frame)
+        check_outputs(config, source)
+        if config.stats_json is not None:
+            RunStats(backend="", device="").write_json(config.stats_json, status="starting")
         source.open()
         stack.callback(source.close)
         sinks = []
         for spec in config.sinks:
-            sink = make_sink(spec, fps=source.fps)
+            sink = make_sink(spec, fps=source.fps, pace=pace_files and not source.live)
             stack.callback(sink.close)
             sinks.append(sink)
         backend = create_backend(config.backend)
         stack.callback(backend.close)
         log.info("source %s → backend %s (%s, style %s) → %s", config.source.spec, backend.name,
-                 backend.device, backend.style, ", ".join(config.sinks))
+                  backend.device, backend.style, ", ".join(config.sinks))
         pipeline = Pipeline(source, backend, sinks, budget_ms=config.budget_ms, queue_size=config.queue_size)
         try:
             return pipeline.run()

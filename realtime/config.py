@@ -4,6 +4,7 @@ Invalid combinations raise `UserError`; nothing is silently changed.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,12 @@ from realtime.errors import UserError
 
 Size = tuple[int, int]  # (width, height)
 
-MAX_SIDE = 8192
+#: the sizes our model runs at (its dynamic ONNX profile; sides not a multiple of 8 are padded inside)
+MIN_SIDE = 64
+MAX_SIDE = 3840
+DEFAULT_STALL_S = 5.0  # --stall-s
+DEFAULT_RECONNECTS = 5  # --reconnect for live URLs (files: 0)
+MAX_STEPS = 8  # the most refine steps any model folder may declare; each model says its own limit
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
@@ -23,9 +29,32 @@ def parse_size(text: str) -> Size:
     if not m:
         raise UserError(f"bad --size {text!r}: use WIDTHxHEIGHT, e.g. 640x360")
     w, h = int(m.group(1)), int(m.group(2))
-    if not (8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE):
-        raise UserError(f"bad --size {text!r}: each side must be between 8 and {MAX_SIDE} pixels")
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        raise UserError(f"bad --size {text!r}: each side must be between {MIN_SIDE} and {MAX_SIDE} pixels")
     return w, h
+
+
+def check_style_weights(spec: str) -> None:
+    """Raise `UserError` unless every weight in a blend like 'cel:0.5,frost:0.5' is a finite positive
+    number and their sum is finite (NaN or overflowing weights would turn the picture black).
+
+    Only the weights are checked here; whether the names exist is the backend's to say."""
+    total = 0.0
+    for part in (p.strip() for p in str(spec).split(",")):
+        name, sep, text = part.rpartition(":")
+        if not sep or not name:
+            continue  # a plain style name (or index)
+        try:
+            weight = float(text)
+        except ValueError:
+            continue  # not a weight: the backend names the problem
+        if not math.isfinite(weight) or weight <= 0:
+            raise UserError(f"bad --style weight {text!r} for {name!r} in {spec!r}: weights must be finite positive "
+                            f"numbers, e.g. {name}:0.5")
+        total += weight
+    if not math.isfinite(total):
+        raise UserError(f"bad --style {spec!r}: the weights add up to more than a float can hold; "
+                        "use weights like 0.5 (they are normalized)")
 
 
 @dataclass(frozen=True)
@@ -36,6 +65,16 @@ class SourceConfig:
     size: Optional[Size] = None
     fps: Optional[float] = None  # requested camera rate (webcam); None = the device's default
     max_frames: Optional[int] = None  # stop after this many frames (None = until the input ends)
+    stall_s: float = DEFAULT_STALL_S  # live streams: no data for this long counts as a disconnect
+    reconnect: Optional[int] = None  # live streams: reconnect attempts in a row (None = the default for the source)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.stall_s) and 0.1 <= self.stall_s <= 3600):
+            raise UserError(f"bad --stall-s {self.stall_s:g}: give seconds between 0.1 and 3600")
+        if self.reconnect is not None and self.reconnect < 0:
+            raise UserError(f"bad --reconnect {self.reconnect}: give 0 (never) or a number of attempts")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise UserError(f"bad fps {self.fps}: give a positive frame rate")
 
 
 @dataclass(frozen=True)
@@ -53,8 +92,10 @@ class BackendConfig:
             raise UserError(f"unknown --device {self.device!r}: use auto, cpu or cuda")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}")
-        if self.steps is not None and not 1 <= self.steps <= 8:
-            raise UserError(f"bad --steps {self.steps}: use 1 to 8")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise UserError(f"bad --steps {self.steps}: use 1 to {MAX_STEPS} (the shipped model runs 1 to 4)")
+        if self.style is not None:
+            check_style_weights(self.style)
 
 
 @dataclass(frozen=True)

@@ -12,3 +12,17 @@ class UserError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class BackendUnavailable(UserError):
+    """This engine cannot run here (its package is not installed, or there is no such device).
+
+    ``--backend auto`` skips a backend only for this error; every other `UserError` (about the
+    model, the style or the options) is the user's to fix and ends the run.
+    """
+
+
+class StreamLost(UserError):
+    """A live source went away and every reconnect attempt failed. Exit code 3."""
+
+    exit_code = 3

@@ -162,6 +162,8 @@ class Pipeline:
             error = exc
         finally:
             self.stats.skipped = getattr(self.source, "skipped", 0)
+            self.stats.reconnects = getattr(self.source, "reconnects", 0)
+            self.stats.reconnect_attempts = getattr(self.source, "reconnect_attempts", 0)
             self._put_end(self._in, error)
 
     def _put_end(self, channel: _Channel, error: Optional[BaseException]) -> None:

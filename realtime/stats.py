@@ -6,11 +6,16 @@ Stages (milliseconds per frame):
 - ``preprocess``, ``stylize``, ``postprocess``: the backend's three steps;
 - ``output``: writing the frame to every sink.
 ``end_to_end`` is capture→display: from the frame's capture time until the last sink returned.
+
+Stages are kept as fixed-size histograms (`realtime.histogram`), not per-frame lists, so a run of
+any length uses the same memory; the JSON keys (p50_ms, p95_ms, p99_ms, mean_ms) are unchanged.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from realtime.errors import UserError
+from realtime.histogram import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +58,11 @@ class RunStats:
     skipped: int = 0  # frames the source could not decode
     deadline_misses: int = 0
     elapsed_s: float = 0.0
-    interrupted: bool = False  # ended by Ctrl-C
-    stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
-    end_to_end: list[float] = field(default_factory=list)
+    interrupted: bool = False  # ended by Ctrl-C, SIGTERM or SIGHUP
+    reconnects: int = 0  # live streams: successful reconnects after a stall or a disconnect
+    reconnect_attempts: int = 0  # live streams: reconnect attempts (successful or not)
+    stages: dict[str, LatencyHistogram] = field(default_factory=lambda: {s: LatencyHistogram() for s in STAGES})
+    end_to_end: LatencyHistogram = field(default_factory=LatencyHistogram)
     extra: dict[str, Any] = field(default_factory=dict)
     temporal: dict[str, Any] = field(default_factory=dict)  # the temporal cache's counters (our model)
     budget: dict[str, Any] = field(default_factory=dict)  # the budget controller's choices and misses
@@ -66,7 +74,7 @@ class RunStats:
 
     def add_stage(self, stage: str, ms: float) -> None:
         with self._lock:
-            self.stages[stage].append(ms)
+            self.stages[stage].add(ms)
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -75,7 +83,7 @@ class RunStats:
     def add_output(self, latency_ms: float) -> None:
         with self._lock:
             self.frames_out += 1
-            self.end_to_end.append(latency_ms)
+            self.end_to_end.add(latency_ms)
             if self.budget_ms is not None and latency_ms > self.budget_ms:
                 self.deadline_misses += 1
 
@@ -92,13 +100,15 @@ class RunStats:
                 "size": f"{self.size[0]}x{self.size[1]}" if self.size else None,
                 "stereo": self.stereo,
                 "budget_ms": self.budget_ms,
-                "stages": {name: percentiles(v) for name, v in self.stages.items()},
-                "end_to_end": percentiles(self.end_to_end),
+                "stages": {name: h.summary() for name, h in self.stages.items()},
+                "end_to_end": self.end_to_end.summary(),
                 "dropped_detail": {"replaced": self.dropped_replaced, "late": self.dropped_late,
                                    "output": self.dropped_output},
                 "skipped": self.skipped,
                 "elapsed_s": round(self.elapsed_s, 3),
                 "interrupted": self.interrupted,
+                "reconnects": self.reconnects,
+                "reconnect_attempts": self.reconnect_attempts,
                 "fps": round(fps, 2),
                 **({"backend_stats": self.extra} if self.extra else {}),
                 **({"temporal": self.temporal} if self.temporal else {}),
@@ -113,6 +123,8 @@ class RunStats:
             f"frames: {d['frames_in']} in, {d['frames_out']} out, {d['dropped']} dropped, "
             f"{d['skipped']} undecodable skipped, {d['fps']:.1f} fps over {d['elapsed_s']:.1f} s",
         ]
+        if self.reconnect_attempts:
+            lines.append(f"stream: {self.reconnects} reconnect(s) in {self.reconnect_attempts} attempt(s)")
         if self.budget_ms is not None:
             lines.append(f"budget {self.budget_ms:g} ms: {d['deadline_misses']} deadline misses")
         lines.append(f"{'stage':<16}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
@@ -128,13 +140,31 @@ class RunStats:
                          f"scene resets: {t.get('resets', 0)}")
         if self.budget:
             b = self.budget
-            lines.append(f"budget choices: {', '.join(f'{k} ×{v}' for k, v in b.get('choices', {}).items())}; "
-                         f"{b.get('misses', 0)} misses")
+            lines.append(f"budget choices: {', '.join(f'{k} ×{v}' for k, v in b.get('choices', {}).items())}")
         return "\n".join(lines)
 
-    def write_json(self, path: Path) -> None:
+    def write_json(self, path: Path, status: Optional[str] = None) -> None:
+        """Write the stats atomically (a temporary file beside `path`, then a rename): a reader never
+        sees half a file, and a failed write leaves the previous one. `status` replaces the figures
+        with ``{"status": status}`` (the placeholder written before a run, to check the path)."""
+        data: dict[str, Any] = {"status": status} if status is not None else self.to_dict()
+        path = Path(path)
+        tmp: Optional[str] = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.chmod(tmp, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
         except OSError as exc:
             raise UserError(f"cannot write --stats-json {path}: {exc.strerror or exc}") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass

@@ -195,7 +195,8 @@ def test_registry_and_auto_order():
     from realtime.backends import AUTO_ORDER, backend_names, create_backend
 
     assert "torch" in backend_names()
-    assert AUTO_ORDER.index("torch") < AUTO_ORDER.index("teacher")
+    assert AUTO_ORDER.index("onnxruntime:cpu") < AUTO_ORDER.index("torch")
+    assert "teacher" not in AUTO_ORDER  # auto picks an engine for our model, never a different model
     backend = create_backend(BackendConfig(name="torch", style=None))
     assert backend.name == "torch" and backend.style == read_manifest()["default_style"]
 

@@ -1,8 +1,11 @@
 """Backend registry: name → factory, imported lazily so nothing heavy loads at import.
 
 Register a backend by adding an entry to `_REGISTRY` ("module:Class"). The class is built as
-``cls(config)`` with a `BackendConfig`; it raises `UserError` when it cannot run here
-(missing package, no GPU, missing weights). ``--backend auto`` tries `AUTO_ORDER` in turn.
+``cls(config)`` with a `BackendConfig`; it raises `BackendUnavailable` when its engine cannot run
+here (package not installed, no such device, no graphs exported for it) and a plain `UserError` for
+anything about the model, the style or the options. ``--backend auto`` tries `AUTO_ORDER` in turn,
+skipping a backend only for `BackendUnavailable`: every other error ends the run (exit 2), so auto
+picks an engine, never a different model (the teacher is not in `AUTO_ORDER`).
 
 `AUTO_ORDER` entries are ``name`` or ``name:device``: the device an entry is tried on (with
 ``--device auto``; an explicit ``--device`` skips entries for the other device). Nothing is
@@ -17,7 +20,7 @@ from typing import Callable
 
 from realtime.backends.base import Backend, next_style
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from realtime.errors import BackendUnavailable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,9 @@ _REGISTRY: dict[str, str] = {
 }
 
 #: what --backend auto tries, best first: TensorRT, ONNX Runtime on CUDA, torch on CUDA, ONNX Runtime on
-#: the CPU (the default here); then torch on --device (a model folder without exported graphs) and the teacher
-AUTO_ORDER: tuple[str, ...] = ("tensorrt:cuda", "onnxruntime:cuda", "torch:cuda", "onnxruntime:cpu", "torch",
-                               "teacher")
+#: the CPU (the default here); then torch on --device (a model folder without exported graphs). Never the
+#: teacher: it is a different model (ask for it with --backend teacher).
+AUTO_ORDER: tuple[str, ...] = ("tensorrt:cuda", "onnxruntime:cuda", "torch:cuda", "onnxruntime:cpu", "torch")
 
 
 def backend_names() -> list[str]:
@@ -49,27 +52,26 @@ def _load(name: str) -> Callable[[BackendConfig], Backend]:
 
 
 def create_backend(config: BackendConfig) -> Backend:
-    """Build the configured backend. For ``auto``, log what was chosen and why."""
+    """Build the configured backend. For ``auto``, log the choice in one line (the reasons at debug level)."""
     if config.name != "auto":
         return _load(config.name)(config)
-    reasons = []
+    skipped: list[str] = []
+    reasons: list[str] = []
     for entry in AUTO_ORDER:
         name, _, device = entry.partition(":")
-        if name not in _REGISTRY:
-            reasons.append(f"{entry}: not available in this install")
-            continue
         if device and config.device not in ("auto", device):
             continue  # the user pinned the other device
         try:
             backend = _load(name)(dataclasses.replace(config, name=name, device=device or config.device))
-        except UserError as exc:
+        except BackendUnavailable as exc:  # this engine cannot run here: try the next
+            skipped.append(entry)
             reasons.append(f"{entry}: {exc}")
+            log.debug("backend auto: skipped %s: %s", entry, exc)
             continue
-        why = f"; skipped {' | '.join(reasons)}" if reasons else ""
-        log.info("backend auto: chose %s on %s (first of %s that starts here%s)", name, backend.device,
-                 " > ".join(AUTO_ORDER), why)
+        why = f" (not available here: {', '.join(skipped)}; -v says why)" if skipped else ""
+        log.info("backend auto: chose %s on %s%s", name, backend.device, why)
         return backend
-    raise UserError("no backend can run here: " + "; ".join(reasons))
+    raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))
 
 
 __all__ = ["Backend", "create_backend", "backend_names", "next_style", "AUTO_ORDER"]

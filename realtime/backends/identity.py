@@ -9,7 +9,7 @@ import numpy as np
 
 from realtime.backends.base import Backend
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from realtime.errors import BackendUnavailable, UserError
 
 STYLES = ("identity", "invert", "gray")
 
@@ -19,6 +19,8 @@ class IdentityBackend(Backend):
 
     def __init__(self, config: BackendConfig, delay_s: float = 0.0) -> None:
         super().__init__()
+        if config.device == "cuda":
+            raise BackendUnavailable("the identity backend runs on the CPU only: use --device cpu or auto")
         self.delay_s = delay_s  # tests use it to make a deliberately slow stylizer
         self._style = STYLES[0]
         self.set_style(config.style if config.style in STYLES else STYLES[0])

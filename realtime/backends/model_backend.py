@@ -37,14 +37,17 @@ def parse_style_blend(spec: str, names: Sequence[str]) -> np.ndarray:
     for part in parts:
         name, sep, wt = part.rpartition(":") if ":" in part else (part, "", "")
         if name not in names:
-            raise UserError(f"unknown style {name!r}: use one of {', '.join(names)} (see 'genreal styles'), "
-                            f"or a blend like {names[0]}:0.5,{names[-1]}:0.5")
+            import difflib
+
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"unknown style {name!r}: {hint}use one of {', '.join(names)} (see 'genreal styles')")
         try:
             weight = float(wt) if sep else 1.0
         except ValueError:
             raise UserError(f"bad style weight in {spec!r}: use e.g. {names[0]}:0.5,{names[-1]}:0.5") from None
-        if weight < 0:
-            raise UserError(f"style weights must not be negative: {spec!r}")
+        if not np.isfinite(weight) or weight < 0:
+            raise UserError(f"style weights must be finite and not negative: {spec!r}")
         w[names.index(name)] += weight
     if w.sum() <= 0:
         raise UserError(f"style weights must not all be zero: {spec!r}")

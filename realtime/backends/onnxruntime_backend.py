@@ -33,7 +33,7 @@ import numpy as np
 from realtime.backends.model_backend import ModelBackend
 from realtime.backends.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from realtime.errors import BackendUnavailable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _import_ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise UserError("onnxruntime not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+        raise BackendUnavailable("onnxruntime not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
     return ort
 
 
@@ -111,7 +111,7 @@ class ProviderPlan:
         avail = set(ort.get_available_providers())
         has_cuda = "CUDAExecutionProvider" in avail
         if device == "cuda" and not has_cuda:
-            raise UserError("--device cuda asked for, but onnxruntime has no CUDA provider here "
+            raise BackendUnavailable("onnxruntime has no CUDA provider here "
                             "(pip install onnxruntime-gpu on a machine with an NVIDIA GPU): use --device cpu")
         self.gpu = device == "cuda" or (device == "auto" and has_cuda)
         if precision == "fp16" and not self.gpu:
@@ -191,7 +191,7 @@ class OrtStages:
     def _read_index(self) -> dict[str, Any]:
         path = self.onnx_dir / INDEX_FILE
         if not path.is_file():
-            raise UserError(f"no ONNX graphs for the model in {self.model_dir} (missing {ONNX_DIR}/{INDEX_FILE}): "
+            raise BackendUnavailable(f"no ONNX graphs for the model in {self.model_dir} (missing {ONNX_DIR}/{INDEX_FILE}): "
                             f"{EXPORT_HINT}, or use --backend torch")
         try:
             data = json.loads(path.read_text())
@@ -262,7 +262,7 @@ class OrtStages:
         if meta is None:
             self._checked_metadata(path, sess)
         if self.plan.gpu and "CUDAExecutionProvider" not in sess.get_providers():
-            raise UserError("onnxruntime's CUDA provider could not start (check the NVIDIA driver, CUDA and cuDNN "
+            raise BackendUnavailable("onnxruntime's CUDA provider could not start (check the NVIDIA driver, CUDA and cuDNN "
                             "versions onnxruntime-gpu needs): use --device cpu")
         if meta is None:
             log.debug("opened %s/%s", preset, stage)

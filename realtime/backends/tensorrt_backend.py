@@ -38,7 +38,7 @@ import numpy as np
 from realtime.backends.model_backend import ModelBackend
 from realtime.backends.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from realtime.errors import BackendUnavailable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +174,13 @@ class TensorRTStages:
         try:
             import torch
         except ImportError:
-            raise UserError("the tensorrt backend needs torch for CUDA memory: pip install 'generative-reality[kernels]'") \
+            raise BackendUnavailable("the tensorrt backend needs torch for CUDA memory: pip install 'generative-reality[kernels]'") \
                 from None
         self.torch = torch
         if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
             raise UserError(f"the tensorrt backend runs on cuda, not {device!r}: use --backend onnxruntime for the CPU")
         if device == "cpu" and trt is None:
-            raise UserError("the tensorrt backend runs on an NVIDIA GPU: use --backend onnxruntime on the CPU")
+            raise BackendUnavailable("the tensorrt backend runs on an NVIDIA GPU: use --backend onnxruntime on the CPU")
         self.device = device
         self.kernel_device = "cpu" if device == "cpu" else "cuda"
         self.dev = dev if dev is not None else tb.device_info(self.trt)
@@ -346,7 +346,7 @@ class TensorRTBackend(ModelBackend):
 
     def __init__(self, config: BackendConfig, model_dir: Optional[str | Path] = None) -> None:
         if config.device == "cpu":
-            raise UserError("the tensorrt backend runs on an NVIDIA GPU, not --device cpu: use --backend onnxruntime")
+            raise BackendUnavailable("the tensorrt backend runs on an NVIDIA GPU, not --device cpu: use --backend onnxruntime")
         stages = TensorRTStages(model_dir or config.model_dir, precision=config.precision)
         super().__init__(stages, config)
         self.device = "cuda"

@@ -29,7 +29,7 @@ import numpy as np
 from realtime.backends.model_backend import ModelBackend
 from realtime.backends.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from realtime.errors import BackendUnavailable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError:
-        raise UserError("torch not installed: pip install 'generative-reality[train]'") from None
+        raise BackendUnavailable("torch not installed: pip install 'generative-reality[train]'") from None
     return torch
 
 
@@ -94,7 +94,7 @@ class TorchStages:
     def __init__(self, device: str = "auto", model_dir: Optional[str | Path] = None, precision: str = "auto",
                  compile: Optional[bool] = None, cuda_graphs: bool = True) -> None:
         if device == "cuda" and not nvidia_driver_present():
-            raise UserError("--device cuda asked for, but no NVIDIA driver is loaded here: use --device cpu")
+            raise BackendUnavailable("no NVIDIA driver is loaded here: use --device cpu")
         if precision == "int8":
             raise UserError("the torch backend runs fp32 or fp16: for --precision int8 use --backend onnxruntime "
                             "(after 'genreal calibrate')")
@@ -102,7 +102,7 @@ class TorchStages:
         from models.build import load_model
 
         if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device: use --device cpu")
+            raise BackendUnavailable("torch sees no CUDA device: use --device cpu")
         self._torch = torch
         self.kernel_device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
         on_gpu = self.kernel_device == "cuda"

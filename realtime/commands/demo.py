@@ -27,8 +27,6 @@ def run(args: argparse.Namespace) -> int:
     from realtime.app import run_pipeline
 
     sinks = args.sink or [DEFAULT_OUT]
-    stats = run_pipeline(pipeline_config(args, args.source, sinks), report=print_summary)
-    files = [s for s in sinks if s not in ("window", "vcam", "null")]
-    if files:
-        log.info("wrote %s (%d frames)", ", ".join(files), stats.frames_out)
+    stats = run_pipeline(pipeline_config(args, args.source, sinks), report=print_summary,
+                         pace_files=not args.as_fast_as_possible)  # the file sink says what it wrote
     return 130 if stats.interrupted else 0

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from realtime.budget import BUDGET_PRESETS
-from realtime.config import PRECISIONS, BackendConfig, PipelineConfig, SourceConfig, parse_size
+from realtime.config import (DEFAULT_RECONNECTS, DEFAULT_STALL_S, MAX_SIDE, MIN_SIDE, PRECISIONS, BackendConfig,
+                             PipelineConfig, SourceConfig, parse_size)
 from realtime.errors import UserError
 
 SOURCE_HELP = (
@@ -20,25 +22,40 @@ SINK_HELP = "window, a file path (.mp4 H.264, .mkv FFV1, ...), vcam, or null; re
 def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = None) -> None:
     """Options shared by `run` and `demo`."""
     p.add_argument("--style", default=style_default,
-                   help="style name; for --backend teacher an index 0-25 or a blend like 3:0.5,12:0.5 "
+                   help="style name or a blend of styles with positive weights like cel:0.5,frost:0.5 (see "
+                        "'genreal styles'); for --backend teacher an index 0-25 or a blend like 3:0.5,12:0.5 "
                         "(default: the backend's default style)")
     p.add_argument("--backend", default="auto",
-                   help="auto (default), teacher, identity, or another registered backend")
+                   help="auto (default: the first engine that can run our model here: tensorrt, onnxruntime on "
+                        "cuda, torch on cuda, onnxruntime on the cpu, torch; an error in the model, style or options "
+                        "ends the run instead of switching), onnxruntime, torch, tensorrt, teacher or identity")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     p.add_argument("--budget-ms", default=None, metavar="MS",
                    help="capture→display budget in ms, or a preset: " + ", ".join(
                        f"{k} ({v:g} ms)" for k, v in BUDGET_PRESETS.items()))
     p.add_argument("--size", type=str, default=None, metavar="WxH",
-                   help="processing size per eye, e.g. 640x360 (default: the source's own size)")
+                   help=f"processing size per eye, e.g. 640x360, each side {MIN_SIDE}-{MAX_SIDE} (default: the "
+                        "source's own size; video files pad odd sides to even)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="numeric precision of our model (default auto: fp16 on GPUs, fp32 on CPUs; int8 needs "
                         "'genreal calibrate' first)")
     p.add_argument("--model", type=Path, default=None, metavar="DIR",
                    help="a model folder from 'genreal distill' (default: the shipped model)")
-    p.add_argument("--steps", type=int, default=None, metavar="K", help="refine steps of our model (1-4)")
+    p.add_argument("--steps", type=int, default=None, metavar="K",
+                   help="refine steps of our model: 1 to the model's maximum (4 for the shipped model; "
+                        "default: the model's own)")
     p.add_argument("--no-temporal", action="store_true", help="turn temporal latent reuse off")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
-    p.add_argument("--stats-json", type=Path, default=None, metavar="PATH", help="write the run's statistics as JSON")
+    p.add_argument("--stats-json", type=Path, default=None, metavar="PATH",
+                   help="write the run's statistics as JSON (checked writable before the run starts)")
+    p.add_argument("--stall-s", type=float, default=DEFAULT_STALL_S, metavar="S",
+                   help=f"live streams: no data for S seconds counts as a disconnect (default {DEFAULT_STALL_S:g})")
+    p.add_argument("--reconnect", type=int, default=None, metavar="N",
+                   help=f"live streams: after a stall or a disconnect, reconnect up to N times in a row with "
+                        f"backoff (default {DEFAULT_RECONNECTS} for URLs, 0 for files); when all fail the run ends "
+                        "with exit code 3")
+    p.add_argument("--as-fast-as-possible", action="store_true",
+                   help="--sink window: show a video file as fast as it is processed, not at its frame rate")
 
 
 def parse_budget(text: Any) -> Any:
@@ -51,6 +68,8 @@ def parse_budget(text: Any) -> Any:
     except ValueError:
         raise UserError(f"bad --budget-ms {text!r}: give milliseconds (e.g. 33) or one of "
                         f"{', '.join(BUDGET_PRESETS)}") from None
+    if not math.isfinite(value):
+        raise UserError(f"bad --budget-ms {text!r}: give a finite number of milliseconds")
     return value
 
 
@@ -59,7 +78,7 @@ def pipeline_config(args: argparse.Namespace, source: str, sinks: list[str]) -> 
         raise UserError(f"bad --max-frames {args.max_frames}: it must be at least 1")
     return PipelineConfig(
         source=SourceConfig(spec=source, size=parse_size(args.size) if args.size else None,
-                            max_frames=args.max_frames),
+                            max_frames=args.max_frames, stall_s=args.stall_s, reconnect=args.reconnect),
         sinks=tuple(sinks),
         backend=BackendConfig(name=args.backend, device=args.device, style=args.style,
                               steps=args.steps, temporal=not args.no_temporal, precision=args.precision,
@@ -86,5 +105,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from realtime.app import run_pipeline
 
-    stats = run_pipeline(pipeline_config(args, args.source, args.sink), report=print_summary)
+    stats = run_pipeline(pipeline_config(args, args.source, args.sink), report=print_summary,
+                         pace_files=not args.as_fast_as_possible)
     return 130 if stats.interrupted else 0

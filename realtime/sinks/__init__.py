@@ -7,6 +7,7 @@ before any frame is processed; the window / file / camera itself opens at the fi
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from realtime.errors import UserError
@@ -16,16 +17,26 @@ from realtime.sinks.null import NullSink
 from realtime.sinks.vcam import VcamSink
 from realtime.sinks.window import WindowSink
 
-__all__ = ["make_sink", "Sink", "Overlay", "NullSink", "FileSink", "WindowSink", "VcamSink", "FORMATS"]
+__all__ = ["make_sink", "output_path", "Sink", "Overlay", "NullSink", "FileSink", "WindowSink", "VcamSink", "FORMATS"]
 
 SINK_KINDS = "window, vcam, null or a video file path"
 
 
 
-def make_sink(spec: str, fps: Optional[float] = None) -> Sink:
+def output_path(spec: str) -> Optional[Path]:
+    """The file a `--sink` value writes, or None for window / vcam / null."""
+    text = (spec or "").strip()
+    kind, _, arg = text.partition(":")
+    if not text or (kind.lower() in ("null", "window") and not arg) or kind.lower() == "vcam" or "://" in text:
+        return None
+    return Path(text).expanduser()
+
+
+def make_sink(spec: str, fps: Optional[float] = None, pace: bool = False) -> Sink:
     """Make (and validate) the sink for one `--sink` value.
 
     `fps` is the source's nominal frame rate (file and virtual camera sinks; default 30).
+    `pace`: a window shows frames at their timestamps (a file source), not as fast as they come.
     """
     text = (spec or "").strip()
     if not text:
@@ -35,7 +46,7 @@ def make_sink(spec: str, fps: Optional[float] = None) -> Sink:
     if kind == "null" and not arg:
         return NullSink()
     if kind == "window" and not arg:
-        return WindowSink()
+        return WindowSink(pace=pace)
     if kind == "vcam":
         return VcamSink(fps=fps, device=arg or None)
     if "://" in text:

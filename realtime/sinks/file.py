@@ -2,10 +2,14 @@
 
 The output path, its directory and the encoder are checked when the sink is made; the file
 is opened at the first frame (its size is not known before). Timing: a frame's `pts`
-(seconds, set by file sources) is kept, else its capture time relative to the first frame;
-timestamps are forced to increase strictly. `close()` flushes the encoder and writes the
-container trailer, so the file is playable with every frame written so far, also after an
-error; it is idempotent.
+(seconds, set by file sources) is kept relative to the first frame's, else its capture time
+relative to the first frame: every recording starts at t=0; timestamps are forced to increase
+strictly. `close()` flushes the encoder and writes the container trailer, so the file is playable
+with every frame written so far, also after an error; it is idempotent.
+
+Files stay playable even when `close()` never runs (SIGKILL, a crash, a full disk): MP4 / MOV /
+M4V are written fragmented (``movflags=frag_keyframe+empty_moov``, a keyframe every second, so at
+most about a second is lost), Matroska / WebM / AVI are readable without their trailer.
 """
 from __future__ import annotations
 
@@ -40,10 +44,16 @@ class FileFormat:
     time_base: Optional[Fraction] = None  # pts resolution; None = one tick per frame (1/fps)
     even: bool = False  # the pixel format needs even width and height (padded)
     options: dict[str, str] = field(default_factory=dict)
+    container_options: dict[str, str] = field(default_factory=dict)
+    keyframe_s: Optional[float] = None  # a keyframe at least this often (fragment length of fragmented MP4)
 
 
+#: fragmented MP4: a moov without samples up front, then one moof+mdat per keyframe interval, so a
+#: file cut anywhere plays up to its last complete fragment. No B-frames: without an edit list (which
+#: an empty moov cannot carry) their reorder delay would shift the first frame off t=0.
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 _H264 = dict(codecs=("libx264",), pix_fmt="yuv420p", label="H.264", time_base=Fraction(1, 90000), even=True,
-             options={"crf": "18", "preset": "veryfast"})
+             options={"crf": "18", "preset": "veryfast", "bf": "0"}, container_options=FRAGMENTED_MP4, keyframe_s=1.0)
 
 #: supported extensions (lower case) → format
 FORMATS: dict[str, FileFormat] = {
@@ -75,6 +85,16 @@ def check_output_path(path: Path) -> None:
         raise UserError(f"cannot write --sink {path}: no write permission in {parent} (choose another directory)")
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"cannot overwrite --sink {path}: the file is read-only (choose another name)")
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: the same path after resolving links, or the same inode (hard link)."""
+    try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): then they are different files
+        return False
 
 
 def _pick_encoder(ext: str, fmt: FileFormat) -> str:
@@ -118,6 +138,7 @@ class FileSink(Sink):
         self._container: Any = None
         self._stream: Any = None
         self._closed = False
+        self._failed = False  # a write failed (e.g. a full disk): close() only tidies up
         self._last_ticks: Optional[int] = None
         self._t0_ns = 0  # first frame's capture time
         self._t0 = 0.0  # first frame's pts (seconds), 0 when it had none
@@ -141,7 +162,9 @@ class FileSink(Sink):
                 for packet in self._stream.encode(frame):
                     self._container.mux(packet)
             except (av.FFmpegError, OSError) as exc:
-                raise UserError(f"writing --sink {self.path} failed: {exc} (check free disk space)") from exc
+                self._failed = True
+                raise UserError(f"writing --sink {self.path} failed at frame {self.frames}: {_reason(exc)}"
+                                f"{_disk_hint(exc)}; the file holds the frames before it") from None
             self.frames += 1
 
     def _open(self, image: np.ndarray) -> None:
@@ -151,9 +174,10 @@ class FileSink(Sink):
         if self.format.even:
             w, h = w + w % 2, h + h % 2
         try:
-            container = av.open(str(self.path), mode="w", format=self.format.container)
+            container = av.open(str(self.path), mode="w", format=self.format.container,
+                                container_options=dict(self.format.container_options) or None)
         except (av.FFmpegError, OSError) as exc:
-            raise UserError(f"cannot create --sink {self.path}: {exc}") from exc
+            raise UserError(f"cannot create --sink {self.path}: {_reason(exc)}") from None
         try:
             stream = container.add_stream(self.codec, rate=self.rate)
             stream.width, stream.height, stream.pix_fmt = w, h, self.format.pix_fmt
@@ -162,8 +186,11 @@ class FileSink(Sink):
                 _tag_bt601(stream.codec_context, full_range=self.format.pix_fmt.startswith("yuvj"))
             if self.codec == "mjpeg":
                 stream.bit_rate = int(w * h * self.fps * 2)  # ~2 bits / pixel: near-transparent quality
-            if self.format.options:
-                stream.options = dict(self.format.options)
+            options = dict(self.format.options)
+            if self.format.keyframe_s:
+                options["g"] = str(max(1, round(self.fps * self.format.keyframe_s)))
+            if options:
+                stream.options = options
         except BaseException:
             container.close()
             raise
@@ -175,8 +202,7 @@ class FileSink(Sink):
         if self._last_ticks is None:
             self._t0_ns, self._t0 = item.capture_ns, item.pts if item.pts is not None else 0.0
         seconds = item.pts if item.pts is not None else self._t0 + (item.capture_ns - self._t0_ns) / 1e9
-        if self.format.time_base is None:  # AVI (frame-counted): start at 0, no leading gap
-            seconds -= self._t0
+        seconds -= self._t0  # every recording starts at t=0 (a stream may start at 3600 s)
         ticks = round(seconds * self.time_base.denominator / self.time_base.numerator)
         ticks = max(ticks, 0 if self._last_ticks is None else self._last_ticks + 1)
         self._last_ticks = ticks
@@ -197,13 +223,31 @@ class FileSink(Sink):
                 return
             try:
                 try:
-                    for packet in stream.encode(None):  # flush the encoder's delayed frames
-                        container.mux(packet)
+                    if not self._failed:
+                        for packet in stream.encode(None):  # flush the encoder's delayed frames
+                            container.mux(packet)
                 finally:
-                    container.close()  # writes the trailer (mp4 moov) even if flushing failed
+                    container.close()  # writes the trailer even if flushing failed
             except (av.FFmpegError, OSError) as exc:
-                raise UserError(f"finalizing --sink {self.path} failed: {exc} (check free disk space)") from exc
+                if self._failed:  # the write error already said what happened
+                    log.debug("%s: closing after a failed write: %s", self.name, exc)
+                    return
+                raise UserError(f"finalizing --sink {self.path} failed after {self.frames} frames: {_reason(exc)}"
+                                f"{_disk_hint(exc)}") from None
             log.info("wrote %d frames to %s", self.frames, self.path)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _disk_hint(exc: BaseException) -> str:
+    import errno
+
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return " (the disk is full: free space or write elsewhere)"
+    return " (check free disk space)"
 
 
 def _tag_bt601(codec_context: Any, full_range: bool) -> None:

@@ -3,6 +3,10 @@
 The window is opened at the first frame. Keys are read with ``cv2.waitKey(1)`` in `write()`
 and `poll_keys()`, which must be called from the thread that writes (the pipeline's main
 thread). Closing the window counts as 'q'.
+
+With `pace` (a file source; turned off by ``--as-fast-as-possible``) each frame is shown at its
+presentation time relative to the first frame, so a video plays at its own frame rate; live
+sources are shown as they come.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Optional
 
 import numpy as np
@@ -100,10 +105,12 @@ class WindowSink(Sink):
 
     name = "window"
 
-    def __init__(self, title: str = "genreal", hud: bool = True) -> None:
+    def __init__(self, title: str = "genreal", hud: bool = True, pace: bool = False) -> None:
         check_display()
         self.title = title
         self.hud = hud
+        self.pace = pace
+        self._clock: Optional[tuple[float, float]] = None  # (first pts, wall time it was shown)
         self.frames = 0
         self._keys: list[str] = []
         self._opened = False
@@ -125,9 +132,25 @@ class WindowSink(Sink):
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
             cv2.resizeWindow(self.title, bgr.shape[1], bgr.shape[0])
             self._opened, self._thread = True, threading.get_ident()
+        self._wait_for(item.pts)
         cv2.imshow(self.title, bgr)
         self.frames += 1
         self._pump()
+
+    def _wait_for(self, pts: Optional[float]) -> None:
+        """With `pace`: sleep until the frame's presentation time."""
+        if not self.pace or pts is None:
+            return
+        now = time.perf_counter()
+        if self._clock is None or pts < self._clock[0]:
+            self._clock = (pts, now)
+            return
+        due = self._clock[1] + (pts - self._clock[0])
+        if due < now - 0.5:  # fell behind by more than half a second: restart the clock, do not race
+            self._clock = (pts, now)
+            return
+        while (left := due - time.perf_counter()) > 0:
+            time.sleep(min(left, 0.01))
 
     def _pump(self) -> None:
         """Run the GUI event loop for ~1 ms; collect keys; notice a closed window."""

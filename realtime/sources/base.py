@@ -39,6 +39,10 @@ class Source(ABC):
         Must return within about a second of `close()` being called from another thread.
         """
 
+    def input_paths(self) -> list[str]:
+        """The local files this source reads (so no output may overwrite them); [] for devices and URLs."""
+        return []
+
     def close(self) -> None:
         """Release the device / file. Idempotent."""
 

@@ -55,6 +55,11 @@ class ImageSequenceSource(ThreadedSource):
     def fps(self) -> float:
         return float(self.cfg.fps or DEFAULT_FPS)
 
+    def input_paths(self) -> list[str]:
+        import glob
+
+        return sorted(p for p in glob.glob(os.path.expanduser(self.pattern), recursive=True) if os.path.isfile(p))
+
     def _open(self) -> None:
         pattern = os.path.expanduser(self.pattern)
         self.paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))

@@ -47,6 +47,9 @@ class MediaSource(ThreadedSource):
     def fps(self) -> Optional[float]:
         return self._fps
 
+    def input_paths(self) -> list[str]:
+        return [] if self.is_url or self.target.startswith("pipe:") else [self.target]
+
     def _name(self) -> str:
         return ("stream " if self.is_url else "") + self.target
 

@@ -48,6 +48,9 @@ class SplitStereoSource(ThreadedSource):
     def skipped(self, value: int) -> None:
         self._skipped = value
 
+    def input_paths(self) -> list[str]:
+        return self.inner.input_paths()
+
     @property
     def fps(self) -> Optional[float]:
         return self.inner.fps
@@ -163,6 +166,9 @@ class PairSource(ThreadedSource):
     @skipped.setter
     def skipped(self, value: int) -> None:
         self._skipped = value
+
+    def input_paths(self) -> list[str]:
+        return self.left.input_paths() + self.right.input_paths()
 
     @property
     def fps(self) -> Optional[float]:
