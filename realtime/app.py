@@ -56,17 +56,23 @@ def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], N
         for spec in config.sinks:  # validate every sink before anything opens
             make_sink(spec)  # (a sink opens nothing before its first frame)
         check_outputs(config, source)
+        placeholder = config.stats_json is not None and not config.stats_json.exists()
         if config.stats_json is not None:
             RunStats(backend="", device="").write_json(config.stats_json, status="starting")
-        source.open()
-        stack.callback(source.close)
-        sinks = []
-        for spec in config.sinks:
-            sink = make_sink(spec, fps=source.fps, pace=pace_files and not source.live)
-            stack.callback(sink.close)
-            sinks.append(sink)
-        backend = create_backend(config.backend)
-        stack.callback(backend.close)
+        try:
+            source.open()
+            stack.callback(source.close)
+            sinks = []
+            for spec in config.sinks:
+                sink = make_sink(spec, fps=source.fps, pace=pace_files and not source.live)
+                stack.callback(sink.close)
+                sinks.append(sink)
+            backend = create_backend(config.backend)
+            stack.callback(backend.close)
+        except BaseException:  # nothing ran: leave no placeholder behind
+            if placeholder and config.stats_json is not None:
+                config.stats_json.unlink(missing_ok=True)
+            raise
         log.info("source %s → backend %s (%s, style %s) → %s", config.source.spec, backend.name,
                   backend.device, backend.style, ", ".join(config.sinks))
         pipeline = Pipeline(source, backend, sinks, budget_ms=config.budget_ms, queue_size=config.queue_size)

@@ -3,6 +3,7 @@
 Specs (DESIGN.md §4):
 
 - ``webcam:N`` — camera N (OpenCV, V4L2 on Linux); ``webcam`` = ``webcam:0``
+- ``-`` (or ``/dev/stdin``): a video piped into standard input (MPEG-TS, Matroska, ...; not MP4)
 - a video file path (or ``file://PATH``), or a stream URL: ``rtsp://``, ``rtmp://``,
   ``http(s)://``, ``udp://``, ``tcp://``, ``srt://`` (PyAV)
 - ``images:GLOB`` — sorted still images played as a video
@@ -23,7 +24,7 @@ from realtime.sources.base import Source
 
 __all__ = ["ACCEPTED_FORMS", "Source", "make_source"]
 
-ACCEPTED_FORMS = ("webcam:N, a video file, a stream URL (rtsp://, rtmp://, http(s)://, udp://, tcp://, srt://), "
+ACCEPTED_FORMS = ("webcam:N, a video file, - (standard input), a stream URL (rtsp://, rtmp://, http(s)://, udp://, tcp://, srt://), "
                   "images:GLOB, demo, demo:live, demo:stereo, sbs:SRC, tb:SRC or pair:SRC_L,SRC_R")
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -36,6 +37,10 @@ def make_source(cfg: SourceConfig) -> Source:
     spec = (cfg.spec or "").strip()
     if not spec:
         raise UserError(f"empty --source: use {ACCEPTED_FORMS}")
+    if spec in ("-", "pipe:", "pipe:0", "/dev/stdin"):  # standard input (a streamable format)
+        from realtime.sources.media import MediaSource
+
+        return MediaSource(cfg, spec)
     url = _URL.match(spec)
     if url:
         from realtime.sources.media import URL_SCHEMES, MediaSource

@@ -15,7 +15,8 @@ class DemoSource(ThreadedSource):
 
     With `live` (``demo:live``) it behaves like a camera: frames are produced in real time at the
     clip's rate and a newer frame replaces one the pipeline has not taken yet (counted as dropped),
-    so capture→display latency means what it means for a webcam.
+    so capture→display latency means what it means for a webcam; like a camera it never ends by
+    itself (the clip loops) until it is closed or `max_frames` is reached.
     """
 
     live = False
@@ -35,7 +36,9 @@ class DemoSource(ThreadedSource):
     def _produce(self) -> Iterator[Frame]:
         assert self.clip is not None
         start = time.monotonic()
-        for t in range(len(self.clip)):
+        n = len(self.clip)
+        t = 0
+        while self.live or t < n:
             if self.closed:
                 return
             if self.live:  # a camera delivers frame t at start + t / fps, not earlier
@@ -44,8 +47,9 @@ class DemoSource(ThreadedSource):
                     self._stop.wait(delay)
                     if self.closed:
                         return
-            image = self.clip.frame(t)
+            image = self.clip.frame(t % n)
             yield Frame(image, t, time.monotonic_ns(), t / self.fps)
+            t += 1
 
 
 class StereoDemoSource(ThreadedSource):

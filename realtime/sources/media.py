@@ -1,18 +1,37 @@
-"""Video files and stream URLs, decoded with PyAV (FFmpeg).
+"""Video files, standard input and stream URLs, decoded with PyAV (FFmpeg).
 
 A file yields every frame in order with its presentation time; a damaged file yields what
 can be decoded: packets the decoder rejects are skipped and counted, a container that
-cannot be read further ends the stream early, both with a warning. A URL is live.
+cannot be read further ends the stream early, both with a warning. A file that yields no
+frame at all is an error (exit 2), never an empty run.
+
+A URL is live and survives its network: no data for ``--stall-s`` seconds, a read error or
+the server closing the connection count as a disconnect, and the source reconnects with
+backoff (0.5 s, 1 s, 2 s, ... capped at 8 s) up to ``--reconnect`` times in a row (a frame
+received resets the count). When every attempt fails, iteration raises `StreamLost` (exit 3).
+A URL with a known duration (a video on a web server) that played to its end simply ends.
+Timestamps of a live stream are rebased to start at 0 and stay continuous across reconnects
+(the gap is kept as real time), so recordings start at t=0 whatever the server's clock says.
+
+Opening (the first connection, or a FIFO that waits for its writer) runs in a helper thread
+while the caller waits in short slices, so Ctrl-C, SIGTERM and SIGHUP are honoured within
+about 0.1 s instead of after FFmpeg's own timeout.
+
+Timing comes from the container: for AVI, whose packets carry a frame slot rather than a
+presentation time (and where DivX/Xvid "packed" B-frames arrive two to a packet), each
+decoded frame takes the earliest packet slot not yet used, so frames stay evenly spaced.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
+import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from realtime.config import SourceConfig
-from realtime.errors import UserError
+from realtime.config import DEFAULT_RECONNECTS, SourceConfig
+from realtime.errors import StreamLost, UserError
 from realtime.frame import Frame
 from realtime.sources.common import ThreadedSource, resize_to
 
@@ -21,9 +40,14 @@ log = logging.getLogger(__name__)
 #: URL schemes we open with FFmpeg (all live)
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
 
-#: seconds to wait for a URL to open, and for each read once open
+#: seconds to wait for a URL to open (the read timeout is --stall-s)
 URL_OPEN_TIMEOUT_S = 10.0
-URL_READ_TIMEOUT_S = 5.0
+#: reconnect backoff: first delay, factor, cap (seconds)
+BACKOFF_S = (0.5, 2.0, 8.0)
+#: the names `--source` accepts for standard input
+STDIN_SPECS = ("-", "pipe:", "pipe:0", "/dev/stdin")
+#: containers that need to seek (their index may sit at the end): not readable from a pipe
+_SEEKING_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2")
 
 
 def _reason(e: BaseException) -> str:
@@ -31,14 +55,91 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0-based)."""
+    first, factor, cap = BACKOFF_S
+    return min(cap, first * factor ** attempt)
+
+
+def open_interruptibly(opener: Callable[[], Any], closer: Callable[[Any], None], poll_s: float = 0.1) -> Any:
+    """Run the blocking `opener()` in a helper thread and wait for it in `poll_s` slices, so a signal
+    (KeyboardInterrupt) reaches the calling thread at once. If the caller is interrupted, whatever the
+    opener returns later is passed to `closer`. Exceptions of `opener` are re-raised here."""
+    done = threading.Event()
+    lock = threading.Lock()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result = opener()
+        except BaseException as exc:  # handed to the waiting caller
+            with lock:
+                box["error"] = exc
+        else:
+            with lock:
+                abandoned = box.get("abandoned", False)
+                box["result"] = result
+            if abandoned:
+                closer(result)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="genreal-open", daemon=True).start()
+    try:
+        while not done.wait(poll_s):
+            pass
+    except BaseException:
+        with lock:
+            box["abandoned"] = True
+            result = box.pop("result", None)
+        if result is not None:
+            closer(result)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+class SlotClock:
+    """Presentation times for containers that time packets by frame slot (AVI).
+
+    `push(t)` records a demuxed packet's time; `take(fallback)` gives the next decoded frame the
+    earliest recorded time not used yet (`fallback` when none is left). Frames therefore come out
+    at the container's evenly spaced slots even when the decoder's own timestamps repeat (packed
+    B-frames: two frames in one packet, then an empty placeholder packet).
+    """
+
+    def __init__(self) -> None:
+        self._slots: list[float] = []
+        self._last: Optional[float] = None
+
+    def push(self, t: Optional[float]) -> None:
+        if t is not None and (self._last is None or t > self._last):
+            heapq.heappush(self._slots, t)
+
+    def take(self, fallback: Optional[float]) -> Optional[float]:
+        while self._slots:
+            t = heapq.heappop(self._slots)
+            if self._last is None or t > self._last:
+                self._last = t
+                return t
+        if fallback is not None and (self._last is None or fallback > self._last):
+            self._last = fallback
+        return fallback
+
+
 class MediaSource(ThreadedSource):
-    """A video file (`live = False`) or a stream URL (`live = True`) decoded with PyAV."""
+    """A video file or standard input (`live = False`), or a stream URL (`live = True`), via PyAV."""
 
     def __init__(self, cfg: SourceConfig, target: str, is_url: bool = False) -> None:
         super().__init__(cfg)
-        self.target = target
+        self.stdin = target in STDIN_SPECS
+        self.target = "pipe:0" if self.stdin else target
         self.is_url = is_url
         self.live = is_url
+        self.max_reconnects = cfg.reconnect if cfg.reconnect is not None else (DEFAULT_RECONNECTS if is_url else 0)
+        self.reconnects = 0  # successful reconnects
+        self.reconnect_attempts = 0
         self._container: Any = None
         self._stream: Any = None
         self._fps: Optional[float] = None
@@ -48,59 +149,135 @@ class MediaSource(ThreadedSource):
         return self._fps
 
     def input_paths(self) -> list[str]:
-        return [] if self.is_url or self.target.startswith("pipe:") else [self.target]
+        return [] if self.is_url or self.stdin else [self.target]
 
     def _name(self) -> str:
+        if self.stdin:
+            return "standard input"
         return ("stream " if self.is_url else "") + self.target
 
+    # -- opening --------------------------------------------------------------------------
     def _open(self) -> None:
-        import av
-
-        options: dict[str, str] = {}
-        timeout: Any = None
-        if self.is_url:
-            timeout = (URL_OPEN_TIMEOUT_S, URL_READ_TIMEOUT_S)
-            if self.target.lower().startswith(("rtsp://", "rtsps://")):
-                options["rtsp_transport"] = "tcp"
-        else:
+        if not self.is_url and not self.stdin:
             if not os.path.exists(self.target):
                 hint = f" (did you mean webcam:{self.target}?)" if self.target.isdigit() else ""
                 raise UserError(f"no such video file: {self.target}{hint}: check the path, or use --source demo")
             if os.path.isdir(self.target):
                 raise UserError(f"{self.target} is a folder, not a video file: "
                                 f"for a folder of images use --source 'images:{os.path.join(self.target, '*.png')}'")
+            if not os.access(self.target, os.R_OK):
+                raise UserError(f"cannot read {self.target}: permission denied")
+        container = open_interruptibly(self._open_container, lambda c: c.close())
+        self._use(container)
+
+    def _av_open(self) -> Any:
+        """av.open with our options (FFmpeg's errors pass through)."""
+        import av
+
+        options: dict[str, str] = {}
+        timeout: Any = None
+        if self.is_url:
+            timeout = (URL_OPEN_TIMEOUT_S, self.cfg.stall_s)
+            if self.target.lower().startswith(("rtsp://", "rtsps://")):
+                options["rtsp_transport"] = "tcp"
+        return av.open(self.target, container_options=options, timeout=timeout)
+
+    def _open_container(self) -> Any:
+        """`_av_open` with a one-line `UserError` on failure."""
+        import av
+
         try:
-            container = av.open(self.target, container_options=options, timeout=timeout)
+            return self._av_open()
         except av.FFmpegError as e:
             if self.is_url:
                 raise UserError(f"cannot open {self._name()}: {_reason(e)}: "
                                 "check the address and that the stream is running") from None
+            if self.stdin:
+                raise UserError(f"cannot read a video from standard input: {_reason(e)}: pipe in a streamable "
+                                "format (MPEG-TS, Matroska, raw H.264) or pass the file path") from None
             hint = ("if its recording was interrupted it has no index: repair it with a tool such as untrunc, "
                     "or record to .mkv next time" if self.target.lower().endswith((".mp4", ".mov", ".m4v"))
                     else "check the file, or convert it with ffmpeg")
             raise UserError(f"cannot read {self.target}: not a readable video file ({_reason(e)}): {hint}") from None
         except OSError as e:
             raise UserError(f"cannot open {self._name()}: {e.strerror or e}") from None
+
+    def _use(self, container: Any) -> None:
         if not container.streams.video:
             container.close()
             raise UserError(f"{self._name()} has no video stream: use a file with video in it")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
-        self._fps = float(rate) if rate else None
+        if self._fps is None:
+            self._fps = float(rate) if rate else None
         self._container, self._stream = container, stream
 
+    # -- reading --------------------------------------------------------------------------
     def _produce(self) -> Iterator[Frame]:
+        size = self.cfg.size
+        step = 1.0 / (self._fps or 30.0)
+        n = 0
+        in_row = 0  # reconnect attempts since the last frame
+        offset: Optional[float] = None  # live: added to this connection's rebased times
+        last_out: Optional[float] = None  # the last pts we yielded
+        last_wall = time.monotonic()
+        while True:
+            got_frame = False
+            first: Optional[float] = None  # this connection's first frame time
+            stopped: Optional[str] = None
+            try:
+                for pts, image in self._frames(step):
+                    if self.is_url:  # rebase: the recording starts at 0 and continues across reconnects
+                        if first is None:
+                            first = pts
+                            if offset is None:
+                                offset = 0.0
+                            else:  # a new connection: continue after the gap, in real time
+                                offset = (last_out or 0.0) + max(step, time.monotonic() - last_wall)
+                        pts = offset + (pts - first)
+                        if last_out is not None and pts <= last_out:
+                            pts = last_out + step
+                    got_frame = True
+                    in_row = 0
+                    last_out, last_wall = pts, time.monotonic()
+                    yield Frame(resize_to(image, size), n, time.monotonic_ns(), pts)
+                    n += 1
+            except _Stopped as e:
+                stopped = e.reason
+            finally:
+                if self.skipped:
+                    log.warning("%s: skipped %d damaged frame(s) that could not be decoded (%d frames read)",
+                                self._name(), self.skipped, n)
+            if self.closed:
+                return
+            if not self.is_url:
+                self._finish_file(n, last_out, step, stopped)
+                return
+            if stopped is None and self._played_to_end(last_out, step):
+                return  # a video on a web server, played to its end
+            why = stopped or "the server closed the connection"
+            if not got_frame and self.reconnects == 0 and n == 0:
+                why = f"no frames arrived ({why})"
+            self._close_container()
+            attempts = self._reconnect(why, in_row)
+            if attempts is None:
+                return  # closed while waiting
+            in_row = attempts  # reset when the new connection delivers a frame
+
+    def _frames(self, step: float) -> Iterator[tuple[float, Any]]:
+        """(pts seconds, RGB image) of the open container until it ends; `_Stopped` when it cannot be read."""
         import av
 
-        container, stream, size = self._container, self._stream, self.cfg.size
-        step = 1.0 / (self._fps or 30.0)
-        n, last_pts = 0, None
-        stopped: Optional[str] = None
+        container, stream = self._container, self._stream
+        slots = SlotClock() if container.format.name == "avi" else None
+        last: Optional[float] = None
         try:
             for packet in container.demux(stream):
                 if self.closed:
                     return
+                if slots is not None and packet.pts is not None and packet.time_base is not None:
+                    slots.push(float(packet.pts * packet.time_base))
                 try:
                     decoded = packet.decode()
                 except av.FFmpegError as e:  # a damaged packet: skip it, keep going
@@ -109,38 +286,113 @@ class MediaSource(ThreadedSource):
                     continue
                 for vf in decoded:
                     image = vf.to_ndarray(format="rgb24")  # (H, W, 3)
-                    capture_ns = time.monotonic_ns()
                     pts = vf.time
+                    if slots is not None:
+                        pts = slots.take(pts)
                     if pts is None:  # no timestamp: continue from the last one
-                        pts = 0.0 if last_pts is None else last_pts + step
-                    last_pts = pts
-                    yield Frame(resize_to(image, size), n, capture_ns, pts)
-                    n += 1
-        except av.FFmpegError as e:  # the container itself cannot be read further
-            stopped = _reason(e)
-        finally:
-            if self.skipped:
-                log.warning("%s: skipped %d damaged frame(s) that could not be decoded (%d frames read)",
-                            self._name(), self.skipped, n)
-        if stopped is not None:
-            if self.is_url:
-                log.warning("%s ended: %s", self._name(), stopped)
-            else:
-                log.warning("%s is damaged: stopped reading after %d frames (%s)", self.target, n, stopped)
-        elif not self.is_url and not self.closed:
-            self._check_complete(n, last_pts, step)
+                        pts = 0.0 if last is None else last + step
+                    last = pts
+                    yield pts, image
+        except av.FFmpegError as e:  # the container itself cannot be read further (or a stall timed out)
+            raise _Stopped(self._stall_reason(e)) from None
+        except OSError as e:
+            raise _Stopped(e.strerror or str(e)) from None
 
-    def _check_complete(self, n: int, last_pts: Optional[float], step: float) -> None:
-        """Warn when a file ended well before the length its header announces (a truncated file)."""
-        expected = self._stream.frames or 0
-        duration = (self._container.duration or 0) / 1e6  # container duration is in microseconds
-        if expected > n + self.skipped + 1:
-            log.warning("%s ended after %d of its %d frames: the file looks truncated", self.target, n, expected)
-        elif duration and last_pts is not None and last_pts + 2 * step < duration:
-            log.warning("%s ended at %.2f s of its %.2f s: the file looks truncated", self.target,
-                        last_pts + step, duration)
+    def _reconnect(self, why: str, in_row: int) -> Optional[int]:
+        """Reconnect with backoff. Returns the attempts made in a row (counting this successful one), or
+        None when the source was closed meanwhile; raises `StreamLost` when the attempts are exhausted."""
+        import av
+
+        while True:
+            if in_row >= self.max_reconnects:
+                tried = (f"{self.max_reconnects} reconnect attempt(s) failed" if self.max_reconnects
+                         else "reconnecting is off (--reconnect 0)")
+                raise StreamLost(f"{self._name()} lost: {why}; {tried}: check the stream, or allow more "
+                                 "with --reconnect N / a longer --stall-s")
+            delay = backoff_delay(in_row)
+            log.warning("%s: %s; reconnecting in %.1f s (attempt %d of %d)", self._name(), why, delay,
+                        in_row + 1, self.max_reconnects)
+            if self._stop.wait(delay):
+                return None
+            self.reconnect_attempts += 1
+            try:
+                container = self._av_open()
+            except (av.FFmpegError, OSError) as e:
+                why = f"cannot connect ({self._stall_reason(e)})"
+                in_row += 1
+                continue
+            in_row += 1
+            if self.closed:
+                container.close()
+                return None
+            self._use(container)
+            self.reconnects += 1
+            log.warning("%s: reconnected", self._name())
+            return in_row
+
+    def _stall_reason(self, e: BaseException) -> str:
+        import av
+
+        if self.is_url and isinstance(e, (av.ExitError, TimeoutError)):  # PyAV's read timeout fired
+            return f"no data for {self.cfg.stall_s:g} s (--stall-s)"
+        return _reason(e)
+
+    def _played_to_end(self, last: Optional[float], step: float) -> bool:
+        duration = (self._container.duration or 0) / 1e6 if self._container is not None else 0
+        return bool(duration) and last is not None and last + 2 * step >= duration - 1.0
+
+    def _finish_file(self, n: int, last: Optional[float], step: float, stopped: Optional[str]) -> None:
+        if n == 0:
+            fmt = self._container.format.name if self._container is not None else ""
+            if self.stdin and any(f in fmt.split(",") for f in _SEEKING_FORMATS):
+                raise UserError("an MP4/MOV cannot be read from standard input (its index needs seeking): "
+                                "pass the file path, or pipe MPEG-TS or Matroska (ffmpeg -f mpegts -)")
+            raise UserError(f"no video frame could be decoded from {self._name()}"
+                            f"{f' ({stopped})' if stopped else ''}: check the file, or convert it with ffmpeg")
+        if stopped is not None:
+            log.warning("%s is damaged: stopped reading after %d frames (%s)", self._name(), n, stopped)
+        elif not self.stdin:
+            self._check_complete(n, last, step)
+
+    def _check_complete(self, n: int, last: Optional[float], step: float) -> None:
+        """Warn when a file ended well before the length its header announces (a truncated file).
+
+        Both the header's frame count (not for AVI, whose headers often miscount) and its duration must
+        say so, where known, by more than a second's worth: a complete file never gets the warning."""
+        stream, container = self._stream, self._container
+        expected = 0 if container.format.name == "avi" else (stream.frames or 0)
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / 1e6
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+        slack = max(1, round(1.0 / step))  # frames in a second
+        short_count = expected > 0 and expected > n + self.skipped + slack
+        short_time = duration > 0 and last is not None and (last - start) + step < duration - max(1.0, 2 * step)
+        known = [flag for flag, has in ((short_count, expected > 0), (short_time, duration > 0)) if has]
+        if known and all(known):
+            if short_count:
+                log.warning("%s ended after %d of its %d frames: the file looks truncated", self.target, n, expected)
+            else:
+                log.warning("%s ended at %.2f s of its %.2f s: the file looks truncated", self.target,
+                            (last or 0.0) - start + step, duration)
+
+    def _close_container(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the reason
+                log.debug("closing %s failed", self._name(), exc_info=True)
+            self._container = None
 
     def _release(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
+        self._close_container()
+
+
+class _Stopped(Exception):
+    """The container could not be read further (internal)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
