@@ -2,8 +2,9 @@
 
 Shared by `genreal run` and `genreal demo`. Everything that can be checked is checked before
 anything opens: every sink is validated, no output may be one of the inputs (same path, a link
-to it or a hard link: nothing is ever written over a source), and ``--stats-json`` is written
-once up front so an unwritable path or a full disk is found before the run, not after it.
+to it or a hard link: nothing is ever written over a source), and ``--stats-json`` is
+checked up front (a trial file beside it) so an unwritable path or a full disk is found before
+the run, not after it.
 """
 from __future__ import annotations
 
@@ -43,6 +44,29 @@ def check_outputs(config: PipelineConfig, source: Source) -> None:
                 raise UserError(f"{what} and {other} are the same file: give each output its own name")
 
 
+def check_stats_path(path: Path) -> None:
+    """Raise `UserError` unless --stats-json can be written: a trial file beside it is written, synced
+    and removed (an existing file is left as it is until the run's figures replace it)."""
+    import os
+    import tempfile
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"--stats-json {path} is a folder: give a file name such as {path / 'stats.json'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write --stats-json {path}: the file is read-only")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"cannot write --stats-json {path}: folder {parent} does not exist (create it first)")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".check") as f:
+            f.write(b"{}\n" * 1024)  # a few KB, as much as the figures take
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise UserError(f"cannot write --stats-json {path}: {exc.strerror or exc}") from None
+
+
 def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], None]] = None,
                  pace_files: bool = True) -> RunStats:
     """Open the source, sinks and backend (failing fast with `UserError`), run, and report.
@@ -56,23 +80,17 @@ def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], N
         for spec in config.sinks:  # validate every sink before anything opens
             make_sink(spec)  # (a sink opens nothing before its first frame)
         check_outputs(config, source)
-        placeholder = config.stats_json is not None and not config.stats_json.exists()
         if config.stats_json is not None:
-            RunStats(backend="", device="").write_json(config.stats_json, status="starting")
-        try:
-            source.open()
-            stack.callback(source.close)
-            sinks = []
-            for spec in config.sinks:
-                sink = make_sink(spec, fps=source.fps, pace=pace_files and not source.live)
-                stack.callback(sink.close)
-                sinks.append(sink)
-            backend = create_backend(config.backend)
-            stack.callback(backend.close)
-        except BaseException:  # nothing ran: leave no placeholder behind
-            if placeholder and config.stats_json is not None:
-                config.stats_json.unlink(missing_ok=True)
-            raise
+            check_stats_path(config.stats_json)
+        source.open()
+        stack.callback(source.close)
+        sinks = []
+        for spec in config.sinks:
+            sink = make_sink(spec, fps=source.fps, pace=pace_files and not source.live)
+            stack.callback(sink.close)
+            sinks.append(sink)
+        backend = create_backend(config.backend)
+        stack.callback(backend.close)
         log.info("source %s → backend %s (%s, style %s) → %s", config.source.spec, backend.name,
                   backend.device, backend.style, ", ".join(config.sinks))
         pipeline = Pipeline(source, backend, sinks, budget_ms=config.budget_ms, queue_size=config.queue_size)

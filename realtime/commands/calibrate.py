@@ -52,6 +52,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _check_source(spec: str) -> None:
+    """Open and close the calibration source once: `UserError` if it cannot be read."""
+    from realtime.config import SourceConfig
+    from realtime.sources import make_source
+
+    source = make_source(SourceConfig(spec=spec, max_frames=1))
+    source.open()
+    source.close()
+
+
 def run(args: argparse.Namespace) -> int:
     from realtime.config import parse_size
 
@@ -66,7 +76,16 @@ def run(args: argparse.Namespace) -> int:
         size=parse_size(args.size) if args.size else None, method=args.method, activations=args.activations,
         stages=stages, max_drop_db=args.max_drop_db, min_psnr_db=args.min_psnr_db, steps=args.steps,
         repeats=args.repeats, progress=not args.quiet)
-    reports = calibrate(cfg)
+    _check_source(args.source)  # a bad source fails before the model folder is copied
+    created = args.out is not None and not Path(args.out).expanduser().exists()
+    try:
+        reports = calibrate(cfg)
+    except BaseException:
+        if created:  # leave no half-made model copy behind
+            import shutil
+
+            shutil.rmtree(Path(args.out).expanduser(), ignore_errors=True)
+        raise
     for preset, rep in reports.items():
         frame = rep["frame"]
         line = (f"{preset}: INT8 kept for {', '.join(rep['kept']) or 'no stage'} "

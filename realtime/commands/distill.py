@@ -60,6 +60,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iters is not None and args.iters < 1:
         raise UserError(f"bad --iters {args.iters}: it must be at least 1")
+    from models.distill import CHECKPOINT
+    from realtime.errors import check_writable_dir
+
+    check_writable_dir(args.out, "--out")  # before anything is created or trained
+    if args.resume and not (args.out / CHECKPOINT).is_file():
+        raise UserError(f"--resume: no checkpoint ({CHECKPOINT}) in {args.out}: drop --resume to start afresh")
+    created = not args.out.exists()
+    try:  # a read-only file system passes the permission check (root) but not this
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {args.out}: {exc.strerror or exc} (choose a writable folder)") from None
     named = [split_named_spec(t) for t in args.teacher]
     teachers = tuple(parse_teacher(spec) for _, spec in named)
     preset = PRESETS[args.preset]
@@ -74,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
         iters=args.iters,
         progress=not args.no_progress,
     )
-    manifest = distill(cfg)
+    try:
+        manifest = distill(cfg)
+    except BaseException:
+        if created and not any(args.out.iterdir()):  # leave no empty folder behind
+            args.out.rmdir()
+        raise
     fid = manifest["evaluation"]["fidelity"]
     print(json.dumps({"out": str(args.out), "mean_psnr": fid["mean_psnr"], "mean_ssim": fid["mean_ssim"],
                       "styles": manifest["styles"]}, indent=2), file=sys.stdout)
