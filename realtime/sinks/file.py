@@ -219,7 +219,7 @@ class FileSink(Sink):
             container, stream = self._container, self._stream
             self._container = self._stream = None
             if container is None:
-                log.warning("%s: no frames were written; no file created", self.name)
+                log.warning("%s: no frames were written; the file was not created or touched", self.name)
                 return
             try:
                 try:
