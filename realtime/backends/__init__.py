@@ -65,13 +65,20 @@ def create_backend(config: BackendConfig) -> Backend:
             backend = _load(name)(dataclasses.replace(config, name=name, device=device or config.device))
         except BackendUnavailable as exc:  # this engine cannot run here: try the next
             skipped.append(entry)
-            reasons.append(f"{entry}: {exc}")
+            reasons.append(f"{entry} ({_short(str(exc))})")
             log.debug("backend auto: skipped %s: %s", entry, exc)
             continue
         why = f" (not available here: {', '.join(skipped)}; -v says why)" if skipped else ""
         log.info("backend auto: chose %s on %s%s", name, backend.device, why)
         return backend
-    raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))
+    where = f" on --device {config.device}" if config.device != "auto" else ""
+    raise BackendUnavailable(f"no backend can run{where} here: {', '.join(reasons)}"
+                             f"{'; use --device cpu' if config.device == 'cuda' else ''} (-v says more)")
+
+
+def _short(reason: str) -> str:
+    """The first clause of a reason ('tensorrt not installed: pip install ...' → 'tensorrt not installed')."""
+    return reason.split(":")[0].split(" (")[0].strip()
 
 
 __all__ = ["Backend", "create_backend", "backend_names", "next_style", "AUTO_ORDER"]

@@ -171,7 +171,9 @@ class FileSink(Sink):
         import av
 
         h, w = image.shape[:2]
-        if self.format.even:
+        if self.format.even and (w % 2 or h % 2):
+            log.info("%s: %dx%d padded to %dx%d (%s needs even sides; the last row/column is repeated)",
+                     self.name, w, h, w + w % 2, h + h % 2, self.format.label)
             w, h = w + w % 2, h + h % 2
         try:
             container = av.open(str(self.path), mode="w", format=self.format.container,
