@@ -34,7 +34,7 @@ import numpy as np
 from genreal_errors import UserError
 from models.exported import (CHAIN_STAGES, EXPORT_HINT, INT8_SUFFIX, METADATA_KEY, ExportedModel, first_line,
                              open_exported)
-from models.stages import Encoded, ModelInfo, frame_norm
+from models.stages import StageEncoding, ModelInfo, frame_norm
 
 log = logging.getLogger(__name__)
 
@@ -289,11 +289,11 @@ class OrtStages:
             feeds["norm"] = np.ascontiguousarray(frame_norm(x) if norm is None else norm, dtype=np.float32)
         return feeds
 
-    def encode(self, x: np.ndarray, norm: Optional[np.ndarray] = None) -> Encoded:
+    def encode(self, x: np.ndarray, norm: Optional[np.ndarray] = None) -> StageEncoding:
         x = np.ascontiguousarray(x, dtype=np.float32)  # (B, 3, Hp, Wp)
         self.sessions_for(x.shape[0], x.shape[2], x.shape[3])
         outs = self._run("encode", self._with_norm({"x": x}, x, norm))  # zq, skip[, ctx (B, E)]
-        return Encoded(outs[0], outs[1], outs[2] if len(outs) > 2 else None)
+        return StageEncoding(outs[0], outs[1], outs[2] if len(outs) > 2 else None)
 
     def embed(self, levels: np.ndarray) -> np.ndarray:
         (emb,) = self._run("embed", {"levels": np.ascontiguousarray(levels, dtype=np.int32)})

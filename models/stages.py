@@ -7,7 +7,7 @@ An engine ("stages") runs the model's stages one by one (DESIGN.md §3)::
     x (B, 3, Hp, Wp) float in [0, 1], Hp and Wp multiples of 8       (kernels' preprocess output)
       frame_norm(x)        → norm (B, 4) the whole frame's channel means and spread (models with
                              `normalize`; else None): pass it with the frame, or a crop of it, to:
-      encode(x, norm)      → Encoded(zq (B, d, h, w) in [-1, 1] before rounding,  skip (B, S, Hp/4, Wp/4),
+      encode(x, norm)      → StageEncoding(zq (B, d, h, w) in [-1, 1] before rounding,  skip (B, S, Hp/4, Wp/4),
                                      ctx (B, E) frame context or None)
       embed(levels)        → emb (B, C, h, w)       levels: int32 (B, d, h, w), FSQ level per channel
       initial(emb)         → z0 (B, C, h, w)        the learned cold start
@@ -54,7 +54,9 @@ class ModelInfo:
         return 8
 
 
-class Encoded(NamedTuple):
+class StageEncoding(NamedTuple):
+    """What an engine's `encode` stage gives (not `models.model.Encoded`, the torch model's own, with tokens)."""
+
     zq: Array  # (B, d, h, w) tanh(z_cont) in [-1, 1], before FSQ rounding
     skip: Array  # (B, S, Hp/4, Wp/4)
     #: (B, E) frame context (models with `context`): added to the style vector before the refiner; a crop
@@ -83,7 +85,7 @@ class ModelStages(Protocol):
     def frame_norm(self, x: Array) -> Optional[Array]:
         """(B, 3, Hp, Wp) → (B, 4) (`frame_norm` below), or None for models without `normalize`."""
 
-    def encode(self, x: Array, norm: Optional[Array] = None) -> Encoded: ...
+    def encode(self, x: Array, norm: Optional[Array] = None) -> StageEncoding: ...
 
     def embed(self, levels: Array) -> Array: ...
 
@@ -193,5 +195,5 @@ def info_from_manifest(manifest: dict, model_cfg: dict, model_dir: str = "") -> 
     )
 
 
-__all__ = ["Array", "ModelInfo", "Encoded", "FrameResult", "run_frame", "condition", "frame_norm", "images_norm", "ModelStages", "warm_first_step", "info_from_manifest",
+__all__ = ["Array", "ModelInfo", "StageEncoding", "FrameResult", "run_frame", "condition", "frame_norm", "images_norm", "ModelStages", "warm_first_step", "info_from_manifest",
            "style_names_of"]

@@ -311,6 +311,6 @@ def test_frame_normalization_from_the_camera_images_matches_the_frame(ort_backen
     prep = ort_backend.preprocess([img])
     x = prep.x
     assert np.abs(images_norm([img]) - frame_norm(x)).max() < 5e-3  # x has 8 replicated padding rows
-    assert np.array_equal(ort_backend._frame_norm(prep), images_norm([img]))  # read from the camera image
+    assert np.array_equal(ort_backend._norm_of(prep), images_norm([img]))  # read from the camera image
     flat = images_norm([np.full((64, 64, 3), 90, np.uint8)])
     assert np.allclose(flat[0], [90 / 255] * 3 + [0.02])  # a flat frame: the spread floor

@@ -160,7 +160,7 @@ class ModelBackend(Backend):
         greys = tuple(_grey(img, valid) for img in images) if self.temporal else None
         return Prepared(x, tuple(images), valid, greys)
 
-    def _frame_norm(self, p: Prepared) -> Any:
+    def _norm_of(self, p: Prepared) -> Any:
         """The whole frame's normalization (B, 4), models with one: read from the uint8 camera images on the
         CPU (a third of the memory of x), from x on a GPU engine. Only full frames (and a crop with no key
         frame) need it: skips and crops reuse the key frame's."""
@@ -177,7 +177,7 @@ class ModelBackend(Backend):
         """The stage chain on `x` (default: the whole frame), with this backend's style and steps."""
         norm = kw.pop("norm", None)
         if norm is None:
-            norm = self._frame_norm(p)
+            norm = self._norm_of(p)
         return run_frame(self.stages, self.ops, p.x if x is None else x, self._style_vec, self.steps, norm, **kw)
 
     def _infer_temporal(self, p: Prepared) -> Inferred:
@@ -266,7 +266,7 @@ class ModelBackend(Backend):
         frac = float(mask.float().mean()) if hasattr(mask, "float") else float(mask.mean())
         if frac > cfg.rekey_frac:
             return "rekey"
-        norm = self._frame_norm(p)
+        norm = self._norm_of(p)
         enc = st.encode(x, norm)
         # tokens on a grid that moved by a fraction of a cell are not comparable level by level: quantize
         # afresh (as the full path does) and restart the latent only where content newly came into view

@@ -37,7 +37,7 @@ import numpy as np
 
 from genreal_errors import UserError
 from models.exported import CHAIN_STAGES, EXPORT_HINT, INT8_SUFFIX, METADATA_KEY, open_exported, read_artifact_metadata
-from models.stages import Encoded, ModelInfo, frame_norm
+from models.stages import StageEncoding, ModelInfo, frame_norm
 from realtime.backends.model_backend import ModelBackend
 from realtime.config import BackendConfig
 
@@ -281,11 +281,11 @@ class TensorRTStages:
             return {}
         return {"norm": frame_norm(x) if norm is None else self._in(norm, self.torch.float32)}
 
-    def encode(self, x: Any, norm: Any = None) -> Encoded:
+    def encode(self, x: Any, norm: Any = None) -> StageEncoding:
         x = self._in(x, self.torch.float32)  # (B, 3, Hp, Wp)
         run = self.engines_for(x.shape[0], x.shape[2], x.shape[3])
         outs = run["encode"](x=x, **self._norm_feed(x, norm))  # zq (B, d, h, w), skip (B, S, Hp/4, Wp/4)[, ctx (B, E)]
-        return Encoded(self._out(outs[0]), self._out(outs[1]), self._out(outs[2]) if len(outs) > 2 else None)
+        return StageEncoding(self._out(outs[0]), self._out(outs[1]), self._out(outs[2]) if len(outs) > 2 else None)
 
     def embed(self, levels: Any) -> Any:
         (emb,) = self._active["embed"](levels=self._in(levels, self.torch.int32))

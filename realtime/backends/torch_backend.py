@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from realtime.backends.model_backend import ModelBackend
-from models.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
+from models.stages import StageEncoding, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
 from genreal_errors import UserError
 
@@ -154,7 +154,7 @@ class TorchStages:
         with self._torch.inference_mode():
             return frame_norm(x)  # numpy on the CPU, a tensor on CUDA
 
-    def encode(self, x: Any, norm: Any = None) -> Encoded:
+    def encode(self, x: Any, norm: Any = None) -> StageEncoding:
         with self._torch.inference_mode():
             x = self._in(x)
             m = self.model
@@ -163,7 +163,7 @@ class TorchStages:
             h = m.encoder.features(xn)  # (B, C, h, w)
             zq = self._torch.tanh(m.encoder.head(h))  # (B, d, h, w)
             ctx = self._out(m.context(h)) if m.context is not None else None  # (B, E)
-            return Encoded(self._out(zq), self._out(m.skip_net(xn)), ctx)
+            return StageEncoding(self._out(zq), self._out(m.skip_net(xn)), ctx)
 
     def embed(self, levels: Any) -> Any:
         with self._torch.inference_mode():
