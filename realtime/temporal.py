@@ -38,7 +38,7 @@ Nothing here imports torch: arrays are those of the engine (numpy on "cpu"); sli
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np

@@ -443,7 +443,6 @@ def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> 
 
 
 def test_int8_uses_calibrated_graphs_and_fp16_elsewhere(tmp_path: Path, exported: Path) -> None:
-    from models.exported import CHAIN_STAGES as TRT_STAGES
     from realtime.backends.tensorrt_backend import TensorRTStages
 
     with pytest.raises(UserError, match="run 'genreal calibrate' first"):
@@ -476,7 +475,6 @@ def test_backend_without_tensorrt_is_a_clean_user_error(monkeypatch: pytest.Monk
 
 
 def test_unknown_size_names_the_presets(tmp_path: Path, exported: Path) -> None:
-    from models.exported import CHAIN_STAGES as TRT_STAGES
     from realtime.backends.tensorrt_backend import TensorRTStages
 
     st = TensorRTStages(exported, device="cpu", cache_dir=tmp_path, trt=make_fake_trt([]), dev=DEV)
@@ -495,7 +493,6 @@ def test_real_tensorrt_engine(tmp_path: Path, exported: Path) -> None:
         pytest.skip("TensorRT engines need a CUDA GPU")
     from realtime.backends.model_backend import ModelBackend
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from models.exported import CHAIN_STAGES as TRT_STAGES
     from realtime.backends.tensorrt_backend import TensorRTStages
     from realtime.config import BackendConfig
 

@@ -36,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 
 from genreal_errors import UserError
-from models.exported import CHAIN_STAGES, EXPORT_HINT, INT8_SUFFIX, METADATA_KEY, open_exported, read_artifact_metadata
+from models.exported import CHAIN_STAGES, INT8_SUFFIX, METADATA_KEY, open_exported, read_artifact_metadata
 from models.stages import StageEncoding, ModelInfo, frame_norm
 from realtime.backends.model_backend import ModelBackend
 from realtime.config import BackendConfig
