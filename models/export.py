@@ -384,12 +384,21 @@ def export_stage(module: Any, spec: ExportSpec, path: Path, meta: dict[str, Any]
                           dynamo=False)
     proto = onnx.load(str(tmp))
     del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
+    set_metadata(proto, meta)
     proto.doc_string = f"genreal stage {spec.stage} ({meta.get('preset')}); see models/export.py"
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(tmp))
     os.replace(tmp, path)
+
+
+def set_metadata(proto: Any, meta: dict[str, Any]) -> None:
+    """Write `meta` as an ONNX model proto's ``metadata_props["genreal"]`` (replacing an old one, keeping
+    other keys): what `models.exported.read_artifact_metadata` reads back."""
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
 
 
 def parity(module: Any, spec: ExportSpec, path: Path, levels: Sequence[int], seed: int = 1) -> float:
