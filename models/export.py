@@ -246,13 +246,13 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
             self.skip = _unshuffle_conv(model.skip_net.proj, 4)
 
         def forward(self, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
+            if not rewrite:  # the model's own code path
+                zq, skip, ctx = self.m.stage_encode(x, norm)
+                return (zq, skip) if ctx is None else (zq, skip, ctx)
             enc = self.m.encoder
             x = self.m.normalized(x, norm)  # x itself for models without `normalize`
-            if not rewrite:
-                h, skip = enc.features(x), self.m.skip_net(x)
-            else:
-                h = torch.relu(self.stem(x))  # (B, enc_ch, H/4, W/4) = enc.stem(pixel_unshuffle(x, 4))
-                h, skip = torch.relu(enc.block(enc.down(h))), self.skip(x)  # (B, C, H/8, W/8), (B, S, H/4, W/4)
+            h = torch.relu(self.stem(x))  # (B, enc_ch, H/4, W/4) = enc.stem(pixel_unshuffle(x, 4))
+            h, skip = torch.relu(enc.block(enc.down(h))), self.skip(x)  # (B, C, H/8, W/8), (B, S, H/4, W/4)
             zq = torch.tanh(enc.head(h))  # (B, d, h, w)
             return (zq, skip) if self.m.context is None else (zq, skip, self.m.context(h))  # ctx (B, E)
 

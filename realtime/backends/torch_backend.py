@@ -156,14 +156,8 @@ class TorchStages:
 
     def encode(self, x: Any, norm: Any = None) -> StageEncoding:
         with self._torch.inference_mode():
-            x = self._in(x)
-            m = self.model
-            norm = None if norm is None else self._in(norm)
-            xn = m.normalized(x, norm)
-            h = m.encoder.features(xn)  # (B, C, h, w)
-            zq = self._torch.tanh(m.encoder.head(h))  # (B, d, h, w)
-            ctx = self._out(m.context(h)) if m.context is not None else None  # (B, E)
-            return StageEncoding(self._out(zq), self._out(m.skip_net(xn)), ctx)
+            zq, skip, ctx = self.model.stage_encode(self._in(x), None if norm is None else self._in(norm))
+            return StageEncoding(self._out(zq), self._out(skip), None if ctx is None else self._out(ctx))
 
     def embed(self, levels: Any) -> Any:
         with self._torch.inference_mode():
