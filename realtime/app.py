@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from realtime.backends import create_backend
 from realtime.config import PipelineConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.pipeline import Pipeline
 from realtime.sinks import make_sink, output_path
 from realtime.sinks.file import same_file

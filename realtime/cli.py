@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional, Sequence
 from contextlib import contextmanager
 
 from realtime import __version__
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 #: subcommands, in the order `--help` lists them
 COMMANDS: tuple[str, ...] = ("demo", "run", "distill", "styles", "stylize", "export", "calibrate", "bench")

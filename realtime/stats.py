@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.histogram import LatencyHistogram
 
 log = logging.getLogger(__name__)

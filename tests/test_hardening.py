@@ -417,3 +417,13 @@ def test_help_texts_agree_with_the_checks(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "1-4)" not in text and "4 for the shipped model" in text
     assert "blend of styles" in text and "--stall-s" in text and "--reconnect" in text
+
+
+@pytest.mark.timeout(120)
+def test_soak_benchmark_measures_a_real_run(tmp_path):
+    from benchmarks.soak import soak
+
+    result = soak(minutes=0.06, size=(160, 90), fps=15.0, backend="identity", stats_path=tmp_path / "s.json")
+    assert result["exit_code"] == 130, result["stderr_tail"]  # stopped by SIGINT, finalized
+    assert result["frames_out"] > 0 and result["rss_mb_end"] > 20
+    assert len(result["samples"]) >= 1 and result["rss_growth_after_first_minute_pct"] is None  # < 1 minute

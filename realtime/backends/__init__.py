@@ -20,7 +20,7 @@ from typing import Callable
 
 from realtime.backends.base import Backend, next_style
 from realtime.config import BackendConfig
-from realtime.errors import BackendUnavailable, UserError
+from genreal_errors import BackendUnavailable, UserError
 
 log = logging.getLogger(__name__)
 

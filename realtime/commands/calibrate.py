@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,35 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def collect_samples(spec: str, size: tuple[int, int], count: int, batch: int = 1, every: int = 1,
+                    progress: bool = True) -> list[Any]:
+    """Open `spec`, keep every `every`-th frame resized to `size` (per eye), and group eye images into
+    `count` samples of `batch` images each (`calibration.collect.group_samples`). Raises `UserError` for
+    an unknown source or when it yields no frames."""
+    from tqdm import tqdm
+
+    from calibration.collect import check_samples, group_samples
+    from realtime.config import SourceConfig
+    from realtime.sources import make_source
+
+    if count < 1:
+        raise UserError(f"bad --frames {count}: it must be at least 1")
+    source = make_source(SourceConfig(spec=spec, size=size))
+    bar = tqdm(total=count, desc="collect frames", unit="sample", disable=None if progress else True)
+    source.open()
+    try:
+        samples, seen = group_samples((item.images for item in source), count, batch, every, lambda: bar.update(1))
+    finally:
+        source.close()
+        bar.close()
+    return check_samples(samples, seen, count, batch, every, spec)
+
+
+def collector(cfg: Any) -> Any:
+    """The `calibrate` collector for a `CalibrateConfig`: its source, frame count and spacing."""
+    return lambda size, batch: collect_samples(cfg.source, size, cfg.frames, batch, cfg.every, cfg.progress)
+
+
 def _check_source(spec: str) -> None:
     """Open and close the calibration source once: `UserError` if it cannot be read."""
     from realtime.config import SourceConfig
@@ -79,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     _check_source(args.source)  # a bad source fails before the model folder is copied
     created = args.out is not None and not Path(args.out).expanduser().exists()
     try:
-        reports = calibrate(cfg)
+        reports = calibrate(cfg, collector(cfg))
     except BaseException:
         if created:  # leave no half-made model copy behind
             import shutil

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 TEACHER_HELP = (
     "[NAME=]SPEC, repeat for several styles: builtin:N, builtin:3:0.5,12:0.5, image:PATH, onnx:PATH, "
@@ -48,6 +48,27 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _check_writable_dir(path: Path, what: str) -> None:
+    """Raise `UserError` unless folder `path` exists writable or could be created (its nearest existing
+    ancestor is a writable folder). Creates nothing."""
+    import os
+
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"{what} {p} is a file, not a folder: choose another path")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to {what} {p}: permission denied (choose a writable folder)")
+        return
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create {what} {p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {what} {p}: no write permission in {parent} (choose a writable folder)")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
@@ -61,9 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.iters is not None and args.iters < 1:
         raise UserError(f"bad --iters {args.iters}: it must be at least 1")
     from models.distill import CHECKPOINT
-    from realtime.errors import check_writable_dir
 
-    check_writable_dir(args.out, "--out")  # before anything is created or trained
+    _check_writable_dir(args.out, "--out")  # before anything is created or trained
     if args.resume and not (args.out / CHECKPOINT).is_file():
         raise UserError(f"--resume: no checkpoint ({CHECKPOINT}) in {args.out}: drop --resume to start afresh")
     created = not args.out.exists()

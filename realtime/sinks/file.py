@@ -23,7 +23,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
+from realtime import _xlibs
 from realtime.frame import Item
 from realtime.sinks._size import SizeKeeper
 from realtime.sinks.base import Overlay, Sink
@@ -98,7 +99,7 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 
 
 def _pick_encoder(ext: str, fmt: FileFormat) -> str:
-    import av
+    av = _xlibs.import_av()
 
     if fmt.container not in av.formats_available:
         raise UserError(f"this PyAV/FFmpeg build cannot write {ext} files: use .mp4 or .mkv")
@@ -145,7 +146,7 @@ class FileSink(Sink):
 
     # -- writing ---------------------------------------------------------------------
     def write(self, item: Item, overlay: Overlay) -> None:
-        import av
+        av = _xlibs.import_av()
 
         with self._lock:
             if self._closed:
@@ -168,7 +169,7 @@ class FileSink(Sink):
             self.frames += 1
 
     def _open(self, image: np.ndarray) -> None:
-        import av
+        av = _xlibs.import_av()
 
         h, w = image.shape[:2]
         if self.format.even and (w % 2 or h % 2):
@@ -212,7 +213,7 @@ class FileSink(Sink):
 
     # -- closing ---------------------------------------------------------------------
     def close(self) -> None:
-        import av
+        av = _xlibs.import_av()
 
         with self._lock:
             if self._closed:

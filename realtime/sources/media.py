@@ -30,8 +30,9 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
+from realtime import _xlibs
 from realtime.config import DEFAULT_RECONNECTS, SourceConfig
-from realtime.errors import StreamLost, UserError
+from genreal_errors import StreamLost, UserError
 from realtime.frame import Frame
 from realtime.sources.common import ThreadedSource, resize_to
 
@@ -172,7 +173,7 @@ class MediaSource(ThreadedSource):
 
     def _av_open(self) -> Any:
         """av.open with our options (FFmpeg's errors pass through)."""
-        import av
+        av = _xlibs.import_av()
 
         options: dict[str, str] = {}
         timeout: Any = None
@@ -184,7 +185,7 @@ class MediaSource(ThreadedSource):
 
     def _open_container(self) -> Any:
         """`_av_open` with a one-line `UserError` on failure."""
-        import av
+        av = _xlibs.import_av()
 
         try:
             return self._av_open()
@@ -267,7 +268,7 @@ class MediaSource(ThreadedSource):
 
     def _frames(self, step: float) -> Iterator[tuple[float, Any]]:
         """(pts seconds, RGB image) of the open container until it ends; `_Stopped` when it cannot be read."""
-        import av
+        av = _xlibs.import_av()
 
         container, stream = self._container, self._stream
         slots = SlotClock() if container.format.name == "avi" else None
@@ -301,7 +302,7 @@ class MediaSource(ThreadedSource):
     def _reconnect(self, why: str, in_row: int) -> Optional[int]:
         """Reconnect with backoff. Returns the attempts made in a row (counting this successful one), or
         None when the source was closed meanwhile; raises `StreamLost` when the attempts are exhausted."""
-        import av
+        av = _xlibs.import_av()
 
         while True:
             if in_row >= self.max_reconnects:
@@ -331,7 +332,7 @@ class MediaSource(ThreadedSource):
             return in_row
 
     def _stall_reason(self, e: BaseException) -> str:
-        import av
+        av = _xlibs.import_av()
 
         if self.is_url and isinstance(e, (av.ExitError, TimeoutError)):  # PyAV's read timeout fired
             return f"no data for {self.cfg.stall_s:g} s (--stall-s)"
