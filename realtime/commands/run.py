@@ -13,9 +13,13 @@ from realtime.config import (DEFAULT_RECONNECTS, DEFAULT_STALL_S, MAX_SIDE, MIN_
 from genreal_errors import UserError
 
 SOURCE_HELP = (
-    "webcam:N, a video file, a URL (rtsp://, http://, ...), images:GLOB, demo, demo:live (paced like a camera), demo:stereo, "
-    "or stereo forms sbs:SRC, tb:SRC, pair:SRC_L,SRC_R"
+    "webcam:N, a video file, - (a video piped into standard input: MPEG-TS, Matroska, not MP4), a URL (rtsp://, "
+    "tcp://, http://, ...; reconnected after a stall or a disconnect), images:GLOB, demo, demo:live (paced and "
+    "looping like a camera), demo:stereo, or stereo forms sbs:SRC, tb:SRC, pair:SRC_L,SRC_R"
 )
+EXIT_CODES = ("exit codes: 0 done; 2 a bad option, file, model or output (one line on stderr); 3 a live stream "
+              "lost after every reconnect; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (outputs finalized, summary and "
+              "--stats-json written); 141 standard output closed early (e.g. | head)")
 SINK_HELP = "window, a file path (.mp4 H.264, .mkv FFV1, ...), vcam, or null; repeat for several"
 
 
@@ -95,7 +99,8 @@ def print_summary(stats: Any) -> None:
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="restyle a camera, video, stream or stereo source",
                        description="Restyle a live or recorded source into one or more sinks. "
-                                   "Live sources drop frames rather than fall behind; files keep every frame.")
+                                   "Live sources drop frames rather than fall behind; files keep every frame.",
+                       epilog=EXIT_CODES)
     p.add_argument("--source", required=True, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--sink", action="append", required=True, metavar="SINK", help=SINK_HELP)
     add_pipeline_options(p)

@@ -358,10 +358,14 @@ class MediaSource(ThreadedSource):
     def _check_complete(self, n: int, last: Optional[float], step: float) -> None:
         """Warn when a file ended well before the length its header announces (a truncated file).
 
-        Both the header's frame count (not for AVI, whose headers often miscount) and its duration must
-        say so, where known, by more than a second's worth: a complete file never gets the warning."""
+        Both the header's frame count and its duration must say so, where known, by more than a second's
+        worth. AVI headers are not trusted at all (their frame counts are often wrong: OpenCV's tree.avi
+        announces 444 frames and holds 68); a damaged AVI still gets the "damaged" warning when reading
+        fails."""
         stream, container = self._stream, self._container
-        expected = 0 if container.format.name == "avi" else (stream.frames or 0)
+        if container.format.name == "avi":
+            return
+        expected = stream.frames or 0
         duration = 0.0
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
