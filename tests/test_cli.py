@@ -169,7 +169,7 @@ def test_demo_writes_a_restyled_clip(tmp_path):
 def test_ctrl_c_finalizes_the_output_and_prints_the_summary(tmp_path):
     out = tmp_path / "live.mkv"
     proc = subprocess.Popen(
-        # demo:live is paced at 30 fps (5 s for its 150 frames), so Ctrl-C lands mid-run, never in the
+        # demo:live is paced at 30 fps and loops like a camera, so Ctrl-C lands mid-run, never in the
         # shutdown of a run that already finished
         [sys.executable, "-m", "realtime.cli", "run", "--source", "demo:live", "--sink", str(out), "--backend",
          "teacher", "--size", "128x72"],

@@ -277,7 +277,8 @@ class MediaSource(ThreadedSource):
             for packet in container.demux(stream):
                 if self.closed:
                     return
-                if slots is not None and packet.pts is not None and packet.time_base is not None:
+                if slots is not None and packet.size > 0 and packet.pts is not None and packet.time_base is not None:
+                    # an empty chunk is a dropped frame (no picture comes of it): its slot stays a gap
                     slots.push(float(packet.pts * packet.time_base))
                 try:
                     decoded = packet.decode()
