@@ -6,8 +6,8 @@ Nothing is downloaded. Real photographs come from scikit-image's bundled data
 
 Each *variant* is a source image at one width with one colour jitter. Teachers run on the
 whole variant at its full resolution (so stroke scale matches deployment) and the outputs are
-cached on disk; training then samples random crops + flips from (variant, teacher output)
-pairs. Camera-motion pairs for the temporal loss are made in the training loop by warping
+cached on disk; training then samples random crops (flipped only when `DataConfig.flips`) from
+(variant, teacher output) pairs. Camera-motion pairs for the temporal loss are made in the training loop by warping
 those crops with known affine transforms (see `models/distill.py`).
 """
 from __future__ import annotations
