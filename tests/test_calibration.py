@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -11,32 +10,19 @@ import numpy as np
 import pytest
 
 from calibration import report as rp
-from models.metrics import PSNR_CAP_DB, psnr
 from calibration.calibrate import CalibrateConfig, calibrate, is_shipped, prepare_target
 from calibration.collect import collect_samples, split_samples
 from calibration.quantize import make_reader
+from models.metrics import PSNR_CAP_DB, psnr
 from realtime.errors import UserError
 
 PRESET = "640x360"
 
 
-def _model_copy(dst: Path) -> Path:
-    from models.manifest import default_model_dir
-
-    dst.mkdir(parents=True)
-    for name in ("manifest.json", "model.safetensors"):
-        shutil.copy(default_model_dir() / name, dst / name)
-    return dst
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(export_chain) -> Path:
     """A user-owned copy of the shipped model with its 640x360 chain graphs exported."""
-    from models.export import CHAIN_STAGES, export_model
-
-    d = _model_copy(tmp_path_factory.mktemp("calib") / "model")
-    export_model(d, presets=(PRESET,), stages=CHAIN_STAGES, check_parity=False)
-    return d
+    return export_chain("calib")
 
 
 def _cfg(model: Path, **kw: object) -> CalibrateConfig:
@@ -155,10 +141,11 @@ def test_shipped_model_needs_out_and_out_gets_a_copy(tmp_path: Path, exported: P
         CalibrateConfig(out=tmp_path, in_place=True)
 
 
-def test_cli_bad_inputs_are_one_line_errors(tmp_path: Path, exported: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_bad_inputs_are_one_line_errors(tmp_path: Path, exported: Path, copy_model,
+                                            capsys: pytest.CaptureFixture) -> None:
     from realtime.cli import main
 
-    bare = _model_copy(tmp_path / "bare")
+    bare = copy_model(tmp_path / "bare")
     cases = [
         (["--model", str(bare)], "run 'genreal export' first"),
         (["--model", str(exported), "--preset", "1920x1080"], "no ONNX graphs for preset 1920x1080"),

@@ -22,13 +22,7 @@ SMALL = ModelConfig(num_styles=2, enc_ch=8, latent_ch=16, style_dim=8, skip_ch=8
                     max_steps=2, default_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the CPU is shared, and oversubscribed threads make small ops crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def smooth_images(b: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -235,18 +235,9 @@ DEV = tb.DeviceInfo("NVIDIA Fake H100", "9.0", "10.3.0")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(export_chain) -> Path:
     """A copy of the shipped model with its 640x360 chain graphs exported (models/export.py)."""
-    from models.export import CHAIN_STAGES, export_model
-    from models.manifest import default_model_dir
-
-    d = tmp_path_factory.mktemp("trt") / "model"
-    src = default_model_dir()
-    d.mkdir()
-    for name in ("manifest.json", "model.safetensors"):
-        shutil.copy(src / name, d / name)
-    export_model(d, presets=(PRESET,), stages=CHAIN_STAGES, check_parity=False)
-    return d
+    return export_chain("trt")
 
 
 def _specs() -> dict:
