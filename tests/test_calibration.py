@@ -51,6 +51,7 @@ def test_keep_bound_guarantees_the_drop() -> None:
 # --- calibrate end to end -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_calibrate_keeps_stages_by_the_rule_and_writes_qdq_graphs(exported: Path) -> None:
     import onnx
 
@@ -92,6 +93,7 @@ def test_calibrate_keeps_stages_by_the_rule_and_writes_qdq_graphs(exported: Path
                    if n.op_type == "DequantizeLinear" and n.input[1] in inits)
 
 
+@pytest.mark.slow
 def test_int8_graphs_run_in_the_onnxruntime_backend_and_stale_ones_go(exported: Path) -> None:
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from realtime.config import BackendConfig
@@ -111,6 +113,7 @@ def test_int8_graphs_run_in_the_onnxruntime_backend_and_stale_ones_go(exported: 
     assert not list(pdir.glob("*.int8.onnx")) and not list(pdir.glob("*.int8.calib.json"))
 
 
+@pytest.mark.slow
 def test_onnx_package_is_required(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(UserError, match=r"needs the onnx package: pip install 'generative-reality\[train\]'"):
@@ -120,6 +123,7 @@ def test_onnx_package_is_required(exported: Path, monkeypatch: pytest.MonkeyPatc
 # --- where the files go -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shipped_model_needs_out_and_out_gets_a_copy(tmp_path: Path, exported: Path) -> None:
     from models.manifest import default_model_dir
 
@@ -141,6 +145,7 @@ def test_shipped_model_needs_out_and_out_gets_a_copy(tmp_path: Path, exported: P
         CalibrateConfig(out=tmp_path, in_place=True)
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_are_one_line_errors(tmp_path: Path, exported: Path, copy_model,
                                             capsys: pytest.CaptureFixture) -> None:
     from realtime.cli import main
@@ -160,6 +165,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path: Path, exported: Path, copy
         assert words in err and err.count("\n") == 0, err
 
 
+@pytest.mark.slow
 def test_cli_calibrates_and_prints_the_summary(exported: Path, capsys: pytest.CaptureFixture) -> None:
     from realtime.cli import main
 

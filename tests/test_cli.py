@@ -166,6 +166,7 @@ def test_demo_writes_a_restyled_clip(tmp_path):
     assert "capture→display" in proc.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_finalizes_the_output_and_prints_the_summary(tmp_path):
     out = tmp_path / "live.mkv"
     proc = subprocess.Popen(

@@ -48,6 +48,7 @@ def test_camera_motion_warp_matches_on_the_inner_crop():
     assert torch.allclose(warp(z, theta), z)
 
 
+@pytest.mark.slow
 def test_training_step_loss_goes_down():
     torch.manual_seed(0)
     model = build_model(SMALL)
@@ -151,6 +152,7 @@ def tiny_run(tmp_path_factory):
     return cfg, manifest
 
 
+@pytest.mark.slow
 def test_tiny_distill_writes_model_manifest_and_checkpoint(tiny_run):
     cfg, manifest = tiny_run
     out = cfg.out
@@ -180,6 +182,7 @@ def test_tiny_distill_writes_model_manifest_and_checkpoint(tiny_run):
     assert len(hist) >= 10 and hist[-1]["probe_loss"] < 0.97 * hist[0]["probe_loss"]
 
 
+@pytest.mark.slow
 def test_tiny_distill_resume_and_refuse_overwrite(tiny_run):
     cfg, _ = tiny_run
     with pytest.raises(UserError, match="--resume"):

@@ -330,6 +330,7 @@ def test_cache_key_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 # --- build with the fake TensorRT --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_build_uses_the_tensorrt10_api(tmp_path: Path, exported: Path) -> None:
     calls: list = []
     trt = make_fake_trt(calls)
@@ -352,6 +353,7 @@ def test_build_uses_the_tensorrt10_api(tmp_path: Path, exported: Path) -> None:
     assert ("create_timing_cache", (b"TC+",)) in calls  # the saved timing cache is read back
 
 
+@pytest.mark.slow
 def test_parse_failure_and_old_tensorrt_are_user_errors(tmp_path: Path, exported: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     trt = make_fake_trt([], fail_parse=True)
@@ -365,6 +367,7 @@ def test_parse_failure_and_old_tensorrt_are_user_errors(tmp_path: Path, exported
         tb.import_tensorrt()
 
 
+@pytest.mark.slow
 def test_ensure_engine_caches_rebuilds_on_mismatch_and_refuses_corrupt(tmp_path: Path, exported: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     calls: list = []
@@ -394,6 +397,7 @@ def test_ensure_engine_caches_rebuilds_on_mismatch_and_refuses_corrupt(tmp_path:
 # --- the backend with the fake TensorRT on the CPU ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> None:
     from realtime.backends.model_backend import ModelBackend
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -432,6 +436,7 @@ def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> 
     assert not [c for c in calls2 if c[0] == "build_serialized_network"]
 
 
+@pytest.mark.slow
 def test_int8_uses_calibrated_graphs_and_fp16_elsewhere(tmp_path: Path, exported: Path) -> None:
     from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
 
@@ -464,6 +469,7 @@ def test_backend_without_tensorrt_is_a_clean_user_error(monkeypatch: pytest.Monk
         TensorRTBackend(BackendConfig(name="tensorrt", device="cpu"))
 
 
+@pytest.mark.slow
 def test_unknown_size_names_the_presets(tmp_path: Path, exported: Path) -> None:
     from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
 
@@ -475,6 +481,7 @@ def test_unknown_size_names_the_presets(tmp_path: Path, exported: Path) -> None:
 # --- a real engine (GPU machines with TensorRT only) ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_real_tensorrt_engine(tmp_path: Path, exported: Path) -> None:
     pytest.importorskip("tensorrt", reason="TensorRT is not installable on our CI machines (no wheel, no GPU)")
