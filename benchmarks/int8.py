@@ -67,6 +67,7 @@ def run(model: Optional[Path], presets: tuple[str, ...], frames: int, repeats: i
         activations: tuple[str, ...]) -> dict[str, Any]:
     from calibration.calibrate import CalibrateConfig, calibrate
     from models.metrics import describe_machine
+    from realtime.commands.calibrate import collector
 
     results: dict[str, Any] = {"benchmark": "int8", "machine": describe_machine(), "source": source, "frames": frames,
                                "repeats": repeats, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -77,7 +78,7 @@ def run(model: Optional[Path], presets: tuple[str, ...], frames: int, repeats: i
             for preset in presets:
                 cfg = CalibrateConfig(model_dir=copy, presets=(preset,), source=source, frames=frames,
                                       repeats=repeats, activations=act, progress=False)
-                rep = calibrate(cfg)[preset]
+                rep = calibrate(cfg, collector(cfg))[preset]
                 results["runs"][f"{preset}/{act}"] = {"preset": preset, "activations": act, **_summary(rep),
                                                       "report": rep}
     return results

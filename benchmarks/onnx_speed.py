@@ -30,7 +30,7 @@ import numpy as np
 
 from models.metrics import describe_machine, percentiles
 from realtime.config import BackendConfig, parse_size
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from models.data import HELD_OUT_PHOTOS, CropSampler, DataConfig, TeacherCache, 
 from models.metrics import code_revision
 from models.model import GenrealModel, ModelConfig
 from models.teachers import Teacher
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

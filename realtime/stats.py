@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from genreal_errors import UserError
 from models.metrics import percentiles
-from realtime.errors import UserError
 
 log = logging.getLogger(__name__)
 
