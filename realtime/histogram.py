@@ -19,7 +19,8 @@ N_BINS = int(math.ceil(math.log(HIGH_MS / LOW_MS) / _LOG_GROWTH)) + 1
 
 
 class LatencyHistogram:
-    """Milliseconds in, {"p50_ms", "p95_ms", "p99_ms", "mean_ms"} out. Not thread-safe by itself."""
+    """Milliseconds in; out the key schema of `models.metrics.percentiles` (``p50_ms``, ``p95_ms``,
+    ``p99_ms``, ``mean_ms``, ``min_ms``, ``n``). Not thread-safe by itself."""
 
     __slots__ = ("counts", "n", "total", "min", "max")
 
@@ -54,9 +55,10 @@ class LatencyHistogram:
 
     def summary(self) -> dict[str, float]:
         if self.n == 0:
-            return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0}
+            return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0, "min_ms": 0.0, "n": 0}
         return {"p50_ms": round(self.percentile(50), 3), "p95_ms": round(self.percentile(95), 3),
-                "p99_ms": round(self.percentile(99), 3), "mean_ms": round(self.total / self.n, 3)}
+                "p99_ms": round(self.percentile(99), 3), "mean_ms": round(self.total / self.n, 3),
+                "min_ms": round(self.min, 3), "n": self.n}
 
 
 def _bin(ms: float) -> int:

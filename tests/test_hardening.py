@@ -334,7 +334,10 @@ def test_histogram_percentiles_match_numpy_within_half_a_percent():
     for q in (50, 95, 99):
         assert h.percentile(q) == pytest.approx(np.percentile(samples, q), rel=0.006)
     assert h.summary()["mean_ms"] == pytest.approx(samples.mean(), abs=1e-3)  # exact, rounded to µs
-    assert set(h.summary()) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms"}
+    from models.metrics import percentiles
+
+    assert set(h.summary()) == set(percentiles(list(samples))), "the same keys as the shared metrics schema"
+    assert h.summary()["n"] == len(samples) and h.summary()["min_ms"] == pytest.approx(samples.min(), abs=1e-3)
 
 
 def test_run_stats_memory_does_not_grow_with_frames():
