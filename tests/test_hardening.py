@@ -430,3 +430,22 @@ def test_soak_benchmark_measures_a_real_run(tmp_path):
     assert result["exit_code"] == 130, result["stderr_tail"]  # stopped by SIGINT, finalized
     assert result["frames_out"] > 0 and result["rss_mb_end"] > 20
     assert len(result["samples"]) >= 1 and result["rss_growth_after_first_minute_pct"] is None  # < 1 minute
+
+
+@pytest.mark.timeout(120)
+def test_disk_filling_up_mid_run_leaves_a_playable_mp4(tmp_path):
+    """A real full disk: a 300 KB tmpfs (needs root and mount; skipped where mounting is not allowed)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        out = mnt / "out.mp4"
+        proc = subprocess.run(GENREAL + ["run", "--source", "demo", "--sink", str(out), *IDENT], capture_output=True,
+                              text=True, timeout=120)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert str(out) in last and "failed at frame" in last and "disk is full" in last, last
+        assert len(decode_times(out)) >= 30, "the fragments written before the disk filled play"
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -165,7 +165,7 @@ class FileSink(Sink):
             except (av.FFmpegError, OSError) as exc:
                 self._failed = True
                 raise UserError(f"writing --sink {self.path} failed at frame {self.frames}: {_reason(exc)}"
-                                f"{_disk_hint(exc)}; the file holds the frames before it") from None
+                                f"{_disk_hint(exc)}; {self._kept_hint()}") from None
             self.frames += 1
 
     def _open(self, image: np.ndarray) -> None:
@@ -199,6 +199,11 @@ class FileSink(Sink):
             raise
         self._container, self._stream = container, stream
         log.info("writing %s: %dx%d %s, %.3g fps", self.path, w, h, self.codec, self.fps)
+
+    def _kept_hint(self) -> str:
+        if self.format.keyframe_s:
+            return f"the file plays up to its last complete fragment (about {self.format.keyframe_s:g} s before)"
+        return "the file plays up to the last frame that reached the disk"
 
     def _ticks(self, item: Item) -> int:
         """The frame's pts in `time_base` ticks, strictly after the previous frame's."""
@@ -237,6 +242,8 @@ class FileSink(Sink):
                     return
                 raise UserError(f"finalizing --sink {self.path} failed after {self.frames} frames: {_reason(exc)}"
                                 f"{_disk_hint(exc)}") from None
+            if self._failed:
+                return
             log.info("wrote %d frames to %s", self.frames, self.path)
 
 
