@@ -9,7 +9,8 @@ with every frame written so far, also after an error; it is idempotent.
 
 Files stay playable even when `close()` never runs (SIGKILL, a crash, a full disk): MP4 / MOV /
 M4V are written fragmented (``movflags=frag_keyframe+empty_moov``, a keyframe every second, so at
-most about a second is lost), Matroska / WebM / AVI are readable without their trailer.
+most about a second is lost), Matroska / WebM get a cluster every second and AVI is readable without
+its index; every packet goes to the OS as it is muxed (``flush_packets``), not when a buffer fills.
 """
 from __future__ import annotations
 
@@ -49,23 +50,32 @@ class FileFormat:
     keyframe_s: Optional[float] = None  # a keyframe at least this often (fragment length of fragmented MP4)
 
 
+#: hand every packet to the OS at once (not after FFmpeg's 32 KB I/O buffer fills): a small or slow
+#: stream killed by SIGKILL would otherwise lose many seconds that were "written"
+ALWAYS_FLUSH = {"flush_packets": "1"}
 #: fragmented MP4: a moov without samples up front, then one moof+mdat per keyframe interval, so a
-#: file cut anywhere plays up to its last complete fragment. No B-frames: without an edit list (which
-#: an empty moov cannot carry) their reorder delay would shift the first frame off t=0.
+#: file cut anywhere plays up to its last complete fragment. x264's zerolatency tune: no B-frames (without
+#: an edit list, which an empty moov cannot carry, their reorder delay would shift the first frame off
+#: t=0) and no lookahead, so a fragment reaches the disk as soon as its last frame was written.
 FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 _H264 = dict(codecs=("libx264",), pix_fmt="yuv420p", label="H.264", time_base=Fraction(1, 90000), even=True,
-             options={"crf": "18", "preset": "veryfast", "bf": "0"}, container_options=FRAGMENTED_MP4, keyframe_s=1.0)
+             options={"crf": "18", "preset": "veryfast", "tune": "zerolatency"}, container_options=FRAGMENTED_MP4,
+             keyframe_s=1.0)
+#: Matroska / WebM: a cluster at least every second (WebM's default waits up to 5 s), so a cut file
+#: loses at most about a second
+_CLUSTERS = {"cluster_time_limit": "1000"}
 
 #: supported extensions (lower case) → format
 FORMATS: dict[str, FileFormat] = {
     ".mp4": FileFormat("mp4", **_H264),
     ".mov": FileFormat("mov", **_H264),
     ".m4v": FileFormat("ipod", **_H264),
-    ".mkv": FileFormat("matroska", ("ffv1",), "bgr0", "FFV1 lossless", Fraction(1, 1000)),
+    ".mkv": FileFormat("matroska", ("ffv1",), "bgr0", "FFV1 lossless", Fraction(1, 1000), container_options=_CLUSTERS),
     # AVI has no per-frame timestamps: one tick per frame period, gaps kept as skipped ticks
     ".avi": FileFormat("avi", ("mjpeg",), "yuvj420p", "MJPEG", None, even=True),
     ".webm": FileFormat("webm", ("libvpx-vp9",), "yuv420p", "VP9", Fraction(1, 1000),
-                        options={"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0"}),
+                        options={"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0", "lag-in-frames": "0"},
+                        container_options=_CLUSTERS),
 }
 
 
@@ -178,7 +188,7 @@ class FileSink(Sink):
             w, h = w + w % 2, h + h % 2
         try:
             container = av.open(str(self.path), mode="w", format=self.format.container,
-                                container_options=dict(self.format.container_options) or None)
+                                container_options={**ALWAYS_FLUSH, **self.format.container_options})
         except (av.FFmpegError, OSError) as exc:
             raise UserError(f"cannot create --sink {self.path}: {_reason(exc)}") from None
         try:
