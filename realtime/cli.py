@@ -19,9 +19,9 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Iterator, Optional, Sequence
-from contextlib import contextmanager
 
 from realtime import __version__
 from genreal_errors import UserError
@@ -45,7 +45,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-#: the signals that stop a run gracefully (finalized files, summary, stats) and their exit codes
+#: the signals that stop a run gracefully (finalized files, summary, stats); exit code 128 + the number
 STOP_SIGNALS: tuple[str, ...] = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
