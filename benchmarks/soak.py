@@ -100,6 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     stats_path = Path(args.json).with_suffix(".stats.json") if args.json else Path("soak.stats.json")
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
     result = soak(args.minutes, (w, h), args.fps, args.backend, stats_path)
     text = json.dumps(result, indent=2)
     if args.json:

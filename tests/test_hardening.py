@@ -425,9 +425,12 @@ def test_help_texts_agree_with_the_checks(capsys):
 
 @pytest.mark.timeout(120)
 def test_soak_benchmark_measures_a_real_run(tmp_path):
-    from benchmarks.soak import soak
+    from benchmarks.soak import main as soak_main
 
-    result = soak(minutes=0.06, size=(160, 90), fps=15.0, backend="identity", stats_path=tmp_path / "s.json")
+    out = tmp_path / "new" / "soak.json"  # its folder does not exist yet
+    assert soak_main(["--minutes", "0.06", "--size", "160x90", "--fps", "15", "--backend", "identity",
+                      "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
     assert result["exit_code"] == 130, result["stderr_tail"]  # stopped by SIGINT, finalized
     assert result["frames_out"] > 0 and result["rss_mb_end"] > 20
     assert len(result["samples"]) >= 1 and result["rss_growth_after_first_minute_pct"] is None  # < 1 minute
