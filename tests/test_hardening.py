@@ -223,6 +223,56 @@ def test_b_frame_avi_comes_out_evenly_spaced(tmp_path):
     np.testing.assert_allclose(np.diff(times), 1 / 24, atol=1.5e-3)  # Matroska keeps milliseconds
 
 
+def write_packed_b_frame_avi(path: Path, n: int = 24) -> None:
+    """A DivX-style AVI with packed B-frames: MPEG-4 ASP with one B-frame, each P and the B before it
+    in one chunk followed by a not-coded placeholder VOP, and DivX user data that says "packed"."""
+    enc = av.CodecContext.create("mpeg4", "w")
+    enc.width, enc.height, enc.pix_fmt = 96, 64, "yuv420p"
+    enc.time_base, enc.framerate = Fraction(1, 24), Fraction(24)
+    enc.options = {"bf": "1", "g": "12", "sc_threshold": "1000000000"}
+    enc.max_b_frames = 1
+    ramp = np.dstack([np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (64, 1))] * 3)
+    packets: list[bytes] = []
+    for i in range(n):
+        f = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(ramp, 3 * i, axis=1)), format="rgb24")
+        f.pts = i
+        packets += [bytes(p) for p in enc.encode(f)]
+    packets += [bytes(p) for p in enc.encode(None)]
+    vop = b"\x00\x00\x01\xb6"
+    kind = lambda b: "IPBS"[b[b.find(vop) + 4] >> 6]  # noqa: E731 - vop_coding_type
+    j = packets[0].find(vop)
+    packets[0] = packets[0][:j] + b"\x00\x00\x01\xb2DivX503b1393p" + packets[0][j:]
+    not_coded = vop + bytes([0x50, 0x4F])  # P, time increment 0 (5 bits for a 1/24 base), vop_coded = 0
+    chunks, i = [], 0
+    while i < len(packets):
+        if kind(packets[i]) == "P" and i + 1 < len(packets) and kind(packets[i + 1]) == "B":
+            chunks += [packets[i] + packets[i + 1], not_coded]
+            i += 2
+        else:
+            chunks.append(packets[i])
+            i += 1
+    with av.open(str(path), "w", format="avi") as out:
+        s = out.add_stream("mpeg4", rate=24)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for k, b in enumerate(chunks):
+            p = av.Packet(b)
+            p.stream, p.pts, p.dts, p.time_base = s, k, k, Fraction(1, 24)
+            p.is_keyframe = k == 0
+            out.mux(p)
+
+
+def test_packed_b_frame_avi_comes_out_evenly_spaced(tmp_path):
+    src, dst = tmp_path / "packed.avi", tmp_path / "out.mkv"
+    write_packed_b_frame_avi(src)
+    with av.open(str(src)) as c:
+        raw = [float(f.time) for f in c.decode(video=0)]
+    assert len(raw) == 24 and (np.diff(raw) <= 1e-6).any(), "the file really has the decoder-order timing problem"
+    assert main(["run", "--source", str(src), "--sink", str(dst), *IDENT]) == 0
+    times = decode_times(dst)
+    assert len(times) == 24
+    np.testing.assert_allclose(np.diff(times), 1 / 24, atol=1.5e-3)
+
+
 def test_complete_short_files_get_no_truncation_warning(tmp_path, caplog):
     from realtime.sinks import make_sink
     from realtime.sinks.base import Overlay
