@@ -503,3 +503,65 @@ def test_disk_filling_up_mid_run_leaves_a_playable_mp4(tmp_path):
         assert len(decode_times(out)) >= 30, "the fragments written before the disk filled play"
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+class _FlakyCamera:
+    """A stand-in for cv2.VideoCapture: each opening delivers `frames[k]` frames (then reads fail);
+    an opening whose entry is None does not open."""
+
+    script: list = []
+    opened = 0
+
+    def __init__(self, index, api=None):
+        self._left = _FlakyCamera.script.pop(0) if _FlakyCamera.script else None
+        _FlakyCamera.opened += 1
+
+    def isOpened(self):
+        return self._left is not None
+
+    def set(self, *args):
+        return True
+
+    def get(self, prop):
+        return 30.0
+
+    def read(self):
+        if not self._left:
+            return False, None
+        time.sleep(1 / 30)  # a camera's frame interval
+        self._left -= 1
+        return True, np.full((48, 64, 3), 100, np.uint8)
+
+    def release(self):
+        pass
+
+
+@pytest.fixture
+def flaky_camera(monkeypatch):
+    import cv2
+
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: str(p).startswith("/dev/video") or real_exists(p))
+    monkeypatch.setattr(cv2, "VideoCapture", _FlakyCamera)
+    _FlakyCamera.opened = 0
+    return _FlakyCamera
+
+
+@pytest.mark.timeout(30)
+def test_webcam_that_stops_is_reopened(flaky_camera):
+    flaky_camera.script = [5, None, 30]  # 5 frames, a failed reopen, then it works again
+    source = make_source(SourceConfig(spec="webcam:7", max_frames=12))
+    with source:
+        frames = list(source)
+    assert len(frames) == 12 and source.reconnects == 1 and source.reconnect_attempts == 2
+
+
+@pytest.mark.timeout(30)
+def test_webcam_that_never_comes_back_raises_stream_lost(flaky_camera):
+    from genreal_errors import StreamLost
+
+    flaky_camera.script = [3]
+    source = make_source(SourceConfig(spec="webcam:7", reconnect=2))
+    with source, pytest.raises(StreamLost, match="webcam:7 stopped delivering frames after 3 frames; 2 reopen"):
+        list(source)
+    assert source.reconnect_attempts == 2

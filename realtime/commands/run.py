@@ -55,9 +55,9 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = Non
     p.add_argument("--stall-s", type=float, default=DEFAULT_STALL_S, metavar="S",
                    help=f"live streams: no data for S seconds counts as a disconnect (default {DEFAULT_STALL_S:g})")
     p.add_argument("--reconnect", type=int, default=None, metavar="N",
-                   help=f"live streams: after a stall or a disconnect, reconnect up to N times in a row with "
-                        f"backoff (default {DEFAULT_RECONNECTS} for URLs, 0 for files); when all fail the run ends "
-                        "with exit code 3")
+                   help=f"live streams and cameras: after a stall or a disconnect, reconnect up to N times in a "
+                        f"row with backoff (default {DEFAULT_RECONNECTS} for URLs and webcams, 0 for files); when "
+                        "all fail the run ends with exit code 3")
     p.add_argument("--as-fast-as-possible", action="store_true",
                    help="--sink window: show a video file as fast as it is processed, not at its frame rate")
 

@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 0.1  # how often a waiting consumer or reader checks for close()
 
+#: reconnect backoff of live sources (streams, cameras): first delay, factor, cap (seconds)
+BACKOFF_S = (0.5, 2.0, 8.0)
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0-based): 0.5, 1, 2, 4, 8, 8, ..."""
+    first, factor, cap = BACKOFF_S
+    return min(cap, first * factor ** attempt)
+
 
 def resize_to(image: np.ndarray, size: Optional[Size]) -> np.ndarray:
     """Resize an (H, W, C) image to `size` = (width, height); INTER_AREA shrinking, INTER_LINEAR enlarging."""

@@ -34,7 +34,7 @@ from realtime import _xlibs
 from realtime.config import DEFAULT_RECONNECTS, SourceConfig
 from genreal_errors import StreamLost, UserError
 from realtime.frame import Frame
-from realtime.sources.common import ThreadedSource, resize_to
+from realtime.sources.common import ThreadedSource, backoff_delay, resize_to
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", 
 
 #: seconds to wait for a URL to open (the read timeout is --stall-s)
 URL_OPEN_TIMEOUT_S = 10.0
-#: reconnect backoff: first delay, factor, cap (seconds)
-BACKOFF_S = (0.5, 2.0, 8.0)
 #: the names `--source` accepts for standard input
 STDIN_SPECS = ("-", "pipe:", "pipe:0", "/dev/stdin")
 #: containers that need to seek (their index may sit at the end): not readable from a pipe
@@ -54,12 +52,6 @@ _SEEKING_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2")
 def _reason(e: BaseException) -> str:
     """The FFmpeg message without the errno / file name decoration."""
     return getattr(e, "strerror", None) or str(e)
-
-
-def backoff_delay(attempt: int) -> float:
-    """Seconds to wait before reconnect attempt `attempt` (0-based)."""
-    first, factor, cap = BACKOFF_S
-    return min(cap, first * factor ** attempt)
 
 
 def open_interruptibly(opener: Callable[[], Any], closer: Callable[[Any], None], poll_s: float = 0.1) -> Any:

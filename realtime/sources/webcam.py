@@ -8,10 +8,10 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
-from realtime.config import SourceConfig
-from genreal_errors import UserError
+from realtime.config import DEFAULT_RECONNECTS, SourceConfig
+from genreal_errors import StreamLost, UserError
 from realtime.frame import Frame
-from realtime.sources.common import ThreadedSource, resize_to, to_rgb8
+from realtime.sources.common import ThreadedSource, backoff_delay, resize_to, to_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,12 @@ def _quiet_opencv() -> Iterator[None]:
 
 
 class WebcamSource(ThreadedSource):
-    """`webcam:N`. Live: frames carry no pts; a camera that stops delivering ends the stream."""
+    """`webcam:N`. Live: frames carry no pts.
+
+    A camera that stops delivering (unplugged, a driver hiccup) is reopened with the streams' backoff
+    up to ``--reconnect`` times in a row (default 5); when every attempt fails, iteration raises
+    `StreamLost` (exit 3) instead of ending the run as if it were complete.
+    """
 
     live = True
 
@@ -46,6 +51,9 @@ class WebcamSource(ThreadedSource):
         self._cap: Any = None
         self._first: Optional[Any] = None  # the frame read by open() to prove the device works
         self._fps: Optional[float] = None
+        self.max_reconnects = cfg.reconnect if cfg.reconnect is not None else DEFAULT_RECONNECTS
+        self.reconnects = 0
+        self.reconnect_attempts = 0
 
     @property
     def fps(self) -> Optional[float]:
@@ -97,11 +105,39 @@ class WebcamSource(ThreadedSource):
             ok, bgr = cap.read()
             capture_ns = time.monotonic_ns()
             if not ok or bgr is None:
-                if not self.closed:
-                    log.warning("webcam:%d stopped delivering frames after %d frames", self.index, n)
-                return
+                if self.closed:
+                    return
+                cap = self._reopen(n)
+                if cap is None:
+                    return  # closed while waiting
+                continue
             yield Frame(resize_to(to_rgb8(bgr), size), n, capture_ns)
             n += 1
+
+    def _reopen(self, n: int) -> Any:
+        """Reopen the camera after it stopped delivering; None when closed meanwhile, `StreamLost` when
+        every attempt failed."""
+        self._release()
+        for attempt in range(self.max_reconnects):
+            delay = backoff_delay(attempt)
+            log.warning("webcam:%d stopped delivering frames after %d frames; reopening in %.1f s (attempt %d of %d)",
+                        self.index, n, delay, attempt + 1, self.max_reconnects)
+            if self._stop.wait(delay):
+                return None
+            self.reconnect_attempts += 1
+            try:
+                self._open()
+            except UserError as exc:
+                log.debug("webcam:%d: %s", self.index, exc)
+                continue
+            self._first = None  # the probe frame is dropped: a frame from the past, not the next one
+            self.reconnects += 1
+            log.warning("webcam:%d: reopened", self.index)
+            return self._cap
+        tried = (f"{self.max_reconnects} reopen attempt(s) failed" if self.max_reconnects
+                 else "reopening is off (--reconnect 0)")
+        raise StreamLost(f"webcam:{self.index} stopped delivering frames after {n} frames; {tried}: check the "
+                         "camera's cable and that no other program took it")
 
     def _release(self) -> None:
         if self._cap is not None:
