@@ -108,14 +108,18 @@ class LossWeights:
     #: > 0: the pixel and gradient terms compare both images after a Gaussian blur of this sigma (px),
     #: so they keep layout and colour and leave the strokes to the texture term (0: exact pixels)
     pixel_blur: float = 0.0
+    #: adversarial distillation (models.adversary), off by default: the weight of the generator term of a
+    #: style-conditioned patch discriminator (hinge) trained on teacher vs student crops of frame 1
+    adversarial: float = 0.0
+    adversarial_lr: float = 2e-4
 
     def __post_init__(self) -> None:
         if self.pixel_kind not in ("l1", "l2"):
             raise UserError(f"pixel_kind must be l1 or l2, got {self.pixel_kind!r}")
         if self.texture_kind not in ("gram", "moments", "sliced"):
             raise UserError(f"texture_kind must be gram, moments or sliced, got {self.texture_kind!r}")
-        if self.texture < 0 or self.pixel_blur < 0:
-            raise UserError("texture and pixel_blur must not be negative")
+        if self.texture < 0 or self.pixel_blur < 0 or self.adversarial < 0:
+            raise UserError("texture, pixel_blur and adversarial must not be negative")
 
 
 @dataclass(frozen=True)
@@ -248,13 +252,17 @@ class FrameStats:
 def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor, styles: torch.Tensor,
                   margin: int, w: LossWeights, rng: np.random.Generator,
                   frame_stats: Optional[torch.Tensor] = None, frame_norms: Optional[torch.Tensor] = None,
-                  texture: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, dict[str, float]]:
+                  texture: Optional[torch.nn.Module] = None, adversary: Optional[Any] = None
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """One distillation step on big crops (B, 3, c+2m, c+2m) → (loss, parts). `frame_stats` (B, 2C) and
     `frame_norms` (B, 4): each crop's whole image's feature statistics for the frame context and its
     frame normalization (None: the crop's own). `texture`: loss(output, target) module
-    (`models.texture_loss.TextureLoss`), needed when `w.texture` > 0."""
+    (`models.texture_loss.TextureLoss`), needed when `w.texture` > 0; `adversary`
+    (`models.adversary.Adversary`), needed when `w.adversarial` > 0 (its `update` is the caller's)."""
     if w.texture > 0 and texture is None:
         raise ValueError("LossWeights.texture > 0 needs a texture loss module")
+    if w.adversarial > 0 and adversary is None:
+        raise ValueError("LossWeights.adversarial > 0 needs an Adversary")
     kmax = model.cfg.max_steps
     big, c = x_big.shape[-1], x_big.shape[-1] - 2 * margin
     theta_big, theta = random_affine(x_big.shape[0], big, c, 0.8 * margin, rng)
@@ -299,6 +307,10 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     if w.texture > 0:
         l_tex = texture(y1, t1) + w.moved_teacher * texture(y_w, t2)
         loss = loss + w.texture * l_tex
+    l_adv = None
+    if w.adversarial > 0:
+        l_adv = adversary.generator_loss(y1, t1, onehot)
+        loss = loss + w.adversarial * l_adv
     with torch.no_grad():
         mse = F.mse_loss(y1.clamp(0, 1), t1)
         parts = {"loss": float(loss), "teacher": float(l_teacher), "temporal": float(l_temp), "step_distill": float(l_step),
@@ -306,6 +318,8 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
                  "tokens_per_crop": float(np.mean([len(torch.unique(t)) for t in model.fsq(zc[0])[1]]))}
         if l_tex is not None:
             parts["texture"] = float(l_tex)
+        if l_adv is not None:
+            parts["adversarial"] = float(l_adv)
     return loss, parts
 
 
@@ -322,16 +336,36 @@ def probe_loss(model: GenrealModel, probe: tuple[np.ndarray, np.ndarray, np.ndar
 
 # -- checkpoints ---------------------------------------------------------------------------
 
+def _opt_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                out[f"{prefix}.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    return out
+
+
+def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    state = opt.state_dict()
+    for pid in range(len(state["param_groups"][0]["params"])):
+        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{prefix}.{pid}.")}
+        if st:
+            if "step" in st:
+                st["step"] = st["step"].reshape(())
+            state["state"][pid] = st
+    opt.load_state_dict(state)
+
+
 def save_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer, step: int,
-                    rng: np.random.Generator, sampler_rng: np.random.Generator, train_seconds: float = 0.0) -> None:
+                    rng: np.random.Generator, sampler_rng: np.random.Generator, train_seconds: float = 0.0,
+                    adversary: Optional[Any] = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_state = opt.state_dict()
-    for pid, st in opt_state["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    tensors.update(_opt_tensors(opt, "opt"))
+    if adversary is not None:
+        tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in adversary.disc.state_dict().items()})
+        tensors.update(_opt_tensors(adversary.opt, "optd"))
     meta = {
         "step": str(step),
         "train_seconds": str(train_seconds),
@@ -346,7 +380,7 @@ def save_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer,
 
 
 def load_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer, rng: np.random.Generator,
-                    sampler_rng: np.random.Generator) -> tuple[int, float]:
+                    sampler_rng: np.random.Generator, adversary: Optional[Any] = None) -> tuple[int, float]:
     from safetensors import safe_open
 
     tensors: dict[str, torch.Tensor] = {}
@@ -357,14 +391,16 @@ def load_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer,
     if json.loads(meta.get("config", "{}")) != model.cfg.to_dict():
         raise UserError(f"checkpoint {path} was trained with another model config: use a new --out or drop --resume")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    state = opt.state_dict()
-    for pid in range(len(state["param_groups"][0]["params"])):
-        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{pid}.")}
-        if st:
-            if "step" in st:
-                st["step"] = st["step"].reshape(())
-            state["state"][pid] = st
-    opt.load_state_dict(state)
+    _load_opt(opt, tensors, "opt")
+    disc = {k[5:]: v for k, v in tensors.items() if k.startswith("disc.")}
+    if adversary is not None:
+        if not disc:
+            raise UserError(f"checkpoint {path} was trained without the adversarial term: use a new --out, "
+                            "or resume without it")
+        adversary.disc.load_state_dict(disc, strict=True)
+        _load_opt(adversary.opt, tensors, "optd")
+    elif disc:
+        raise UserError(f"checkpoint {path} was trained with the adversarial term: resume with it (--loss adversarial=W)")
     rng.bit_generator.state = json.loads(meta["rng"])
     sampler_rng.bit_generator.state = json.loads(meta["sampler_rng"])
     torch.set_rng_state(torch.tensor(json.loads(meta["torch_rng"]), dtype=torch.uint8))
@@ -452,10 +488,15 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
 
         texture = TextureLoss(TextureLossConfig(cfg.losses.texture_kind, tuple(cfg.losses.texture_taps)),
                               seed=cfg.seed).to(device)
+    adversary = None
+    if cfg.losses.adversarial > 0:
+        from models.adversary import Adversary
+
+        adversary = Adversary(model.cfg.num_styles, device, lr=cfg.losses.adversarial_lr)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=1e-4, betas=(0.9, 0.99))
     step, prev_train_s = 0, 0.0
     if cfg.resume:
-        step, prev_train_s = load_checkpoint(ckpt, model, opt, rng, sampler.rng)
+        step, prev_train_s = load_checkpoint(ckpt, model, opt, rng, sampler.rng, adversary)
         log.info("resumed from %s at step %d", ckpt, step)
     total = cfg.iters or p.iters
     budget_s = None if p.budget_min is None else max(60.0, p.budget_min * 60.0 - t_data)
@@ -490,11 +531,13 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             frame_stats.refresh(model, step)
             fs, fn = frame_stats(sampler.last_images)
         loss, parts = training_step(model, x, t, torch.from_numpy(ss).to(device), p.margin, cfg.losses, rng, fs, fn,
-                                    texture)
+                                    texture, adversary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if adversary is not None:
+            parts["disc"] = adversary.update()
         step += 1
         avg = {k: 0.95 * avg.get(k, v) + 0.05 * v for k, v in parts.items()} if avg else dict(parts)
         bar.update(1)
@@ -503,12 +546,13 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             history.append({"step": step, **{k: round(v, 5) for k, v in avg.items()},
                             "probe_loss": round(probe_loss(model, probe, cfg.losses, device), 5)})
         if step % p.ckpt_every == 0 or step == total:
-            save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, prev_train_s + time.perf_counter() - t_train)
+            save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, prev_train_s + time.perf_counter() - t_train,
+                            adversary)
             log.info("step %d: loss %.4f, train psnr %.2f dB; checkpoint saved", step, avg["loss"], avg["psnr"])
     bar.close()
     train_s = prev_train_s + time.perf_counter() - t_train
     if stopped_early:
-        save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, train_s)
+        save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, train_s, adversary)
     model.eval().cpu()
 
     log.info("evaluating on held-out photos %s at %d px wide", ", ".join(HELD_OUT_PHOTOS), p.eval_width)

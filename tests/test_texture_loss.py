@@ -207,3 +207,62 @@ def test_cli_bad_loss_is_one_line_exit_2(tmp_path, capsys):
                "--loss", "nonsense=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--loss" in err[0]
+
+
+# -- the adversarial term ---------------------------------------------------------------------
+
+def test_patch_discriminator_is_style_conditioned_and_learns_teacher_from_blur(teacher_image):
+    from models.adversary import Adversary, PatchDiscriminator
+
+    torch.manual_seed(0)
+    d = PatchDiscriminator(num_styles=3, ch=8)
+    x = teacher_image[..., :64, :64]
+    a, b = d(x, torch.eye(3)[[0]]), d(x, torch.eye(3)[[2]])
+    assert a.shape == (1, 1, 8, 8) and not torch.allclose(a, b)
+
+    adv = Adversary(num_styles=2, lr=2e-3, ch=8)
+    real = torch.cat([teacher_image[..., :64, :64], teacher_image[..., 64:128, 64:128]])
+    fake = gaussian_blur(real, 2.0).requires_grad_(True)
+    s = torch.eye(2)[[0, 1]]
+    first = None
+    for _ in range(30):
+        g = adv.generator_loss(fake, real, s)
+        dl = adv.update()
+        first = dl if first is None else first
+    assert dl < first  # the discriminator learns to tell the teacher's strokes from the blur
+    assert adv.update() is None  # nothing new seen
+    adv.opt.zero_grad(set_to_none=True)
+    g = adv.generator_loss(fake, real, s)
+    g.backward()
+    assert fake.grad is not None and float(fake.grad.abs().sum()) > 0
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in adv.disc.parameters())
+
+
+def test_checkpoint_round_trips_the_adversary(tmp_path):
+    from models.adversary import Adversary
+    from models.build import build_model
+    from models.distill import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    adv = Adversary(SMALL.num_styles, ch=8)
+    x, t, s = _batch()
+    w = LossWeights(adversarial=0.1)
+    loss, parts = training_step(model, x, t, s, 8, w, np.random.default_rng(0), adversary=adv)
+    assert "adversarial" in parts
+    loss.backward()
+    opt.step()
+    adv.update()
+    path = tmp_path / "ckpt.safetensors"
+    rng, srng = np.random.default_rng(1), np.random.default_rng(2)
+    save_checkpoint(path, model, opt, 1, rng, srng, 1.0, adv)
+    adv2 = Adversary(SMALL.num_styles, ch=8)
+    model2 = build_model(SMALL)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    assert load_checkpoint(path, model2, opt2, rng, srng, adv2)[0] == 1
+    for k, v in adv.disc.state_dict().items():
+        assert torch.equal(v, adv2.disc.state_dict()[k]), k
+    assert adv2.opt.state_dict()["state"]  # Adam moments came back
+    with pytest.raises(UserError, match="adversarial"):
+        load_checkpoint(path, build_model(SMALL), torch.optim.AdamW(build_model(SMALL).parameters()), rng, srng)
