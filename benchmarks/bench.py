@@ -41,8 +41,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from realtime.config import BackendConfig, Size, parse_size
-from realtime.errors import UserError
-from realtime.stats import percentiles
+from genreal_errors import UserError
+from models.metrics import percentiles, repeat
 
 log = logging.getLogger(__name__)
 
@@ -255,16 +255,11 @@ def time_stages(backend: Any, frames: Sequence[Sequence[np.ndarray]], effort: Ef
         one(frames[i % len(frames)])
     if hasattr(backend, "reset"):
         backend.reset()  # timed frames start from a fresh temporal state, like a new stream
-    pre, inf, post = [], [], []
-    t_start = clock()
-    i = 0
-    while i < effort.max_iters and (i < effort.min_iters or clock() - t_start < effort.max_s):
-        a, b, c = one(frames[i % len(frames)])
-        pre.append(a)
-        inf.append(b)
-        post.append(c)
-        i += 1
-    total = [a + b + c for a, b, c in zip(pre, inf, post)]
+    count = iter(range(effort.max_iters))
+    rows = repeat(lambda: one(frames[next(count) % len(frames)]), warmup=0, iters=effort.max_iters,
+                  min_iters=effort.min_iters, max_s=effort.max_s)
+    pre, inf, post = ([r[k] for r in rows] for k in range(3))
+    total = [a + b + c for a, b, c in rows]
     mean = float(np.mean(total)) if total else 0.0
     return {
         "frames": len(total),
@@ -472,10 +467,10 @@ def compare_with_peers(rows: Sequence[dict[str, Any]], sizes: Sequence[str]) -> 
         per_frame = _fastest([r for r in ours_rows if r.get("temporal") in (False, None)])
         if best is None:
             continue
-        entry: dict[str, Any] = {"size": size_name, "ours": _label(best), "ours_p50_ms": best["total"]["p50_ms"],
+        entry: dict[str, Any] = {"size": size_name, "ours": row_label(best), "ours_p50_ms": best["total"]["p50_ms"],
                                  "ours_fps": best["fps"], "peers": {}}
         if per_frame is not None:
-            entry.update(ours_per_frame=_label(per_frame), ours_per_frame_p50_ms=per_frame["total"]["p50_ms"])
+            entry.update(ours_per_frame=row_label(per_frame), ours_per_frame_p50_ms=per_frame["total"]["p50_ms"])
         for peer in (r for r in ok if r["kind"] == "peer"):
             p50 = peer["total"]["p50_ms"]
             cmp: dict[str, Any] = {"p50_ms": p50, "fps": peer["fps"],
@@ -499,7 +494,7 @@ def _ratio(a: float, b: float, digits: int = 4) -> Optional[float]:
     return round(a / b, digits) if b else None
 
 
-def _label(row: dict[str, Any]) -> str:
+def row_label(row: dict[str, Any]) -> str:
     parts = [row["backend"]]
     if row.get("precision"):
         parts.append(row["precision"])
@@ -564,7 +559,7 @@ def default_out_dir() -> Path:
 
 def run_bench(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
     """Run the sweep, write ``out_dir/bench.json`` and the charts; return the results dict."""
-    from benchmarks.bench_machine import describe_machine
+    from models.metrics import describe_machine
     from benchmarks.bench_report import write_charts
 
     check_out_dir(out_dir)

@@ -36,7 +36,8 @@ def per_k_fidelity(model, teachers, names, photos, cache) -> dict:
     """Mean PSNR / SSIM over styles and photos for each K from the learned start and for warm K=1."""
     import torch
 
-    from models.evaluate import psnr_ssim, to_tensor, to_uint8
+    from models.evaluate import to_tensor, to_uint8
+    from models.metrics import psnr_ssim
 
     kmax = model.cfg.max_steps
     rows: dict[str, list[tuple[float, float]]] = {f"cold_k{k}": [] for k in range(1, kmax + 1)}
@@ -100,6 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--look-width", type=int, default=640, help="width in px of the look evaluation (texture ratio, "
                     "style distance, vs the half-size teacher; default 640)")
     ap.add_argument("--no-look", action="store_true", help="skip the look evaluation")
+    ap.add_argument("--threads", type=int, default=None, help="threads for the speed measurement (default: all cores; "
+                    "1 gives steadier figures on a shared machine)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -108,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from models.evaluate import evaluate_fidelity, evaluate_look, measure_speed
     from models.teachers import parse_teacher
     from realtime.config import parse_size
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     try:
         model, manifest = load_model(args.model)
@@ -125,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("fidelity per K")
     fidelity["per_k"] = per_k_fidelity(model, teachers, names, photos, cache)
     log.info("speed at %dx%d", *size)
-    speed = measure_speed(model, size, steps=args.steps, iters=args.iters)
+    speed = measure_speed(model, size, steps=args.steps, iters=args.iters, threads=args.threads)
     look = None
     if not args.no_look:
         log.info("look at %d px wide: ours K=1 and K=%d, the half-size teacher", args.look_width, model.cfg.max_steps)
@@ -149,8 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("PSNR of blurred pairs (mean): %s", json.dumps(fidelity["mean_psnr_blurred"]))
     log.info("per K: %s", json.dumps(fidelity["per_k"]))
     log.info("ms/frame at %dx%d: student %.1f (warm K=1 %.1f), teacher %.1f → %.1f× faster",
-             *size, speed["student_torch_cpu_ms"]["p50"], speed["student_warm_k1_torch_cpu_ms"]["p50"],
-             speed["teacher_onnxruntime_cpu_ms"]["p50"], speed["speedup_p50"])
+             *size, speed["student_torch_cpu_ms"]["p50_ms"], speed["student_warm_k1_torch_cpu_ms"]["p50_ms"],
+             speed["teacher_onnxruntime_cpu_ms"]["p50_ms"], speed["speedup_p50"])
     if look is not None:
         for st in look["styles"]:
             log.info("  %-14s " + "  ".join(f"{k}: tex {st[k]['texture']:.2f} dist {st[k]['style_distance']:.2f} "
@@ -158,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                             for k in st if k.startswith(("ours", "teacher_half"))), st["name"])
         log.info("look (mean): %s", json.dumps(look["mean"]))
     log.info("ms/frame at %dx%d: teacher at half size + bicubic %.1f → ours is %.2f× its speed",
-             *size, speed["teacher_half_onnxruntime_cpu_ms"]["p50"], speed["student_vs_teacher_half_p50"])
+             *size, speed["teacher_half_onnxruntime_cpu_ms"]["p50_ms"], speed["student_vs_teacher_half_p50"])
     log.info("wrote %s", args.json)
     return 0
 

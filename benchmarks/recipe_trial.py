@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from models.model import ModelConfig
     from models.teachers import parse_teacher
     from realtime.commands.distill import parse_loss_overrides
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     try:
         shipped = resolve_model_dir(None)

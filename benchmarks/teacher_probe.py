@@ -40,7 +40,7 @@ def probe_teacher(teacher, photos: Sequence[np.ndarray]) -> dict[str, float]:
     """The measures above for one teacher, averaged over `photos` (uint8 (H, W, 3))."""
     import cv2
 
-    from models.evaluate import psnr_ssim
+    from models.metrics import psnr_ssim
 
     rows: dict[str, list[float]] = {}
 
@@ -77,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from models.data import heldout_images
     from models.manifest import read_manifest, resolve_model_dir
     from models.teachers import parse_teacher
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     try:
         manifest = read_manifest(resolve_model_dir(args.model))

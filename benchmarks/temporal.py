@@ -29,6 +29,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from models.metrics import psnr
+
 log = logging.getLogger(__name__)
 
 SIZE = (640, 360)
@@ -110,11 +112,6 @@ def e_warp(outputs: list[np.ndarray], flows: list[Optional[np.ndarray]]) -> floa
     return float(np.mean(errs)) if errs else float("nan")
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
 def run_backend(backend: Any, frames: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
     """Outputs and mean ms/frame (the first frame, a warm-up, is timed but not averaged)."""
     backend.reset()
@@ -141,7 +138,7 @@ def _model_backends(backend_name: str) -> tuple[Any, Any]:
 def _teacher() -> Optional[Any]:
     from realtime.backends import create_backend
     from realtime.config import BackendConfig
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     try:
         return create_backend(BackendConfig(name="teacher", device="cpu", temporal=False))

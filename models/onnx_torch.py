@@ -50,7 +50,7 @@ class OnnxGraph(torch.nn.Module):
         import onnx
         from onnx import numpy_helper
 
-        from realtime.errors import UserError
+        from genreal_errors import UserError
 
         model = onnx.load(str(path))
         g = model.graph

@@ -39,8 +39,8 @@ class StyleFeatures(torch.nn.Module):
     def __init__(self, taps: Sequence[str] = DEFAULT_TAPS, exact: bool = False) -> None:
         super().__init__()
         from models.onnx_torch import OnnxGraph
-        from realtime.backends.teacher import teacher_model_path
-        from realtime.errors import UserError
+        from models.teacher_net import teacher_model_path
+        from genreal_errors import UserError
 
         self.graph = OnnxGraph(teacher_model_path("arbitrary_predict"), exact=exact)
         dq = {ins[0]: outs[0] for op, ins, outs, _ in self.graph.nodes if op == "DequantizeLinear"}
@@ -100,7 +100,7 @@ class TextureLossConfig:
     projections: int = 32  # sliced only
 
     def __post_init__(self) -> None:
-        from realtime.errors import UserError
+        from genreal_errors import UserError
 
         if self.kind not in KINDS:
             raise UserError(f"texture loss kind must be one of {', '.join(KINDS)}, got {self.kind!r}")

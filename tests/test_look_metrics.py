@@ -9,10 +9,11 @@ import pytest
 pytest.importorskip("torch", reason="models.evaluate needs the train extra (torch)")
 
 from benchmarks.steadiness import InputFlow, read_clip  # noqa: E402
-from models.data import load_photo  # noqa: E402
-from models.evaluate import StyleMeter, half_size, texture_ratio  # noqa: E402
+from models.data import skimage_data_image as load_photo  # noqa: E402
+from models.evaluate import half_size  # noqa: E402
+from models.metrics import StyleMeter, texture_ratio  # noqa: E402
 from models.teachers import parse_teacher  # noqa: E402
-from realtime.errors import UserError  # noqa: E402
+from genreal_errors import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

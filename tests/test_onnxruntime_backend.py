@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.manifest import default_model_dir
 from realtime.backends import AUTO_ORDER, create_backend
 from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend, OrtStages
 from realtime.cli import main
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
+from tests.conftest import set_index_presets as set_presets
 from tests.fakes import assert_one_line_error  # noqa: E402
 
-SHIPPED = default_model_dir()
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,28 +27,6 @@ def image(w: int, h: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
     return np.ascontiguousarray(np.repeat(np.repeat(base, 8, 0), 8, 1)[:h, :w])
-
-
-@pytest.fixture()
-def model_copy(tmp_path) -> Path:
-    """A private copy of the shipped model (weights, manifest, the 640x360 and dynamic graphs)."""
-    dst = tmp_path / "model"
-    (dst / "onnx").mkdir(parents=True)
-    for name in ("model.safetensors", "manifest.json"):
-        shutil.copy(SHIPPED / name, dst / name)
-    for name in ("tables.npz", "index.json"):
-        shutil.copy(SHIPPED / "onnx" / name, dst / "onnx" / name)
-    for preset in ("640x360", "dynamic"):
-        shutil.copytree(SHIPPED / "onnx" / preset, dst / "onnx" / preset)
-    set_presets(dst, ["640x360", "dynamic"])
-    return dst
-
-
-def set_presets(model_dir: Path, presets: list[str]) -> None:
-    path = model_dir / "onnx" / "index.json"
-    index = json.loads(path.read_text())
-    index["presets"] = presets
-    path.write_text(json.dumps(index))
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +87,8 @@ def test_refine_step_zero_and_the_cond_table(ort_backend):
     st: OrtStages = ort_backend.stages
     z = np.ones((1, 64, 45, 80), np.float32)
     assert st.refine(z, z, st.style_vector(np.eye(8, dtype=np.float32)[0]), 0) is z
-    cond = st.cond(st.style_vector(np.eye(8, dtype=np.float32)[1]), 3, 2)
-    assert cond.shape == (2, 64) and np.allclose(cond[1], st.styles_table[1] + st.step_emb[3])
+    cond = st.tables.cond(st.style_vector(np.eye(8, dtype=np.float32)[1]), 3, 2)
+    assert cond.shape == (2, 64) and np.allclose(cond[1], st.tables.styles[1] + st.tables.step_emb[3])
     with pytest.raises(ValueError):
         st.refine(z, z, cond[:1], 3, 2)
 
@@ -228,7 +205,7 @@ def test_torch_cuda_without_a_driver_fails_before_importing_torch():
     script = """
 import sys
 from realtime.backends.torch_backend import TorchStages, nvidia_driver_present
-from realtime.errors import UserError
+from genreal_errors import UserError
 if nvidia_driver_present():
     print("HAS-DRIVER"); sys.exit(0)
 try:
@@ -304,13 +281,13 @@ def test_frame_normalization_from_the_camera_images_matches_the_frame(ort_backen
     """The shipped model normalizes each frame (ModelConfig.normalize): the backend reads the norm from
     the uint8 camera images, which matches the padded float frame's own within rounding, and a crop
     of a frame is computed with its frame's norm and context (its key frame's), not its own."""
-    from realtime.backends.stages import frame_norm, images_norm
+    from models.stages import frame_norm, images_norm
 
     assert ort_backend.info.normalize
     img = image(640, 360, 5)
-    x = ort_backend.preprocess([img])
+    prep = ort_backend.preprocess([img])
+    x = prep.x
     assert np.abs(images_norm([img]) - frame_norm(x)).max() < 5e-3  # x has 8 replicated padding rows
-    assert np.array_equal(ort_backend._frame_norm(x), images_norm([img]))  # read from the camera image
-    assert np.allclose(ort_backend._frame_norm(x.copy()), frame_norm(x))  # an x it did not make: from x
+    assert np.array_equal(ort_backend._norm_of(prep), images_norm([img]))  # read from the camera image
     flat = images_norm([np.full((64, 64, 3), 90, np.uint8)])
     assert np.allclose(flat[0], [90 / 255] * 3 + [0.02])  # a flat frame: the spread floor

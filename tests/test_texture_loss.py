@@ -9,22 +9,17 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the texture losses need the train extra (torch)")
 
-from models.data import load_photo  # noqa: E402
+from models.data import skimage_data_image as load_photo  # noqa: E402
 from models.distill import LossWeights, gaussian_blur, image_loss, training_step  # noqa: E402
 from models.model import ModelConfig  # noqa: E402
 from models.onnx_torch import OnnxGraph  # noqa: E402
 from models.texture_loss import (DEFAULT_TAPS, KINDS, StyleFeatures, TextureLoss,  # noqa: E402
                                  TextureLossConfig)
-from realtime.backends.teacher import teacher_model_path  # noqa: E402
-from realtime.errors import UserError  # noqa: E402
+from models.teacher_net import teacher_model_path  # noqa: E402
+from genreal_errors import UserError  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
