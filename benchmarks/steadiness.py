@@ -14,7 +14,7 @@ output frame t−1 is warped to t with it, and the mean squared difference (RGB 
 pixels that pass a forward-backward consistency check (occlusions and flow failures left out). The
 same flow and mask applied to the input frames gives the input's own E_warp; the figure reported is
 the ratio (1 = as steady as the camera's picture, 2 = twice the input's frame-to-frame change).
-Per style: ours through the onnxruntime backend with temporal reuse on and with `--no-temporal`, the
+Per style: ours through the onnxruntime backend (or `--backend torch`) with temporal reuse on and with `--no-temporal`, the
 per-frame teacher, and the texture ratio (mean |Laplacian| of grey, ours / teacher) on those frames.
 """
 from __future__ import annotations
@@ -135,6 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--width", type=int, default=640, help="frame width in px (default 640)")
     ap.add_argument("--styles", default="all", help="'all' or comma-separated style names of the model")
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    ap.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch"),
+                    help="our model's backend (default onnxruntime; torch runs a model folder that has no ONNX export)")
     ap.add_argument("--no-teacher", action="store_true", help="skip the per-frame teacher")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/steadiness.json"), help="JSON output")
     args = ap.parse_args(argv)
@@ -161,14 +163,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not path.is_file():
                 raise UserError(f"no such clip {c!r}: use {', '.join(PACKAGED_CLIPS)} or a video file")
             clips[c] = (path, read_clip(path, args.frames, args.width))
-        ours = create_backend(BackendConfig(name="onnxruntime", device="cpu", model_dir=args.model))
+        ours = create_backend(BackendConfig(name=args.backend, device="cpu", model_dir=args.model))
         teacher = None if args.no_teacher else create_backend(BackendConfig(name="teacher", device="cpu"))
     except UserError as exc:
         print(f"steadiness: error: {exc}", file=sys.stderr)
         return 2
 
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-              "width": args.width, "frames": args.frames, "model": str(args.model or "shipped"),
+              "width": args.width, "frames": args.frames, "model": str(args.model or "shipped"), "backend": args.backend,
               "flow": "OpenCV DIS (medium) on the input, t -> t-1, forward-backward consistency mask",
               "training_data_disjoint": "training uses scikit-image photographs and procedural images only",
               "clips": {}}

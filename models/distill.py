@@ -132,7 +132,8 @@ class DistillConfig:
     losses: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
     resume: bool = False
-    #: start from this model folder's weights (same config and number of styles) instead of a fresh init
+    #: start from this model folder's weights and architecture (same number of styles) instead of a fresh
+    #: init; with `resume`, only its architecture
     init: Optional[Path] = None
     cache_dir: Optional[Path] = None  # default OUT/cache
     iters: Optional[int] = None  # overrides the preset
@@ -453,15 +454,15 @@ def _lr_at(step: int, progress: float, base: float, warmup: int = 50) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def init_from(model: GenrealModel, path: Path) -> None:
-    """Copy a trained model folder's weights into `model` (strict: same config, same number of styles)."""
+def load_init(path: Path, num_styles: int) -> GenrealModel:
+    """The model folder `--init` names (its config is the run's architecture); `UserError` if it cannot be
+    read or has another number of styles than the run's teachers."""
     from models.build import load_model
 
     src, _ = load_model(path)
-    if src.cfg.to_dict() != model.cfg.to_dict():
-        raise UserError(f"--init {path}: that model has another config (or number of styles) than this run")
-    model.load_state_dict(src.state_dict(), strict=True)
-    log.info("initialized from %s", path)
+    if src.cfg.num_styles != num_styles:
+        raise UserError(f"--init {path}: that model has {src.cfg.num_styles} styles, this run {num_styles} teachers")
+    return src
 
 
 def resolve_device(name: str) -> str:
@@ -491,6 +492,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     if cfg.resume and not ckpt.exists():
         raise UserError(f"--resume: no checkpoint ({CHECKPOINT}) in {out}")
     t_start = time.perf_counter()
+    init_model = load_init(cfg.init, len(cfg.teachers)) if cfg.init is not None else None  # fail before the data
 
     cache = TeacherCache(cfg.cache_dir or out / "cache")
     data_cfg = replace(p.data, seed=cfg.seed)
@@ -502,10 +504,13 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
                           flips=data_cfg.flips)
     probe = CropSampler(data, p.crop, seed=cfg.seed + 2, align=data_cfg.crop_align).sample(max(4, p.batch))
 
-    model = build_model(replace(cfg.model, num_styles=len(cfg.teachers))).to(device)
+    model_cfg = init_model.cfg if init_model is not None else replace(cfg.model, num_styles=len(cfg.teachers))
+    model = build_model(model_cfg).to(device)
     frame_stats = FrameStats(data.images, device) if model.context is not None or model.cfg.normalize else None
-    if cfg.init is not None and not cfg.resume:
-        init_from(model, cfg.init)
+    if init_model is not None and not cfg.resume:
+        model.load_state_dict(init_model.state_dict(), strict=True)
+        log.info("initialized from %s", cfg.init)
+    init_model = None
     texture = None
     if cfg.losses.texture > 0:
         from models.texture_loss import TextureLoss, TextureLossConfig

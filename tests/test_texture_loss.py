@@ -261,3 +261,37 @@ def test_checkpoint_round_trips_the_adversary(tmp_path):
     assert adv2.opt.state_dict()["state"]  # Adam moments came back
     with pytest.raises(UserError, match="adversarial"):
         load_checkpoint(path, build_model(SMALL), torch.optim.AdamW(build_model(SMALL).parameters()), rng, srng)
+
+
+def test_cli_init_missing_folder_fails_before_any_work(tmp_path, capsys):
+    from realtime.cli import main
+
+    rc = main(["distill", "--teacher", "builtin:1", "--preset", "tiny", "--out", str(tmp_path / "o"),
+               "--init", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert not (tmp_path / "o" / "cache").exists()  # no teacher outputs computed
+
+
+@pytest.mark.slow
+def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
+    from dataclasses import replace
+
+    from models.build import build_model, load_model, save_model
+    from models.distill import PRESETS, DistillConfig, distill
+    from models.teachers import parse_teacher
+
+    cfg = replace(SMALL, num_styles=1)
+    torch.manual_seed(3)
+    src = build_model(cfg)
+    save_model(src, tmp_path / "src", {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
+                                       "default_style": "a"})
+    preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
+    distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
+                          losses=LossWeights(texture=1.0, pixel_blur=2.0), init=tmp_path / "src", progress=False))
+    got, manifest = load_model(tmp_path / "out")
+    assert got.cfg == src.cfg  # the architecture of --init, not the default ModelConfig
+    diffs = [float((a - b).abs().max()) for a, b in zip(got.state_dict().values(), src.state_dict().values())
+             if a.is_floating_point()]
+    assert max(diffs) < 1e-3  # two steps at lr 1e-6 from the given weights
+    assert manifest["training"]["losses"]["texture"] == 1.0 and manifest["training"]["init"] == str(tmp_path / "src")

@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="teacher output cache (default DIR/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
-                   help="start from this model folder's weights (same config and number of styles) instead of "
+                   help="start from this model folder's weights and architecture (same number of styles) instead of "
                         "a fresh initialization")
     p.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
                    help="set one loss weight or setting (models.distill.LossWeights), repeatable; e.g. "
