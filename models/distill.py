@@ -112,14 +112,18 @@ class LossWeights:
     #: style-conditioned patch discriminator (hinge) trained on teacher vs student crops of frame 1
     adversarial: float = 0.0
     adversarial_lr: float = 2e-4
+    #: strokes that stick, off by default: L1 between the warm-start output on frame 2 (frame 1's latent
+    #: warped, one step) and frame 1's output warped by the known camera motion (stop-gradient, masked to
+    #: valid pixels), so a warm start keeps frame 1's strokes where they moved instead of redrawing them
+    warm_temporal: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pixel_kind not in ("l1", "l2"):
             raise UserError(f"pixel_kind must be l1 or l2, got {self.pixel_kind!r}")
         if self.texture_kind not in ("gram", "moments", "sliced"):
             raise UserError(f"texture_kind must be gram, moments or sliced, got {self.texture_kind!r}")
-        if self.texture < 0 or self.pixel_blur < 0 or self.adversarial < 0:
-            raise UserError("texture, pixel_blur and adversarial must not be negative")
+        if min(self.texture, self.pixel_blur, self.adversarial, self.warm_temporal) < 0:
+            raise UserError("texture, pixel_blur, adversarial and warm_temporal must not be negative")
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,10 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     if w.texture > 0:
         l_tex = texture(y1, t1) + w.moved_teacher * texture(y_w, t2)
         loss = loss + w.texture * l_tex
+    l_warm = None
+    if w.warm_temporal > 0:
+        l_warm = ((y_w - warp(y1, theta).detach()).abs() * mask).sum() / (3 * mask.sum() + 1e-6)
+        loss = loss + w.warm_temporal * l_warm
     l_adv = None
     if w.adversarial > 0:
         l_adv = adversary.generator_loss(y1, t1, onehot)
@@ -327,6 +335,8 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
             parts["texture"] = float(l_tex)
         if l_adv is not None:
             parts["adversarial"] = float(l_adv)
+        if l_warm is not None:
+            parts["warm_temporal"] = float(l_warm)
     return loss, parts
 
 

@@ -295,3 +295,19 @@ def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
              if a.is_floating_point()]
     assert max(diffs) < 1e-3  # two steps at lr 1e-6 from the given weights
     assert manifest["training"]["losses"]["texture"] == 1.0 and manifest["training"]["init"] == str(tmp_path / "src")
+
+
+def test_warm_temporal_term_is_off_by_default_and_trains_the_warm_path():
+    from models.build import build_model
+
+    assert LossWeights().warm_temporal == 0.0
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x, t, s = _batch()
+    base, parts0 = training_step(model, x, t, s, 8, LossWeights(), np.random.default_rng(0))
+    assert "warm_temporal" not in parts0
+    loss, parts = training_step(model, x, t, s, 8, LossWeights(warm_temporal=1.0), np.random.default_rng(0))
+    assert parts["warm_temporal"] > 0
+    assert float(loss) == pytest.approx(float(base) + parts["warm_temporal"], rel=1e-5)
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.refiner.parameters() if p.grad is not None) > 0
