@@ -105,6 +105,9 @@ class LossWeights:
     texture_kind: str = "sliced"
     texture_taps: tuple[str, ...] = ("Conv", "expanded_conv_1/expand", "expanded_conv_3/expand",
                                      "expanded_conv_6/expand")
+    #: "predictor" (the style predictor's MobileNetV2) or "teacher" (the 26-style teacher's own first
+    #: layers; set texture_taps to e.g. contract.0,contract.1,contract.2)
+    texture_features: str = "predictor"
     #: > 0: the pixel and gradient terms compare both images after a Gaussian blur of this sigma (px),
     #: so they keep layout and colour and leave the strokes to the texture term (0: exact pixels)
     pixel_blur: float = 0.0
@@ -120,6 +123,8 @@ class LossWeights:
     def __post_init__(self) -> None:
         if self.pixel_kind not in ("l1", "l2"):
             raise UserError(f"pixel_kind must be l1 or l2, got {self.pixel_kind!r}")
+        if self.texture_features not in ("predictor", "teacher"):
+            raise UserError(f"texture_features must be predictor or teacher, got {self.texture_features!r}")
         if self.texture_kind not in ("gram", "moments", "sliced"):
             raise UserError(f"texture_kind must be gram, moments or sliced, got {self.texture_kind!r}")
         if min(self.texture, self.pixel_blur, self.adversarial, self.warm_temporal) < 0:
@@ -316,7 +321,7 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     loss = l_teacher + w.temporal * l_temp + w.step * l_step + w.latent_bound * l_bound
     l_tex = None
     if w.texture > 0:
-        l_tex = texture(y1, t1) + w.moved_teacher * texture(y_w, t2)
+        l_tex = texture(y1, t1, styles) + w.moved_teacher * texture(y_w, t2, styles)
         loss = loss + w.texture * l_tex
     l_warm = None
     if w.warm_temporal > 0:
@@ -525,8 +530,13 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     if cfg.losses.texture > 0:
         from models.texture_loss import TextureLoss, TextureLossConfig
 
-        texture = TextureLoss(TextureLossConfig(cfg.losses.texture_kind, tuple(cfg.losses.texture_taps)),
-                              seed=cfg.seed).to(device)
+        from models.teacher_net import NUM_STYLES
+
+        table = torch.stack([torch.as_tensor(getattr(t, "weights", np.full(NUM_STYLES, 1.0 / NUM_STYLES)),
+                                             dtype=torch.float32) for t in cfg.teachers])  # (S, 26)
+        texture = TextureLoss(TextureLossConfig(cfg.losses.texture_kind, tuple(cfg.losses.texture_taps),
+                                                features=cfg.losses.texture_features),
+                              seed=cfg.seed, style_weights=table).to(device)
     adversary = None
     if cfg.losses.adversarial > 0:
         from models.adversary import Adversary

@@ -14,6 +14,7 @@ Only the operators these graphs use are supported; anything else is refused at l
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -42,8 +43,9 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
 class OnnxGraph(torch.nn.Module):
     """An ONNX graph (float inputs) evaluated in torch; `forward` returns the named tensors asked for."""
 
-    SUPPORTED = ("QuantizeLinear", "DequantizeLinear", "Conv", "Clip", "Add", "Reshape", "Transpose",
-                 "GlobalAveragePool", "Relu", "Mul", "Sigmoid")
+    SUPPORTED = ("QuantizeLinear", "DequantizeLinear", "Conv", "Clip", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt",
+                 "Reshape", "Transpose", "Unsqueeze", "Pad", "ReduceMean", "ReduceSum", "GlobalAveragePool", "Relu",
+                 "Sigmoid", "Resize")
 
     def __init__(self, path: Path, exact: bool = False) -> None:
         super().__init__()
@@ -52,29 +54,45 @@ class OnnxGraph(torch.nn.Module):
 
         from genreal_errors import UserError
 
+        from onnx.reference import ReferenceEvaluator
+
         model = onnx.load(str(path))
         g = model.graph
-        unsupported = sorted({n.op_type for n in g.node} - set(self.SUPPORTED))
-        if unsupported:
-            raise UserError(f"{Path(path).name}: operators {unsupported} are not supported by models.onnx_torch")
         self.exact = exact
         self.input_names = [i.name for i in g.input if i.name not in {t.name for t in g.initializer}]
         self.output_names = [o.name for o in g.output]
         consts: dict[str, torch.Tensor] = {}
+        raw: dict[str, np.ndarray] = {}  # the same constants in their ONNX dtypes (for folding shape arithmetic)
         self._qdtype: dict[str, np.dtype] = {}  # zero-point name → integer dtype (saturation range)
+
+        def as_torch(arr: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(arr, dtype=np.int64 if arr.dtype.kind in "iub" and arr.dtype.itemsize == 8
+                                             else np.float32))
+
         for init in g.initializer:
             arr = numpy_helper.to_array(init)
             self._qdtype[init.name] = arr.dtype
-            consts[init.name] = torch.from_numpy(np.array(arr, dtype=np.float32 if arr.dtype != np.int64 else np.int64))
+            raw[init.name] = arr
+            consts[init.name] = as_torch(arr)
         self.nodes: list[tuple[str, list[str], list[str], dict]] = []
         for n in g.node:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
             ins, outs = list(n.input), list(n.output)
-            if all(i in consts or i == "" for i in ins):  # fold constant subgraphs (weight dequantization)
-                with torch.no_grad():
-                    consts[outs[0]] = self._run(n.op_type, [consts.get(i) for i in ins], attrs, ins)
+            if all(i in consts or i == "" for i in ins):  # fold constant subgraphs (weights, pad sizes)
+                if n.op_type in self.SUPPORTED:
+                    with torch.no_grad():
+                        consts[outs[0]] = self._run(n.op_type, [consts.get(i) for i in ins], attrs, ins)
+                    raw[outs[0]] = consts[outs[0]].numpy()
+                else:  # Constant, Concat, Slice, Cast, ...: ONNX's own reference implementation, once
+                    vals = ReferenceEvaluator(n).run(None, {i: raw[i] for i in ins if i})
+                    for o, v in zip(outs, vals):
+                        raw[o] = np.asarray(v)
+                        consts[o] = as_torch(raw[o])
                 continue
             self.nodes.append((n.op_type, ins, outs, attrs))
+        unsupported = sorted({op for op, _, _, _ in self.nodes} - set(self.SUPPORTED))
+        if unsupported:
+            raise UserError(f"{Path(path).name}: operators {unsupported} are not supported by models.onnx_torch")
         self._const_names: dict[str, str] = {}
         needed = {i for _, ins, _, _ in self.nodes for i in ins}
         for k, (name, v) in enumerate((n, v) for n, v in consts.items() if n in needed):
@@ -111,6 +129,43 @@ class OnnxGraph(torch.nn.Module):
                                float(x[2]) if len(x) > 2 and x[2] is not None else None)
         if op == "Add":
             return x[0] + x[1]
+        if op == "Sub":
+            return x[0] - x[1]
+        if op == "Div":
+            return x[0] / x[1]
+        if op == "Pow":
+            return x[0] ** x[1]
+        if op == "Sqrt":
+            return torch.sqrt(x[0])
+        if op == "Unsqueeze":
+            axes = sorted(int(v) for v in (x[1].tolist() if len(x) > 1 else a["axes"]))
+            out = x[0]
+            for ax in axes:
+                out = out.unsqueeze(ax if ax >= 0 else ax + out.ndim + 1)
+            return out
+        if op in ("ReduceMean", "ReduceSum"):
+            axes = a.get("axes") if len(x) < 2 or x[1] is None else [int(v) for v in x[1].tolist()]
+            keep = bool(a.get("keepdims", 1))
+            fn = torch.mean if op == "ReduceMean" else torch.sum
+            return fn(x[0], dim=tuple(axes), keepdim=keep) if axes else fn(x[0])
+        if op == "Resize":
+            mode = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in a.items()}
+            if (mode.get("mode", "nearest") != "nearest" or mode.get("nearest_mode", "round_prefer_floor") != "floor"
+                    or mode.get("coordinate_transformation_mode", "half_pixel") != "asymmetric"):
+                raise NotImplementedError(f"Resize {mode}")
+            if len(x) > 3 and x[3] is not None and x[3].numel():
+                return F.interpolate(x[0], size=[int(v) for v in x[3].tolist()[2:]], mode="nearest")
+            sc = [float(v) for v in x[2].tolist()]
+            return F.interpolate(x[0], scale_factor=sc[2:], mode="nearest")
+        if op == "Pad":
+            pads = [int(v) for v in x[1].tolist()]  # (begin per axis..., end per axis...)
+            nd = x[0].ndim
+            if any(pads[i] or pads[i + nd] for i in range(nd - 2)):
+                raise NotImplementedError("Pad on batch/channel axes")
+            mode = a.get("mode", b"constant")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            return F.pad(x[0], (pads[nd - 1], pads[2 * nd - 1], pads[nd - 2], pads[2 * nd - 2]),
+                         mode={"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode])
         if op == "Mul":
             return x[0] * x[1]
         if op == "Relu":
@@ -120,8 +175,8 @@ class OnnxGraph(torch.nn.Module):
         if op == "Reshape":
             shape = [int(s) for s in x[1].tolist()]
             shape = [x[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
-            if shape and shape[0] == 1 and x[0].shape[0] != 1:  # exported for batch 1: keep the batch
-                shape[0] = x[0].shape[0]
+            if shape and shape[0] == 1 and -1 not in shape and math.prod(shape) != x[0].numel():
+                shape[0] = -1  # a graph exported for batch 1 run on a batch: keep the batch
             return x[0].reshape(shape)
         if op == "Transpose":
             return x[0].permute(*a["perm"])

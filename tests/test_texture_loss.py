@@ -308,6 +308,82 @@ def test_warm_temporal_term_is_off_by_default_and_trains_the_warm_path():
     assert "warm_temporal" not in parts0
     loss, parts = training_step(model, x, t, s, 8, LossWeights(warm_temporal=1.0), np.random.default_rng(0))
     assert parts["warm_temporal"] > 0
-    assert float(loss) == pytest.approx(float(base) + parts["warm_temporal"], rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(base.detach()) + parts["warm_temporal"], rel=1e-5)
     loss.backward()
     assert sum(float(p.grad.abs().sum()) for p in model.refiner.parameters() if p.grad is not None) > 0
+
+
+# -- the teacher's own layers as features ----------------------------------------------------------
+
+def test_whole_teacher_in_torch_matches_onnxruntime():
+    import onnxruntime as ort
+
+    path = teacher_model_path("multistyle26")
+    g = OnnxGraph(path)
+    x = np.ascontiguousarray(_photo(96)[0].transpose(2, 0, 1)[None])  # (1, 3, 96, 96)
+    w = np.zeros(26, np.float32)
+    w[[3, 19]] = 0.5
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    ref = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"image": x, "style_weights": w})[0]
+    with torch.no_grad():
+        got = g({"image": torch.from_numpy(x), "style_weights": torch.from_numpy(w)})[g.output_names[0]].numpy()
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_teacher_features_follow_each_samples_style():
+    import onnx
+    import onnxruntime as ort
+
+    from models.texture_loss import TEACHER_TAPS, TeacherFeatures
+
+    feats = TeacherFeatures()
+    path = teacher_model_path("multistyle26")
+    m = onnx.load(str(path))
+    names = [feats.available[t] for t in TEACHER_TAPS]
+    for n in names:
+        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(np.stack([_photo(64)[0], _photo(64)[0][::-1]]).transpose(0, 3, 1, 2))  # (2, 3, 64, 64)
+    w = np.eye(26, dtype=np.float32)[[4, 19]]
+    with torch.no_grad():
+        got = feats(torch.from_numpy(x), torch.from_numpy(w))
+    for b in range(2):
+        refs = sess.run(names, {"image": x[b:b + 1], "style_weights": w[b]})
+        for tap, ref in zip(TEACHER_TAPS, refs):
+            assert np.abs(got[tap][b:b + 1].numpy() - ref).max() < 1e-4, (tap, b)
+
+
+def test_texture_loss_on_teacher_features(teacher_image):
+    from models.texture_loss import TEACHER_TAPS
+
+    table = torch.eye(26)[[19, 4]]
+    loss = TextureLoss(TextureLossConfig(kind="sliced", taps=TEACHER_TAPS, features="teacher"), style_weights=table)
+    crop = lambda x, d: x[..., 32 + d:128 + d, 32 + d:128 + d]  # noqa: E731
+    t, moved, blurred = crop(teacher_image, 0), crop(teacher_image, 4), crop(gaussian_blur(teacher_image, 2.0), 0)
+    s = torch.tensor([0])
+    assert float(loss(t, t, s)) == pytest.approx(0.0, abs=1e-9)
+    assert float(loss(blurred, t, s)) > 5 * float(loss(moved, t, s))
+    with pytest.raises(ValueError, match="style"):
+        loss(t, t)
+    with pytest.raises(UserError, match="features"):
+        TextureLossConfig(features="vgg")
+
+
+def test_training_step_with_teacher_features():
+    from models.build import build_model
+    from models.texture_loss import TEACHER_TAPS
+
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x, t, s = _batch()
+    tex = TextureLoss(TextureLossConfig(taps=TEACHER_TAPS, features="teacher"), style_weights=torch.eye(26)[[1, 19]])
+    loss, parts = training_step(model, x, t, s, 8, LossWeights(texture=1.0, texture_features="teacher",
+                                                               texture_taps=TEACHER_TAPS), np.random.default_rng(0),
+                                texture=tex)
+    assert parts["texture"] > 0
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.decoder.parameters() if p.grad is not None) > 0
