@@ -185,8 +185,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             row: dict = {"style": name, "teacher_spec": spec}
             ours.set_style(name)
             ours.set_temporal(True)
+            before = dict(ours.stats().get("temporal") or {})
             on, ms_on = run_backend(ours, frames)
-            reuse = ours.stats().get("temporal")  # what the temporal cache did on this clip (frames per mode)
+            after = ours.stats().get("temporal") or {}
+            # what the temporal cache did on this clip and style (its counters run for the backend's life)
+            reuse = {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int)}
             ours.set_temporal(False)
             off, ms_off = run_backend(ours, frames)
             row["ours_temporal"] = {"e_warp": flow.e_warp(on), "ms_per_frame": round(ms_on, 1), "reuse": reuse,
