@@ -25,7 +25,6 @@ import logging
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -100,7 +99,8 @@ class InputFlow:
             self.masks.append(ok)
 
     def e_warp(self, frames: Sequence[np.ndarray]) -> float:
-        """Mean over pairs of the masked MSE between frame t and frame t−1 warped to t (RGB in [0, 1])."""
+        """Mean over pairs of the masked squared error (summed over RGB in [0, 1], the convention of
+        `benchmarks.temporal.e_warp`, which has exact flow) between frame t and frame t−1 warped to t."""
         import cv2
 
         vals = []
@@ -108,23 +108,13 @@ class InputFlow:
             m, ok = self.maps[t - 1], self.masks[t - 1]
             prev = cv2.remap(frames[t - 1].astype(np.float32) / 255.0, m[..., 0], m[..., 1], cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REPLICATE)
-            d = ((frames[t].astype(np.float32) / 255.0 - prev) ** 2).sum(-1) / 3.0
+            d = ((frames[t].astype(np.float32) / 255.0 - prev) ** 2).sum(-1)  # as benchmarks.temporal.e_warp
             vals.append(float(d[ok].mean()) if ok.any() else 0.0)
         return float(np.mean(vals))
 
     @property
     def valid_fraction(self) -> float:
         return float(np.mean([m.mean() for m in self.masks]))
-
-
-def run_backend(backend, frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
-    """Every frame through the backend contract in order → (outputs, ms/frame)."""
-    backend.reset()
-    outs = []
-    t0 = time.perf_counter()
-    for f in frames:
-        outs.append(backend([f])[0])
-    return outs, (time.perf_counter() - t0) * 1000.0 / len(frames)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -142,6 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    from benchmarks.temporal import run_backend
     from models.metrics import texture_ratio
     from models.manifest import read_manifest, resolve_model_dir
     from realtime.backends import create_backend
