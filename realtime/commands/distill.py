@@ -50,8 +50,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "a fresh initialization")
     p.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
                    help="set one loss weight or setting (models.distill.LossWeights), repeatable; e.g. "
-                        "--loss texture=0.5 --loss texture_kind=sliced --loss pixel_blur=2 (texture and "
-                        "pixel_blur are off by default)")
+                        "--loss texture=0.5 --loss texture_kind=sliced --loss pixel_blur=2 (texture, pixel_blur, "
+                        "adversarial and warm_temporal are off by default: the shipped recipe)")
     return p
 
 
