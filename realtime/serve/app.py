@@ -67,6 +67,7 @@ class State:
         self.executor = ThreadPoolExecutor(max_workers=config.limits.max_clients + 2, thread_name_prefix="serve")
         self.broadcast = broadcast
         self.peers: set[Any] = set()  # WebRTC peer connections
+        self.sockets: set[web.WebSocketResponse] = set()  # open camera WebSockets
         self.styles: Optional[list[str]] = None
 
 
@@ -153,10 +154,15 @@ def build_app(config: ServeConfig, broadcast: Optional[Broadcast] = None) -> web
 
     async def on_shutdown(app: web.Application) -> None:
         await webrtc.close_all(state)
+        await asyncio.gather(*(ws.close(code=1001, message=b"server stopping") for ws in list(state.sockets)),
+                             return_exceptions=True)
+
+    async def on_cleanup(app: web.Application) -> None:
         state.executor.shutdown(wait=False, cancel_futures=True)
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
     return app
 
 

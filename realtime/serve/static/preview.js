@@ -130,7 +130,13 @@
     dc.onopen = () => sendControl(settings());
     dc.onmessage = (e) => onControl(JSON.parse(e.data));
     const track = state.stream.getVideoTracks()[0];
-    preferCodecs(pc.addTransceiver(track, { direction: "sendrecv", streams: [state.stream] }));
+    const transceiver = pc.addTransceiver(track, { direction: "sendrecv", streams: [state.stream] });
+    preferCodecs(transceiver);
+    try {  // a restyled picture is worth more than a high frame rate: keep the size, drop frames instead
+      const params = transceiver.sender.getParameters();
+      params.degradationPreference = "maintain-resolution";
+      await transceiver.sender.setParameters(params);
+    } catch (err) { /* not every browser takes it before negotiation */ }
     pc.ontrack = (e) => {
       ui.remote.srcObject = new MediaStream([e.track]);
       const tick = (now, meta) => {

@@ -174,7 +174,7 @@ async def offer_handler(request: web.Request) -> web.Response:
             log.warning("session %d (%s) closed: %s", session.id, session.peer, reason)
         state.peers.discard(pc)
         await pc.close()
-        await loop.run_in_executor(state.executor, state.sessions.close, session)
+        state.sessions.close(session)
         log.info("session %d ended: %d frames in, %d out, %d dropped", session.id, session.frames_in,
                  session.frames_out, session.dropped)
 

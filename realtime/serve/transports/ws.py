@@ -157,12 +157,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except UserError as exc:
         raise web.HTTPInternalServerError(text=f"cannot start a backend: {exc}") from None
     ws = web.WebSocketResponse(max_msg_size=state.limits.max_bytes + 1024, heartbeat=20.0)
+    state.sockets.add(ws)
     try:
         await ws.prepare(request)
         log.info("session %d: WebSocket from %s", session.id, request.remote)
         await WsClient(ws, session, state).run()
     finally:
-        await loop.run_in_executor(state.executor, state.sessions.close, session)
+        state.sockets.discard(ws)
+        state.sessions.close(session)  # quick: drops the backend's sessions
         log.info("session %d ended: %d frames in, %d out, %d dropped", session.id, session.frames_in,
                  session.frames_out, session.dropped)
     return ws

@@ -1,0 +1,247 @@
+"""The served pages in a real headless Chromium (Debian's package, driven by playwright) with a fake
+camera playing a Y4M whose frames carry the bench_pattern index code.
+
+CI installs Chromium (.ci/run); these tests skip, with the reason printed, only where no Chromium
+binary or playwright exists at all.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import web_browser as wb
+from benchmarks.bench_pattern import decode_index
+from realtime.config import BackendConfig
+from realtime.serve.app import ServeConfig, ServerThread
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install '.[web-test]'")
+if wb.find_chromium() is None:
+    pytest.skip("no Chromium binary (apt-get install chromium); .ci/run installs it", allow_module_level=True)
+
+LOOP = 60  # frames in the fake camera's file (it loops)
+
+HOOKS_JS = """
+() => {
+  window.__sent = {}; window.__out = [];
+  window.__sentBlocks = {};
+  genreal.hooks.onSend = (id, canvas) => {
+    window.__sent[id] = __probe.decode(canvas); window.__sentBlocks[id] = __probe.blocks(canvas, 0, 90, 640, 270, 4);
+  };
+  genreal.hooks.onOutput = (hdr, el) => {
+    window.__out.push({ id: hdr.id, code: __probe.decode(el), rtt: hdr.t !== undefined ? performance.now() - hdr.t : null,
+                        mean: __probe.blocks(el, 0, 90, 640, 270, 4) });
+  };
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def moving_y4m(tmp_path_factory) -> Path:
+    return wb.write_y4m(tmp_path_factory.mktemp("cam") / "moving.y4m", wb.pattern_frames((640, 360), LOOP))
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, moving_y4m):
+    b = wb.launch(playwright, moving_y4m)
+    yield b
+    b.close()
+
+
+def _server(backend: str = "identity", **kw) -> ServerThread:
+    return ServerThread(ServeConfig(port=0, backend=BackendConfig(name=backend), **kw)).start()
+
+
+def _open(browser, url: str, transport: str):
+    page = browser.new_page()
+    logs: list[str] = []
+    page.on("console", lambda m: logs.append(m.text))
+    page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    wb.install_probe(page)
+    page.goto(url)
+    page.evaluate(HOOKS_JS)
+    page.select_option("#transport", transport)
+    page.click("#start")
+    return page, logs
+
+
+def _wait_outputs(page, n: int, logs: list[str], timeout_s: float = 60.0) -> list[dict]:
+    try:
+        page.wait_for_function(f"() => window.__out.length >= {n}", timeout=timeout_s * 1000)
+    except Exception:
+        raise AssertionError(f"fewer than {n} outputs; status {page.inner_text('#status')!r}, "
+                             f"error {page.inner_text('#error')!r}, console {logs[-10:]}") from None
+    return page.evaluate("() => window.__out")
+
+
+def _grab(page, element_id: str) -> np.ndarray:
+    """The picture an element shows now, as uint8 RGB."""
+    import base64
+
+    import cv2
+
+    url = page.evaluate("""(id) => { const el = document.getElementById(id), c = document.createElement('canvas');
+        c.width = el.videoWidth || el.width; c.height = el.videoHeight || el.height;
+        c.getContext('2d').drawImage(el, 0, 0); return c.toDataURL('image/png'); }""", element_id)
+    bgr = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _stats(server: ServerThread) -> dict:
+    with urllib.request.urlopen(server.url("/api/stats"), timeout=10) as r:
+        return json.load(r)
+
+
+@pytest.mark.parametrize("transport", ["ws-jpeg", "ws-rgba"])
+def test_preview_websocket_frames_come_back_tagged(browser, transport):
+    server = _server()
+    try:
+        page, logs = _open(browser, server.url("/"), transport)
+        outs = _wait_outputs(page, 30, logs)
+        sent = page.evaluate("() => window.__sent")
+        codes = [o["code"] for o in outs]
+        assert sum(c is not None for c in codes) >= 0.9 * len(codes), codes
+        # the pixels of every output show the very input frame its tag names
+        for o in outs:
+            if o["code"] is not None:
+                assert sent[str(o["id"])] == o["code"], (o, sent.get(str(o["id"])))
+        assert len({c for c in codes if c is not None}) >= 5  # the fake camera's frames move on
+        rtts = [o["rtt"] for o in outs]
+        assert all(0 < r < 5000 for r in rtts)
+        # a style switch from the page changes the output (identity backend: invert)
+        blocks = page.evaluate("() => window.__sentBlocks")
+        before, cam_before = np.array(outs[-1]["mean"]), np.array(blocks[str(outs[-1]["id"])])
+        page.select_option("#style", "invert")
+        page.wait_for_function("() => window.__out.length >= %d" % (len(outs) + 15), timeout=60000)
+        last = page.evaluate("() => window.__out")[-1]
+        after, cam = np.array(last["mean"]), np.array(page.evaluate("() => window.__sentBlocks")[str(last["id"])])
+        assert np.abs(cam - 127.5).mean() > 20  # the picture is far enough from grey to tell the two apart
+        assert np.abs(before - cam_before).mean() < 8  # identity: the camera's picture
+        assert np.abs(after - (255 - cam)).mean() < 8  # invert
+        page.wait_for_timeout(700)  # the page reports its round trips twice a second
+        (s,) = _stats(server)["sessions"]
+        assert s["transport"] == "websocket" and s["style"] == "invert" and s["frames_out"] >= 45
+        assert s["latency"]["p50_ms"] > 0 and s["page_rtt"]["p50_ms"] > 0
+        panel = page.inner_text("#rtt50")
+        assert panel.endswith("ms"), panel
+        page.close()
+    finally:
+        server.stop()
+
+
+def test_preview_webrtc_frames_come_back(browser):
+    server = _server()
+    try:
+        page, logs = _open(browser, server.url("/"), "webrtc")
+        page.evaluate("() => { window.__local = []; __probe.watch(document.getElementById('local'), window.__local); }")
+        outs = _wait_outputs(page, 30, logs, timeout_s=120)
+        local = page.evaluate("() => window.__local")
+        local_codes = {c for c, _ in local if c is not None}
+        codes = [o["code"] for o in outs if o["code"] is not None]
+        assert len(codes) >= 0.8 * len(outs), [o["code"] for o in outs]
+        # the restyled track shows this page's camera frames (a valid CRC-checked index of the file, most of
+        # them also seen on the local preview, which skips frames when the machine is busy), moving on
+        assert all(0 <= c < LOOP for c in codes) and len(set(codes)) >= 5
+        assert len(set(codes) & local_codes) >= 0.5 * len(set(codes)), (sorted(set(codes)), sorted(local_codes))
+        codec = page.evaluate("""async () => {
+          const st = await genreal.state.pc.getStats(); let id = null, mime = null;
+          st.forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video') id = r.codecId; });
+          st.forEach((r) => { if (r.id === id) mime = r.mimeType; });
+          return mime; }""")
+        print(f"WebRTC codec negotiated: {codec}")
+        assert codec in ("video/H264", "video/VP8")
+        page.select_option("#style", "invert")
+        page.wait_for_timeout(1500)
+        s = [s for s in _stats(server)["sessions"] if s["transport"] == "webrtc"]
+        assert s and s[0]["frames_out"] >= 30 and s[0]["style"] == "invert" and s[0]["latency"]["p50_ms"] > 0
+        # the restyled track now shows the inverse of the camera frame whose index it carries
+        frames = wb.pattern_frames((640, 360), LOOP)
+        for _ in range(10):
+            out = _grab(page, "remote")
+            idx = decode_index(255 - out)  # the code is inverted too
+            if idx is not None:
+                break
+        assert idx is not None
+        import cv2
+
+        out = cv2.resize(out, (640, 360), interpolation=cv2.INTER_AREA)  # WebRTC may have scaled it down
+        diff = np.abs(out[90:].astype(np.float32) - (255 - frames[idx][90:].astype(np.float32)))
+        assert diff.mean() < 20, diff.mean()  # H.264/VP8 at loopback bitrates, twice
+        page.click("#stop")
+        page.close()
+    finally:
+        server.stop()
+
+
+def test_two_pages_do_not_see_each_other(browser):
+    server = _server()
+    try:
+        a, logs_a = _open(browser, server.url("/"), "ws-jpeg")
+        b, logs_b = _open(browser, server.url("/"), "ws-jpeg")
+        _wait_outputs(a, 5, logs_a), _wait_outputs(b, 5, logs_b)
+        a.select_option("#style", "invert")
+        n_a = a.evaluate("() => window.__out.length")
+        a.wait_for_function(f"() => window.__out.length >= {n_a + 15}", timeout=60000)
+        n_b = b.evaluate("() => window.__out.length")
+        b.wait_for_function(f"() => window.__out.length >= {n_b + 15}", timeout=60000)
+        for page, inverted in ((a, True), (b, False)):
+            last = page.evaluate("() => window.__out")[-1]
+            out = np.array(last["mean"])
+            cam = np.array(page.evaluate("() => window.__sentBlocks")[str(last["id"])])
+            assert np.abs(out - ((255 - cam) if inverted else cam)).mean() < 8, (inverted, out, cam)
+            sent = page.evaluate("() => window.__sent")
+            for o in page.evaluate("() => window.__out"):
+                assert str(o["id"]) in sent  # every output answers one of this page's own frames
+        sessions = _stats(server)["sessions"]
+        assert sorted(s["style"] for s in sessions) == ["identity", "invert"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_preview_restyles_with_our_model_and_switches_style(playwright, tmp_path):
+    y4m = wb.write_y4m(tmp_path / "still.y4m", wb.pattern_frames((640, 360), 30, still=True))
+    browser = wb.launch(playwright, y4m)
+    server = _server("onnxruntime")
+    try:
+        page, logs = _open(browser, server.url("/"), "ws-jpeg")
+        outs = _wait_outputs(page, 8, logs, timeout_s=120)
+        grab = "() => document.getElementById('out').toDataURL('image/png')"
+        import base64
+
+        import cv2
+
+        def image() -> np.ndarray:
+            data = base64.b64decode(page.evaluate(grab).split(",", 1)[1])
+            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).astype(np.float32)
+
+        first = image()
+        page.wait_for_function(f"() => window.__out.length >= {len(outs) + 4}", timeout=60000)
+        steady = image()
+        styles = page.evaluate("() => genreal.state.styles")
+        assert "starry" in styles and page.input_value("#style") != "starry"
+        page.select_option("#style", "starry")
+        n = page.evaluate("() => window.__out.length")
+        page.wait_for_function(f"() => window.__out.length >= {n + 6}", timeout=60000)
+        switched = image()
+        cam = page.evaluate("() => __probe.mean(document.getElementById('local'), 0, 100, 640, 260)")
+        region = (slice(100, 360), slice(0, 640))  # below the index code, which changes every frame
+        same = np.abs(steady[region] - first[region]).mean()
+        changed = np.abs(switched[region] - steady[region]).mean()
+        assert changed > 4 * max(same, 1.0), (same, changed)
+        (s,) = _stats(server)["sessions"]
+        assert s["backend"] == "onnxruntime" and s["style"] == "starry"
+        del cam
+    finally:
+        server.stop()
+        browser.close()
