@@ -1,13 +1,14 @@
 """The served pages in a real headless Chromium (Debian's package, driven by playwright) with a fake
 camera playing a Y4M whose frames carry the bench_pattern index code.
 
-CI installs Chromium (.ci/run); these tests skip, with the reason printed, only where no Chromium
-binary or playwright exists at all.
+CI installs Chromium and playwright (.ci/run) and sets GENREAL_REQUIRE_BROWSER=1: there a missing
+browser fails; elsewhere these tests skip, with the reason printed, only where no Chromium binary or
+playwright exists at all.
 """
 from __future__ import annotations
 
 import json
-import time
+import os
 import urllib.request
 from pathlib import Path
 
@@ -19,9 +20,22 @@ from benchmarks.bench_pattern import decode_index
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install '.[web-test]'")
-if wb.find_chromium() is None:
-    pytest.skip("no Chromium binary (apt-get install chromium); .ci/run installs it", allow_module_level=True)
+
+def _need(ok: bool, why: str) -> None:
+    """Skip (with the reason) where the browser truly cannot be had; fail instead in CI (.ci/run sets
+    GENREAL_REQUIRE_BROWSER=1)."""
+    if not ok:
+        if os.environ.get("GENREAL_REQUIRE_BROWSER"):
+            pytest.fail(f"{why} (GENREAL_REQUIRE_BROWSER is set)", pytrace=False)
+        pytest.skip(why, allow_module_level=True)
+
+
+try:
+    from playwright import sync_api
+except ImportError:
+    sync_api = None
+_need(sync_api is not None, "playwright is not installed: pip install '.[dev]'")
+_need(wb.find_chromium() is not None, "no Chromium binary: apt-get install chromium (.ci/run does)")
 
 LOOP = 60  # frames in the fake camera's file (it loops)
 

@@ -4,8 +4,8 @@
 Latest frame wins: a reader task keeps only the newest decoded camera frame; the outgoing track
 restyles whichever is newest when the encoder asks for the next one (older ones count as dropped).
 
-aiortc is an optional extra (``pip install 'generative-reality[webrtc]'``): without it the page
-is told so and uses the WebSocket transport. aioice never offers 127.0.0.1 as a host candidate, so
+aiortc is a dependency, imported only when a page asks for WebRTC; should it be missing, the page is
+told how to get it and the WebSocket transport still works. aioice never offers 127.0.0.1 as a host candidate, so
 a server bound to loopback adds it (`allow_loopback_candidates`) — without it a browser on the
 same machine with no other shared interface cannot connect.
 """
@@ -28,7 +28,7 @@ from realtime.serve.transports.ws import handle_control
 
 log = logging.getLogger(__name__)
 
-HOW_TO_GET = "WebRTC needs aiortc: pip install 'generative-reality[webrtc]' (the WebSocket transport works without it)"
+HOW_TO_GET = "WebRTC needs aiortc (a dependency of genreal): pip install aiortc; the WebSocket transport works without it"
 PREFERRED_CODECS = ("video/H264", "video/VP8")
 _MAX_SDP = 64 * 1024
 

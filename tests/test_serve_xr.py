@@ -1,0 +1,180 @@
+"""The headset page (/xr) in headless Chromium under the IWER WebXR emulator (npm, test-only: injected
+into the page by this test, never served by genreal), with the fake camera from a Y4M file.
+
+- immersive-vr + getUserMedia with a side-by-side stereo camera: each eye is drawn from its own half
+  (pixel readback at the centre of each eye's viewport), and the head pose sent with a frame comes back
+  with it, also while the head moves.
+- immersive-ar + Raw Camera Access: a small test double (view.camera and XRWebGLBinding.getCameraImage
+  fed from the fake camera) stands in for Quest Browser's camera-access feature.
+
+`.ci/run` installs tests/web (npm ci) and Chromium and sets GENREAL_REQUIRE_BROWSER=1, so in CI a missing
+piece fails instead of skipping.
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from benchmarks import web_browser as wb
+from realtime.config import BackendConfig
+from realtime.serve.app import ServeConfig, ServerThread
+
+IWER = Path(__file__).parent / "web" / "node_modules" / "iwer" / "build" / "iwer.min.js"
+
+
+def _need(ok: bool, why: str) -> None:
+    if not ok:
+        if os.environ.get("GENREAL_REQUIRE_BROWSER"):
+            pytest.fail(f"{why} (GENREAL_REQUIRE_BROWSER is set)")
+        pytest.skip(why)
+
+
+try:
+    from playwright import sync_api
+except ImportError:
+    sync_api = None
+
+INSTALL_IWER = """
+window.__xrDevice = new IWER.XRDevice(IWER.metaQuest3);
+__xrDevice.installRuntime({ forceInstall: true });  // Chromium has its own navigator.xr
+__xrDevice.stereoEnabled = true;                     // else the right eye is zero-width
+"""
+
+# Raw Camera Access double: every view has a camera, and getCameraImage returns a texture of the fake camera.
+CAMERA_ACCESS_DOUBLE = """
+(() => {
+  const video = document.createElement('video');
+  video.muted = true; video.playsInline = true;
+  navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 } })
+    .then((s) => { video.srcObject = s; return video.play(); });
+  window.__cameraImages = 0;
+  Object.defineProperty(XRView.prototype, 'camera', { configurable: true,
+    get() { return { width: 640, height: 360 }; } });
+  const Base = XRWebGLBinding;
+  window.XRWebGLBinding = class extends Base {
+    constructor(session, gl) { super(session, gl); this._gl = gl; this._tex = null; }
+    getCameraImage(camera) {
+      const gl = this._gl;
+      if (!this._tex) {
+        this._tex = gl.createTexture(); gl.bindTexture(gl.TEXTURE_2D, this._tex);
+        gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
+        gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+        gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+      }
+      gl.bindTexture(gl.TEXTURE_2D, this._tex);
+      gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, true);  // GL convention: the image's bottom row first
+      if (video.readyState >= 2) gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, gl.RGBA, gl.UNSIGNED_BYTE, video);
+      gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+      window.__cameraImages++;
+      return this._tex;
+    }
+  };
+})();
+"""
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    _need(sync_api is not None, "playwright is not installed: pip install '.[dev]'")
+    _need(wb.find_chromium() is not None, "no Chromium binary: apt-get install chromium")
+    _need(IWER.exists(), f"the IWER emulator is not installed: (cd {IWER.parents[3]} && npm ci)")
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+def _xr_page(playwright, y4m: Path, url: str, extra_js: str = ""):
+    browser = wb.launch(playwright, y4m)
+    page = browser.new_page()
+    logs: list[str] = []
+    page.on("console", lambda m: logs.append(m.text))
+    page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    wb.install_probe(page)
+    page.add_init_script(path=str(IWER))
+    page.add_init_script(INSTALL_IWER + extra_js)
+    page.goto(url)
+    return browser, page, logs
+
+
+def _wait(page, expr: str, logs: list[str], timeout_s: float = 90) -> None:
+    try:
+        page.wait_for_function(expr, timeout=timeout_s * 1000)
+    except Exception:
+        raise AssertionError(f"timed out on {expr}; status {page.inner_text('#status')!r}, "
+                             f"error {page.inner_text('#error')!r}, console {logs[-10:]}") from None
+
+
+def _stats(server: ServerThread) -> dict:
+    with urllib.request.urlopen(server.url("/api/stats"), timeout=10) as r:
+        return json.load(r)
+
+
+def _close(a, b, tol=1e-5) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol * max(1.0, abs(x)) for x, y in zip(a, b))
+
+
+def test_xr_vr_session_draws_each_eye_from_its_half_and_echoes_the_pose(playwright, tmp_path):
+    y4m = wb.write_y4m(tmp_path / "sbs.y4m", wb.sbs_frames((640, 360), 30))
+    server = ServerThread(ServeConfig(port=0, backend=BackendConfig(name="identity"))).start()
+    browser, page, logs = _xr_page(playwright, y4m, server.url("/xr") + "?stereo=sbs")
+    try:
+        _wait(page, "() => !document.getElementById('enter-vr').disabled", logs, 30)
+        page.click("#enter-vr")
+        page.evaluate("() => { genrealXR.probe = true; }")
+        _wait(page, "() => genrealXR.frame && genrealXR.readback && genrealXR.readback.left", logs)
+        page.wait_for_timeout(300)
+        rb = page.evaluate("() => genrealXR.readback")
+        assert set(rb) == {"left", "right"}, rb
+        left, right = rb["left"], rb["right"]
+        assert left[0] > 150 and left[2] < 110, rb  # the red left half in the left eye
+        assert right[2] > 150 and right[0] < 110, rb  # the blue right half in the right eye
+        # the head moves: every frame comes back with the pose it was captured at
+        poses = []
+        for k in range(4):
+            page.evaluate(f"() => {{ __xrDevice.position.set({0.05 * k}, 1.6, {-0.03 * k}); }}")
+            n = page.evaluate("() => genrealXR.lastEcho.id")
+            _wait(page, f"() => genrealXR.lastEcho.id >= {n + 2}", logs)
+            echo, sent = page.evaluate("() => [genrealXR.lastEcho, genrealXR.sentPoses[genrealXR.lastEcho.id]]")
+            assert echo["pose"]["views"][0]["eye"] in ("left", "right")
+            for ev, sv in zip(echo["pose"]["views"], sent["views"]):
+                assert ev["eye"] == sv["eye"] and _close(ev["transform"], sv["transform"])
+                assert _close(ev["projection"], sv["projection"])
+            poses.append(echo["pose"]["views"][0]["transform"][12])  # x of the left eye
+        assert poses == sorted(poses) and poses[-1] - poses[0] > 0.1, poses  # the echoed poses followed the head
+        (s,) = _stats(server)["sessions"]
+        assert s["transport"] == "websocket" and s["frames_out"] >= 8
+    finally:
+        browser.close()
+        server.stop()
+
+
+def test_xr_ar_session_sends_the_headset_cameras(playwright, tmp_path):
+    y4m = wb.write_y4m(tmp_path / "moving.y4m", wb.pattern_frames((640, 360), 60))
+    server = ServerThread(ServeConfig(port=0, backend=BackendConfig(name="identity"))).start()
+    browser, page, logs = _xr_page(playwright, y4m, server.url("/xr"), CAMERA_ACCESS_DOUBLE)
+    try:
+        _wait(page, "() => !document.getElementById('enter-ar').disabled", logs, 30)
+        page.click("#enter-ar")
+        _wait(page, "() => genrealXR.lastEcho && genrealXR.lastEcho.id >= 3", logs)
+        echo = page.evaluate("() => genrealXR.lastEcho")
+        assert page.evaluate("() => genrealXR.mode") == "ar-camera"
+        assert page.evaluate("() => window.__cameraImages") >= 2
+        assert echo["stereo"] and echo["w"] == 1280 and echo["h"] == 360  # both eyes' cameras, side by side
+        assert [v["eye"] for v in echo["pose"]["views"]] == ["left", "right"]
+        (s,) = _stats(server)["sessions"]
+        assert s["frames_out"] >= 3
+        # the camera images went up the right way round: the index code reads in each eye's half of what came back
+        page.evaluate("""() => { window.__codes = []; const orig = GR.decodeImage;
+            GR.decodeImage = async (h, p) => { const b = await orig(h, p);
+              window.__codes.push([__probe.decode(b, 0), __probe.decode(b, h.w / 2)]); return b; }; }""")
+        _wait(page, "() => window.__codes.length >= 5", logs)
+        codes = page.evaluate("() => window.__codes")
+        good = [(l, r) for l, r in codes if l is not None and l == r]
+        assert len(good) >= 0.8 * len(codes), codes
+        assert all(0 <= l < 60 for l, _ in good)
+    finally:
+        browser.close()
+        server.stop()
