@@ -76,23 +76,26 @@ def sbs_frames(size: tuple[int, int] = (640, 360), n: int = 30) -> list[np.ndarr
     return out
 
 
-def chromium_args(y4m: Path) -> list[str]:
-    return [
+def chromium_args(y4m: Path, webgl: bool = True) -> list[str]:
+    """Flags for a fake camera from `y4m`. `webgl`: SwiftShader WebGL (the /xr page); without it the GPU
+    is off and 2-D canvases stay in software, where reading pixels back is much cheaper."""
+    gl = (["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"] if webgl
+          else ["--disable-gpu"])
+    return [*gl,
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={y4m}",
         "--allow-loopback-in-peer-connection",  # WebRTC host candidates on 127.0.0.1
         "--disable-features=WebRtcHideLocalIpsWithMdns",
         "--autoplay-policy=no-user-gesture-required",
-        "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",  # WebGL, no GPU
         "--no-sandbox",
     ]
 
 
-def launch(playwright: Any, y4m: Path, executable: Optional[str] = None) -> Any:
+def launch(playwright: Any, y4m: Path, executable: Optional[str] = None, webgl: bool = True) -> Any:
     exe = executable or find_chromium()
     if exe is None:
         raise RuntimeError("no Chromium binary: apt-get install chromium (or set GENREAL_CHROMIUM)")
-    return playwright.chromium.launch(executable_path=exe, headless=True, args=chromium_args(y4m))
+    return playwright.chromium.launch(executable_path=exe, headless=True, args=chromium_args(y4m, webgl))
 
 
 #: window.__probe: decode(source) → index or null; watch(video, list) records [index, time] per frame

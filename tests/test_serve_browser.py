@@ -67,7 +67,7 @@ def moving_y4m(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(playwright, moving_y4m):
-    b = wb.launch(playwright, moving_y4m)
+    b = wb.launch(playwright, moving_y4m, webgl=False)  # the preview page draws in 2-D: keep canvases in software
     yield b
     b.close()
 
@@ -225,7 +225,7 @@ def test_two_pages_do_not_see_each_other(browser):
 @pytest.mark.slow
 def test_preview_restyles_with_our_model_and_switches_style(playwright, tmp_path):
     y4m = wb.write_y4m(tmp_path / "still.y4m", wb.pattern_frames((640, 360), 30, still=True))
-    browser = wb.launch(playwright, y4m)
+    browser = wb.launch(playwright, y4m, webgl=False)
     server = _server("onnxruntime")
     try:
         page, logs = _open(browser, server.url("/"), "ws-jpeg")
@@ -259,3 +259,43 @@ def test_preview_restyles_with_our_model_and_switches_style(playwright, tmp_path
     finally:
         server.stop()
         browser.close()
+
+
+def test_preview_shows_the_server_source(browser):
+    """`genreal serve --source` / `genreal run --sink web`: the pipeline's frames reach every page."""
+    import threading
+
+    from benchmarks.bench_pattern import PatternSource
+    from realtime.backends import create_backend
+    from realtime.pipeline import Pipeline
+    from realtime.serve.broadcast import HubSink
+
+    server = _server()
+    hub = server.state.broadcast
+    hub.active, hub.label = True, "pattern"
+    source = PatternSource((320, 180), fps=30, duration_s=30)
+    pipeline = Pipeline(source, create_backend(BackendConfig(name="identity")), [HubSink(hub)])
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    try:
+        pages = []
+        for _ in range(2):
+            page = browser.new_page()
+            wb.install_probe(page)
+            page.goto(server.url("/"))
+            page.evaluate("() => { window.__src = []; genreal.hooks.onSource = (h, c) => window.__src.push([h.id, __probe.decode(c)]); }")
+            pages.append(page)
+        for page in pages:
+            page.wait_for_function("() => window.__src.length >= 10", timeout=60000)
+            got = page.evaluate("() => window.__src")
+            assert all(code == idx % 65536 for idx, code in got if code is not None)
+            assert sum(code is not None for _, code in got) >= 0.9 * len(got)
+            assert not page.is_hidden("#source-fig")
+        stats = _stats(server)["source"]
+        assert stats["active"] and stats["watchers"] == 2 and stats["frames"] >= 10
+        for page in pages:
+            page.close()
+    finally:
+        pipeline.stop()
+        thread.join(timeout=10)
+        server.stop()

@@ -178,3 +178,42 @@ def test_xr_ar_session_sends_the_headset_cameras(playwright, tmp_path):
     finally:
         browser.close()
         server.stop()
+
+
+def test_xr_shows_the_server_stereo_source_per_eye(playwright, tmp_path):
+    """No camera on the page: the server's stereo source (genreal serve --source sbs:...) in the headset."""
+    import threading
+
+    from realtime.serve.protocol import encode_frame
+
+    y4m = wb.write_y4m(tmp_path / "cam.y4m", wb.pattern_frames((320, 180), 10))
+    server = ServerThread(ServeConfig(port=0, backend=BackendConfig(name="identity"))).start()
+    hub = server.state.broadcast
+    hub.active, hub.label = True, "sbs:test"
+    card = wb.sbs_frames((640, 360), 1)[0]
+    stop = threading.Event()
+
+    def feed() -> None:
+        i = 0
+        while not stop.wait(1 / 30):
+            hub.publish(encode_frame({"id": i, "stereo": True}, card, "jpeg", 1.0))
+            i += 1
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    browser, page, logs = _xr_page(playwright, y4m, server.url("/xr"))
+    try:
+        _wait(page, "() => !document.getElementById('enter-watch').disabled", logs, 30)
+        page.click("#enter-watch")
+        page.evaluate("() => { genrealXR.probe = true; }")
+        _wait(page, "() => genrealXR.frame && genrealXR.readback && genrealXR.readback.right", logs)
+        page.wait_for_timeout(300)
+        rb = page.evaluate("() => genrealXR.readback")
+        assert page.evaluate("() => genrealXR.mode") == "watch"
+        assert rb["left"][0] > 150 and rb["left"][2] < 110, rb
+        assert rb["right"][2] > 150 and rb["right"][0] < 110, rb
+        assert _stats(server)["source"]["watchers"] == 1
+    finally:
+        stop.set()
+        browser.close()
+        server.stop()

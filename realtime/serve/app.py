@@ -154,6 +154,7 @@ def build_app(config: ServeConfig, broadcast: Optional[Broadcast] = None) -> web
 
     async def on_shutdown(app: web.Application) -> None:
         await webrtc.close_all(state)
+        await state.broadcast.close_all()
         await asyncio.gather(*(ws.close(code=1001, message=b"server stopping") for ws in list(state.sockets)),
                              return_exceptions=True)
 

@@ -64,12 +64,17 @@ class Broadcast:
         for w in self._watchers:
             w.offer(payload)
 
+    async def close_all(self) -> None:
+        """Close every watcher (server shutdown)."""
+        await asyncio.gather(*(w.ws.close(code=1001, message=b"server stopping") for w in list(self._watchers)),
+                             return_exceptions=True)
+
     @property
     def watchers(self) -> int:
         return len(self._watchers)
 
     async def watch(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=65536, heartbeat=20.0)
+        ws = web.WebSocketResponse(max_msg_size=65536, heartbeat=20.0, compress=False)
         await ws.prepare(request)
         await ws.send_json({"type": "hello", "mode": "watch", "active": self.active, "source": self.label})
         watcher = _Watcher(ws)

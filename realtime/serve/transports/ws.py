@@ -156,7 +156,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                                              request.remote or "")
     except UserError as exc:
         raise web.HTTPInternalServerError(text=f"cannot start a backend: {exc}") from None
-    ws = web.WebSocketResponse(max_msg_size=state.limits.max_bytes + 1024, heartbeat=20.0)
+    # no permessage-deflate: JPEG does not shrink, and deflating raw frames costs more than sending them
+    ws = web.WebSocketResponse(max_msg_size=state.limits.max_bytes + 1024, heartbeat=20.0, compress=False)
     state.sockets.add(ws)
     try:
         await ws.prepare(request)
