@@ -419,3 +419,13 @@ def test_serve_command_streams_its_source(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_webrtc_codec_order_follows_the_offer():
+    from realtime.serve.transports.webrtc import offered_order
+
+    sdp = ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\na=rtpmap:96 VP8/90000\r\n"
+           "a=rtpmap:97 rtx/90000\r\na=rtpmap:102 H264/90000\r\n")
+    assert offered_order(sdp) == ("video/VP8", "video/H264")
+    assert offered_order(sdp.replace("96 97 102", "102 96 97")) == ("video/H264", "video/VP8")
+    assert offered_order("m=audio 9 x 0\r\n") == ("video/H264", "video/VP8")

@@ -109,10 +109,10 @@
   }
 
   // -- WebRTC transport --------------------------------------------------------------
-  function preferCodecs(transceiver) {
+  function preferCodecs(transceiver, first) {
     if (!window.RTCRtpReceiver || !RTCRtpReceiver.getCapabilities || !transceiver.setCodecPreferences) return;
     const codecs = RTCRtpReceiver.getCapabilities("video").codecs;
-    const order = ["video/H264", "video/VP8"];
+    const order = first === "VP8" ? ["video/VP8", "video/H264"] : ["video/H264", "video/VP8"];
     const sorted = [...codecs].sort((a, b) => {
       const ia = order.indexOf(a.mimeType), ib = order.indexOf(b.mimeType);
       return (ia < 0 ? 9 : ia) - (ib < 0 ? 9 : ib);
@@ -120,7 +120,7 @@
     transceiver.setCodecPreferences(sorted);
   }
 
-  async function startWebrtc() {
+  async function startWebrtc(codec) {
     const info = await GR.api("/api/info");
     if (!info.webrtc) throw new Error(info.webrtc_help);
     const pc = new RTCPeerConnection();
@@ -131,7 +131,7 @@
     dc.onmessage = (e) => onControl(JSON.parse(e.data));
     const track = state.stream.getVideoTracks()[0];
     const transceiver = pc.addTransceiver(track, { direction: "sendrecv", streams: [state.stream] });
-    preferCodecs(transceiver);
+    preferCodecs(transceiver, codec);
     try {  // a restyled picture is worth more than a high frame rate: keep the size, drop frames instead
       const params = transceiver.sender.getParameters();
       params.degradationPreference = "maintain-resolution";
@@ -176,7 +176,7 @@
     state.running = true; state.transport = ui.transport.value;
     ui.start.disabled = true; ui.stop.disabled = false; ui.transport.disabled = true;
     try {
-      if (state.transport === "webrtc") await startWebrtc();
+      if (state.transport.startsWith("webrtc")) await startWebrtc(state.transport === "webrtc-vp8" ? "VP8" : "H264");
       else { ui.out.hidden = false; ui.remote.hidden = true; startWs(state.transport === "ws-rgba" ? "rgba" : "jpeg"); }
     } catch (err) { showError(String(err.message || err)); stop(); }
   }

@@ -1,5 +1,6 @@
 """The WebRTC transport (aiortc): the page's camera track in, a restyled track out, a data channel
-(``control``) for settings and per-frame server times. H.264 is preferred, VP8 the fallback.
+(``control``) for settings and per-frame server times. H.264 is preferred, VP8 the fallback (a page
+that lists VP8 first in its offer gets VP8).
 
 Latest frame wins: a reader task keeps only the newest decoded camera frame; the outgoing track
 restyles whichever is newest when the encoder asks for the next one (older ones count as dropped).
@@ -117,11 +118,26 @@ def _restyled_track_class() -> Any:
     return RestyledTrack
 
 
-def _prefer_codecs(pc: Any) -> None:
+def offered_order(sdp: str) -> tuple[str, ...]:
+    """`PREFERRED_CODECS` reordered as the page's offer lists them (its first choice wins)."""
+    names: dict[str, str] = {}
+    order: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("m=video"):
+            order = line.split()[3:]
+        elif line.startswith("a=rtpmap:"):
+            pt, _, rest = line[len("a=rtpmap:"):].partition(" ")
+            names[pt] = "video/" + rest.split("/")[0]
+    seen = [names.get(pt) for pt in order]
+    ranked = [m for m in dict.fromkeys(seen) if m in PREFERRED_CODECS]
+    return tuple(ranked + [m for m in PREFERRED_CODECS if m not in ranked])
+
+
+def _prefer_codecs(pc: Any, preferred: tuple[str, ...] = PREFERRED_CODECS) -> None:
     from aiortc.rtcrtpsender import RTCRtpSender
 
     codecs = RTCRtpSender.getCapabilities("video").codecs
-    ordered = [c for mime in PREFERRED_CODECS for c in codecs if c.mimeType == mime]
+    ordered = [c for mime in preferred for c in codecs if c.mimeType == mime]
     ordered += [c for c in codecs if c.mimeType == "video/rtx"]
     for t in pc.getTransceivers():
         if t.kind == "video":
@@ -211,7 +227,7 @@ async def offer_handler(request: web.Request) -> web.Response:
 
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
-        _prefer_codecs(pc)
+        _prefer_codecs(pc, offered_order(body["sdp"]))
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # a malformed SDP raises anything from ValueError to KeyError
         await finish(f"bad WebRTC offer: {exc}")
