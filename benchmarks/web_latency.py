@@ -64,7 +64,7 @@ def measure(browser: Any, backend: str, transport: str, seconds: float, warmup: 
         page.wait_for_timeout(int(seconds * 1000))
         local, remote, tag = page.evaluate("() => [window.__local, window.__remote, window.__tag]")
         codec = None
-        if transport == "webrtc":
+        if transport.startswith("webrtc"):
             codec = page.evaluate("""async () => {
               const st = await genreal.state.pc.getStats(); let id = null, mime = null;
               st.forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video') id = r.codecId; });
