@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from realtime.config import BackendConfig, Size, parse_size
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.stats import percentiles
 
 log = logging.getLogger(__name__)
@@ -472,10 +472,10 @@ def compare_with_peers(rows: Sequence[dict[str, Any]], sizes: Sequence[str]) -> 
         per_frame = _fastest([r for r in ours_rows if r.get("temporal") in (False, None)])
         if best is None:
             continue
-        entry: dict[str, Any] = {"size": size_name, "ours": _label(best), "ours_p50_ms": best["total"]["p50_ms"],
+        entry: dict[str, Any] = {"size": size_name, "ours": row_label(best), "ours_p50_ms": best["total"]["p50_ms"],
                                  "ours_fps": best["fps"], "peers": {}}
         if per_frame is not None:
-            entry.update(ours_per_frame=_label(per_frame), ours_per_frame_p50_ms=per_frame["total"]["p50_ms"])
+            entry.update(ours_per_frame=row_label(per_frame), ours_per_frame_p50_ms=per_frame["total"]["p50_ms"])
         for peer in (r for r in ok if r["kind"] == "peer"):
             p50 = peer["total"]["p50_ms"]
             cmp: dict[str, Any] = {"p50_ms": p50, "fps": peer["fps"],
@@ -499,7 +499,7 @@ def _ratio(a: float, b: float, digits: int = 4) -> Optional[float]:
     return round(a / b, digits) if b else None
 
 
-def _label(row: dict[str, Any]) -> str:
+def row_label(row: dict[str, Any]) -> str:
     parts = [row["backend"]]
     if row.get("precision"):
         parts.append(row["precision"])

@@ -34,9 +34,9 @@ def _megapixels(row: dict[str, Any]) -> float:
 
 
 def _label(row: dict[str, Any]) -> str:
-    from benchmarks.bench import _label as label
+    from benchmarks.bench import row_label
 
-    return label(row)
+    return row_label(row)
 
 
 def default_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -344,3 +344,30 @@ def update_readme(result: dict[str, Any], bench_dir: Path = BENCH_DIR) -> Path:
     readme = bench_dir / "README.md"
     readme.write_text(render_readme(found))
     return readme
+
+
+def terminal_summary(result: dict[str, Any]) -> str:
+    """A short table for the terminal."""
+    lines = [f"{'size':<16}{'config':<44}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'fps':>9}{'miss':>7}"]
+    for r in result["rows"]:
+        if r.get("status") != "ok":
+            continue
+        t = r["total"]
+        lines.append(f"{r['size']:<16}{_label(r)[:43]:<44}{t['p50_ms']:>9.2f}{t['p95_ms']:>9.2f}{t['p99_ms']:>9.2f}"
+                     f"{min(r['fps'], 99999.0):>9.1f}{100 * r['deadline_miss_rate']:>6.0f}%")
+    for r in result["rows"]:
+        if r.get("status") != "ok":
+            lines.append(f"{r['backend']} {r.get('precision') or ''}: {r['status']}: {r.get('reason', '')}")
+    for c in result.get("peer_comparison", []):
+        for p, v in c["peers"].items():
+            lines.append(f"{c['size']}: ours ({c['ours']}) vs {p}: {v['speedup']}x faster at p50, "
+                         f"{v.get('speedup_mean')}x by mean")
+    for r in result.get("end_to_end", []):
+        if r.get("status") == "ok":
+            p, pat = r["pipeline"], r["pattern"]
+            lines.append(f"{r['size']} end to end ({r['backend']}): capture→display p50 {p['end_to_end']['p50_ms']:.1f} "
+                         f"ms, p95 {p['end_to_end']['p95_ms']:.1f} ms, {p['fps']:.1f} fps out, {p['dropped']} dropped; "
+                         f"pattern decoded {100 * pat['decode_rate']:.0f}%, p50 {pat['latency']['p50_ms']:.1f} ms")
+        else:
+            lines.append(f"{r['size']} end to end: {r.get('status')}: {r.get('reason', '')}")
+    return "\n".join(lines)

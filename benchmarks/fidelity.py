@@ -91,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from models.evaluate import evaluate_fidelity, measure_speed
     from models.teachers import parse_teacher
     from realtime.config import parse_size
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     try:
         model, manifest = load_model(args.model)

@@ -66,6 +66,7 @@ def _summary(rep: dict[str, Any]) -> dict[str, Any]:
 def run(model: Optional[Path], presets: tuple[str, ...], frames: int, repeats: int, source: str,
         activations: tuple[str, ...]) -> dict[str, Any]:
     from calibration.calibrate import CalibrateConfig, calibrate
+    from realtime.commands.calibrate import collector
     from calibration.report import machine
 
     results: dict[str, Any] = {"benchmark": "int8", "machine": machine(), "source": source, "frames": frames,
@@ -77,7 +78,7 @@ def run(model: Optional[Path], presets: tuple[str, ...], frames: int, repeats: i
             for preset in presets:
                 cfg = CalibrateConfig(model_dir=copy, presets=(preset,), source=source, frames=frames,
                                       repeats=repeats, activations=act, progress=False)
-                rep = calibrate(cfg)[preset]
+                rep = calibrate(cfg, collector(cfg))[preset]
                 results["runs"][f"{preset}/{act}"] = {"preset": preset, "activations": act, **_summary(rep),
                                                       "report": rep}
     return results

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from realtime.config import BackendConfig, parse_size
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from models.data import heldout_images
     from models.manifest import read_manifest, resolve_model_dir
     from models.teachers import parse_teacher
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     try:
         manifest = read_manifest(resolve_model_dir(args.model))

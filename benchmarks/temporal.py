@@ -141,7 +141,7 @@ def _model_backends(backend_name: str) -> tuple[Any, Any]:
 def _teacher() -> Optional[Any]:
     from realtime.backends import create_backend
     from realtime.config import BackendConfig
-    from realtime.errors import UserError
+    from genreal_errors import UserError
 
     try:
         return create_backend(BackendConfig(name="teacher", device="cpu", temporal=False))

@@ -1,13 +1,17 @@
 """INT8 calibration (`genreal calibrate`): Q/DQ stage graphs from real frames, kept where fidelity allows.
 
     from calibration.calibrate import CalibrateConfig, calibrate
-    reports = calibrate(CalibrateConfig(model_dir=Path("my-model"), presets=("640x360",), source="demo"))
+    from realtime.commands.calibrate import collector   # frames from any --source (the runtime opens it)
+    cfg = CalibrateConfig(model_dir=Path("my-model"), presets=("640x360",), source="demo")
+    reports = calibrate(cfg, collector(cfg))
 
 Modules, one step each:
 
-- `calibration.collect`  — calibration frames from any `--source` (`collect_samples`, `split_samples`)
+- `calibration.collect`  — frames grouped into calibration samples, the held-out split (`group_samples`,
+  `split_samples`); the caller's collector opens the source
 - `calibration.graphs`   — the exported stage graphs run as whole frames with ONNX Runtime
-  (`StageChain`, `FusedGraph`), recording each graph's real inputs (`Recorder`)
+  (`OrtChain`: the runtime's ONNX Runtime engine `models.ort_stages.OrtStages` through the one stage chain
+  `models.stages.run_frame`; `FusedGraph`), recording each graph's real inputs (`Recorder`)
 - `calibration.quantize` — ONNX Runtime static quantization of one graph to QDQ INT8
   (`quantize_stage`, `make_reader`: the `CalibrationDataReader`)
 - `calibration.report`   — PSNR, timing, and the keep rule (`keep_bound_db`)

@@ -3,9 +3,10 @@
 For each size preset of an exported model (``<model>/onnx/<preset>/<stage>.onnx``, see
 models/export.py):
 
-1. collect calibration frames from any source (`calibration.collect`), hold every 4th out;
-2. run the FP32 stage chain over them, recording every stage graph's real inputs
-   (`calibration.graphs.StageChain` with a `Recorder`);
+1. collect calibration frames from any source (the caller's collector: `realtime.commands.calibrate`),
+   hold every 4th out;
+2. run the FP32 stage chain over them as the runtime does, recording every stage graph's real inputs
+   (`calibration.graphs.OrtChain`: the runtime's ONNX Runtime engine with a `Recorder`);
 3. quantize each stage graph on its own recorded inputs (`calibration.quantize`: QDQ, symmetric
    INT8, per-channel weights, ONNX Runtime static quantization);
 4. measure, on the held-out frames, the final RGB of the whole frame with that one stage INT8
@@ -34,14 +35,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from calibration.collect import Sample, collect_samples, split_samples
-from calibration.graphs import (CHAIN_STAGES, EXPORT_HINT, ONNX_DIR, REPORT_FILE, FusedGraph, Recorder, StageChain,
-                                Tables, load_tables, make_session, stage_path)
+from calibration.collect import Collector, Sample, split_samples
+from calibration.graphs import (CHAIN_STAGES, EXPORT_HINT, ONNX_DIR, REPORT_FILE, FusedGraph, OrtChain, Recorder,
+                                make_session)
 from calibration.quantize import quantize_stage, read_genreal_metadata, require_onnx, set_int8_metadata
 from calibration.report import (fidelity, keep_bound_db, machine, max_drop_db, reference_psnr, speedup, time_ms,
                                 time_pair_ms)
-from realtime.config import Size
-from realtime.errors import UserError
+from genreal_errors import UserError
+from models.exported import ExportedModel, Size, open_exported
+from models.exported import stage_file as stage_path
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +170,9 @@ def _outputs(runner: Any, samples: list[Sample], steps: Optional[int], n_styles:
     return [runner.frame(s, i % n_styles, steps) for i, s in enumerate(samples)]
 
 
-def _chain(preset_dir: Path, tables: Tables, int8: dict[str, Path]) -> StageChain:
-    return StageChain({s: int8.get(s, stage_path(preset_dir, s)) for s in CHAIN_STAGES}, tables)
+def _chain(exported: ExportedModel, preset: str, int8: dict[str, Path], recorder: Optional[Recorder] = None) -> OrtChain:
+    """The runtime's chain on `preset`, with the stages in `int8` run from those files."""
+    return OrtChain(exported, preset, files=int8, recorder=recorder)
 
 
 def thin(feeds: list[dict[str, np.ndarray]], budget: int = MAX_CALIB_INPUT_BYTES) -> list[dict[str, np.ndarray]]:
@@ -203,33 +206,32 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
     """Quantize, measure and select the INT8 stages of one preset; write them and the report."""
     from tqdm import tqdm
 
-    onnx_dir = model_dir / ONNX_DIR
-    preset_dir = onnx_dir / preset
-    tables = load_tables(onnx_dir)
-    model_cfg = manifest.get("config", {})
-    steps = int(cfg.steps or model_cfg.get("default_steps", 2))
-    max_steps = min(int(model_cfg.get("max_steps", tables.max_steps)), tables.max_steps)
+    exported = open_exported(model_dir)
+    preset_dir = exported.preset_dir(preset)
+    steps = int(cfg.steps or exported.info.default_steps)
+    max_steps = exported.info.max_steps
     if not 1 <= steps <= max_steps:
         raise UserError(f"bad --steps {steps}: this model runs 1 to {max_steps} steps")
-    n_styles = int(tables.styles.shape[0])
+    n_styles = len(exported.info.style_names)
     candidates = candidate_stages(preset_dir, cfg.stages)
 
     calib, held = split_samples(samples)
-    fp32 = _chain(preset_dir, tables, {})
-    fused = FusedGraph(stage_path(preset_dir, "fused"), tables) if "fused" in candidates else None
     recorder = Recorder()
+    recording = _chain(exported, preset, {}, recorder)
+    fused = FusedGraph(stage_path(preset_dir, "fused"), exported) if "fused" in candidates else None
     for i, sample in enumerate(tqdm(calib, desc=f"{preset}: FP32 inputs", unit="sample",
                                     disable=None if cfg.progress else True)):
         # refine past `steps` so the step embeddings of warm starts (k = max_steps-K ..) are calibrated too
-        fp32.frame(sample, i % n_styles, steps, recorder, extra_steps=max_steps - steps)
+        recording.frame(sample, i % n_styles, steps, extra_steps=max_steps - steps)
         if fused is not None:
             fused.frame(sample, i % n_styles, recorder)
+    fp32 = _chain(exported, preset, {})
     refs = _outputs(fp32, held, steps, n_styles)
     fused_refs = _outputs(fused, held, None, n_styles) if fused is not None else []
 
     reference = reference_psnr(manifest)
     bound = cfg.min_psnr_db if cfg.min_psnr_db is not None else keep_bound_db(reference, cfg.max_drop_db)
-    x0 = fp32.ops.preprocess(list(held[0]), fmt="rgb")  # (B, 3, H, W) for timing
+    x0, norm0 = fp32.prepare(held[0])  # (B, 3, H, W), (B, 4) for timing
     stages: dict[str, Any] = {}
     settings: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="genreal-calib-") as tmp:
@@ -242,11 +244,11 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
                                       cache_path=caches[stage], progress=cfg.progress, activations=cfg.activations)
             staged[stage] = out
             if stage == "fused":
-                fid = fidelity(_outputs(FusedGraph(out, tables), held, None, n_styles), fused_refs)
+                fid = fidelity(_outputs(FusedGraph(out, exported), held, None, n_styles), fused_refs)
                 s32 = fused.session  # type: ignore[union-attr]
             else:
-                fid = fidelity(_outputs(_chain(preset_dir, tables, {stage: out}), held, steps, n_styles), refs)
-                s32 = fp32.sessions[stage]
+                fid = fidelity(_outputs(_chain(exported, preset, {stage: out}), held, steps, n_styles), refs)
+                s32 = fp32.session(stage)
             feed = recorder.feeds[stage][0]
             s8 = make_session(out)
             t32, t8 = time_pair_ms(lambda: s32.run(None, feed), lambda: s8.run(None, feed), cfg.repeats)
@@ -266,7 +268,7 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
                       key=lambda s: stages[s]["psnr_db"])
 
         def together(names: list[str]) -> Optional[dict[str, Any]]:
-            return fidelity(_outputs(_chain(preset_dir, tables, {s: staged[s] for s in names}), held, steps,
+            return fidelity(_outputs(_chain(exported, preset, {s: staged[s] for s in names}), held, steps,
                                      n_styles), refs) if names else None
 
         combined = together(kept)
@@ -280,17 +282,17 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
 
         # each INT8 frame is timed alternately with an FP32 frame; fp32_ms is from the first pairing
         def fp32_frame() -> Any:
-            return fp32.run(x0, 0, steps)
+            return fp32.run(x0, norm0, 0, steps)
 
         frame: dict[str, Any] = {}
         if kept:
-            mixed = _chain(preset_dir, tables, {s: staged[s] for s in kept})
-            t32, t8 = time_pair_ms(fp32_frame, lambda: mixed.run(x0, 0, steps), cfg.repeats)
+            mixed = _chain(exported, preset, {s: staged[s] for s in kept})
+            t32, t8 = time_pair_ms(fp32_frame, lambda: mixed.run(x0, norm0, 0, steps), cfg.repeats)
             frame.update(fp32_ms=t32, kept_int8_ms=t8, kept_speedup=speedup(t32, t8), kept=combined)
         chain_staged = {s: p for s, p in staged.items() if s in CHAIN_STAGES}
         if chain_staged:
-            every = _chain(preset_dir, tables, chain_staged)
-            t32, t8 = time_pair_ms(fp32_frame, lambda: every.run(x0, 0, steps), cfg.repeats)
+            every = _chain(exported, preset, chain_staged)
+            t32, t8 = time_pair_ms(fp32_frame, lambda: every.run(x0, norm0, 0, steps), cfg.repeats)
             frame.setdefault("fp32_ms", t32)
             frame["all_int8_stages"] = sorted(chain_staged, key=CHAIN_STAGES.index)
             frame["all_int8_ms"] = t8
@@ -353,8 +355,11 @@ def _write_kept(preset_dir: Path, kept: list[str], staged: dict[str, Path], cach
 # --- the whole command -------------------------------------------------------------------------
 
 
-def calibrate(cfg: CalibrateConfig) -> dict[str, dict[str, Any]]:
-    """Run calibration for every asked preset; returns preset → report (also written as JSON)."""
+def calibrate(cfg: CalibrateConfig, collect: Collector) -> dict[str, dict[str, Any]]:
+    """Run calibration for every asked preset; returns preset → report (also written as JSON).
+
+    `collect(size, batch)` gives the calibration samples for a preset's geometry (`cfg.frames` of them,
+    from `cfg.source`: see `realtime.commands.calibrate.collector`)."""
     from models.manifest import read_manifest, resolve_model_dir
 
     require_onnx()
@@ -375,7 +380,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, dict[str, Any]]:
         size, batch = preset_geometry(preset, cfg.size)
         key = (tuple(size), batch)
         if key not in collected:
-            collected[key] = collect_samples(cfg.source, size, cfg.frames, batch, cfg.every, cfg.progress)
+            collected[key] = collect(size, batch)
         reports[preset] = calibrate_preset(target, preset, cfg, manifest, collected[key], size, batch)
     return reports
 

@@ -1,94 +1,39 @@
-"""The exported stage graphs of one size preset, run frame by frame with ONNX Runtime on the CPU.
+"""The exported stage graphs of one size preset, run frame by frame the way the runtime runs them.
 
-`StageChain` runs the stage graphs (`models/export.py` contract: ``encode``, ``embed``, ``initial``,
-``refine_step``, ``decode``) as one whole frame, exactly as the runtime does::
+`OrtChain` is the runtime's own ONNX Runtime engine (`models.ort_stages.OrtStages`, pinned to one
+preset, CPU, FP32 unless told to run some stages from other files) driven through the one stage chain
+`models.stages.run_frame`, with the runtime's pre/postprocess kernels and its frame normalization
+from the uint8 camera images::
 
-    x (B, 3, H, W)[, norm] ─encode─▶ zq, skip[, ctx] ─FSQ (kernels)─▶ levels ─embed─▶ emb ─initial─▶ z0
-      z_{k+1} = refine_step(z_k, emb, style_vec [+ ctx] + step_emb[k])  k < steps  (ctx: encode's frame context)
-      decode(z, skip, x[, norm]) ─▶ rgb (B, 3, H, W)     (norm: the frame normalization, models with one)
+    images ─preprocess─▶ x ─encode─▶ zq, skip[, ctx] ─FSQ─▶ levels ─embed─▶ emb ─initial─▶ z0
+      z_{k+1} = refine_step(z_k, emb, style_vec [+ ctx] + step_emb[k])  k < steps
+      decode(z, skip, x[, norm]) ─▶ rgb ─postprocess─▶ uint8
 
-Each stage can come from its FP32 graph or its INT8 (Q/DQ) graph, so calibration can measure the
-final-frame effect of quantizing any subset of stages. With a `Recorder`, the chain keeps the real
+Each stage can come from its FP32 graph or an INT8 (Q/DQ) file, so calibration can measure the
+final-frame effect of quantizing any subset of stages. With a `Recorder`, the engine keeps the real
 inputs each stage graph saw: the calibration data of that graph.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from models.export import CHAIN_STAGES, ONNX_DIR, TABLES_FILE  # numpy-only at import
-from realtime.errors import UserError
+from genreal_errors import UserError
+from models.exported import CHAIN_STAGES, EXPORT_HINT, ONNX_DIR, ExportedModel, first_line, stage_file
+from models.ort_stages import OrtStages, Recorder
+from models.stages import images_norm, run_frame
 
 log = logging.getLogger(__name__)
 
-INT8_SUFFIX = ".int8.onnx"
 REPORT_FILE = "int8_report.json"
-EXPORT_HINT = "run 'genreal export' first"
-
-
-def stage_path(preset_dir: Path, stage: str, precision: str = "fp32") -> Path:
-    """``<preset_dir>/<stage>.onnx`` (FP32) or ``<preset_dir>/<stage>.int8.onnx`` (INT8 Q/DQ)."""
-    return Path(preset_dir) / (f"{stage}{INT8_SUFFIX}" if precision == "int8" else f"{stage}.onnx")
-
-
-@dataclass(frozen=True)
-class Tables:
-    """The host-side tables the stage graphs need (stored by the exporter next to the graphs)."""
-
-    styles: np.ndarray  # (S, E) style embedding table
-    step_emb: np.ndarray  # (max_steps, E) refiner step embeddings
-    fsq_levels: tuple[int, ...]
-
-    @property
-    def max_steps(self) -> int:
-        return int(self.step_emb.shape[0])
-
-    def cond(self, style: int, step: int, batch: int) -> np.ndarray:
-        """The refine_step graph's ``cond`` input: (B, E) = styles[style] + step_emb[step]."""
-        vec = self.styles[style] + self.step_emb[min(step, self.max_steps - 1)]  # (E,)
-        return np.ascontiguousarray(np.broadcast_to(vec, (batch, vec.shape[0])), dtype=np.float32)
-
-
-def _first_key(data: Mapping[str, Any], names: Sequence[str], path: Path) -> np.ndarray:
-    for name in names:
-        if name in data:
-            return np.asarray(data[name])
-    raise UserError(f"corrupt tables {path}: it needs one of {', '.join(names)} ({EXPORT_HINT} again)")
-
-
-def load_tables(onnx_dir: Path) -> Tables:
-    """Read ``<onnx_dir>/tables.npz``; `UserError` when missing or incomplete."""
-    path = Path(onnx_dir) / TABLES_FILE
-    if not path.is_file():
-        raise UserError(f"no {TABLES_FILE} in {onnx_dir}: {EXPORT_HINT}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            styles = _first_key(data, ("styles", "style_table"), path).astype(np.float32)
-            step_emb = _first_key(data, ("step_emb", "step_embeddings"), path).astype(np.float32)
-            levels = _first_key(data, ("fsq_levels", "levels"), path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"corrupt tables {path}: {exc} ({EXPORT_HINT} again)") from None
-    if styles.ndim != 2 or step_emb.ndim != 2 or styles.shape[1] != step_emb.shape[1]:
-        raise UserError(f"corrupt tables {path}: styles {styles.shape} and step embeddings {step_emb.shape} disagree")
-    return Tables(styles=styles, step_emb=step_emb, fsq_levels=tuple(int(v) for v in np.ravel(levels)))
-
-
-@dataclass
-class Recorder:
-    """The inputs each stage graph received, one feed dict per graph call (arrays are copies)."""
-
-    feeds: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
-
-    def add(self, stage: str, feed: Mapping[str, np.ndarray]) -> None:
-        self.feeds.setdefault(stage, []).append({k: np.array(v, copy=True) for k, v in feed.items()})
 
 
 def make_session(path: Path, threads: Optional[int] = None) -> Any:
-    """A CPU `InferenceSession` for one graph; `UserError` for a missing or corrupt file."""
+    """A CPU `InferenceSession` for one graph (the fused graph, timing a lone INT8 candidate);
+    `UserError` for a missing or corrupt file."""
     import onnxruntime as ort
 
     if not Path(path).is_file():
@@ -100,80 +45,50 @@ def make_session(path: Path, threads: Optional[int] = None) -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"corrupt ONNX graph {path}: {first[:200]} ({EXPORT_HINT} again)") from None
+        raise UserError(f"corrupt ONNX graph {path}: {first_line(exc)} ({EXPORT_HINT} again)") from None
 
 
-class StageChain:
-    """ORT sessions of the chain's stage graphs (any mix of FP32 / INT8 files), run as whole frames."""
+class OrtChain:
+    """One preset's stage graphs (any mix of FP32 / INT8 files) as the runtime runs a whole frame."""
 
-    def __init__(self, paths: Mapping[str, Path], tables: Tables, threads: Optional[int] = None) -> None:
-        missing = [s for s in CHAIN_STAGES if s not in paths]
-        if missing:
-            raise ValueError(f"StageChain needs a graph for every stage, missing {missing}")
+    def __init__(self, exported: ExportedModel, preset: str, files: Optional[Mapping[str, Path]] = None,
+                 recorder: Optional[Recorder] = None) -> None:
         import kernels
 
-        self.paths = {s: Path(paths[s]) for s in CHAIN_STAGES}
-        self.tables = tables
-        self.sessions = {s: make_session(self.paths[s], threads) for s in CHAIN_STAGES}
+        self.exported = exported
+        self.stages = OrtStages(exported=exported, device="cpu", precision="fp32", preset=preset, files=files,
+                                recorder=recorder)
         self.ops = kernels.get_ops("cpu")
 
-    def _inputs(self, name: str) -> set[str]:
-        return {i.name for i in self.sessions[name].get_inputs()}
+    def prepare(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """uint8 RGB eye images → (x (B, 3, Hp, Wp), norm (B, 4) or None), as the runtime's preprocess."""
+        x = self.ops.preprocess(list(images), fmt="rgb")
+        return x, (images_norm(images) if self.exported.info.normalize else None)
 
-    def stage(self, name: str, feed: Mapping[str, np.ndarray], recorder: Optional[Recorder] = None) -> list[np.ndarray]:
-        if recorder is not None:
-            recorder.add(name, feed)
-        return self.sessions[name].run(None, dict(feed))
+    def run(self, x: np.ndarray, norm: Optional[np.ndarray], style: int, steps: int, extra_steps: int = 0) -> np.ndarray:
+        """x → rgb (B, 3, Hp, Wp): `steps` refine steps from the learned start (plus `extra_steps` thrown
+        away: they only record refine_step inputs for the step embeddings a warm start uses)."""
+        vec = self.stages.style_vector(self.exported.tables.one_hot(style))  # (1, E)
+        return run_frame(self.stages, self.ops, x, vec, steps, norm, extra_steps=extra_steps).rgb
 
-    def run(self, x: np.ndarray, style: int, steps: int, recorder: Optional[Recorder] = None,
-            extra_steps: int = 0) -> np.ndarray:
-        """x (B, 3, H, W) float32 in [0, 1] → rgb (B, 3, H, W), `steps` refine steps from the learned start.
-
-        `extra_steps` refine steps more are run after the ones decoded (only to record refine_step
-        inputs for the step embeddings a warm start uses); they do not change the output.
-        """
-        b = x.shape[0]
-        feed = {"x": x}
-        if "norm" in self._inputs("encode"):  # models with frame normalization
-            from realtime.backends.stages import frame_norm
-
-            feed["norm"] = frame_norm(x)  # (B, 4)
-        outs = self.stage("encode", feed, recorder)  # zq (B, d, h, w), skip (B, S, H/4, W/4)[, ctx (B, E)]
-        zq, skip = outs[0], outs[1]
-        ctx = outs[2] if len(outs) > 2 else None
-        levels, _ = self.ops.fsq_hysteresis(zq, None, self.tables.fsq_levels, 0.0)  # (B, d, h, w) int32
-        (emb,) = self.stage("embed", {"levels": levels.astype(np.int32, copy=False)}, recorder)  # (B, C, h, w)
-        (z,) = self.stage("initial", {"emb": emb}, recorder)  # (B, C, h, w)
-        z_out = z
-        for k in range(steps + extra_steps):
-            cond = self.tables.cond(style, k, b)
-            if ctx is not None:
-                cond = np.ascontiguousarray(cond + ctx, dtype=np.float32)  # + the frame context
-            (z,) = self.stage("refine_step", {"z": z, "emb": emb, "cond": cond}, recorder)
-            if k == steps - 1:
-                z_out = z
-        dfeed = {"z": z_out, "skip": skip, "x": x, **({"norm": feed["norm"]} if "norm" in feed else {})}
-        (rgb,) = self.stage("decode", dfeed, recorder)  # (B, 3, H, W)
-        return rgb
-
-    def frame(self, images: Sequence[np.ndarray], style: int, steps: int,
-              recorder: Optional[Recorder] = None, extra_steps: int = 0) -> np.ndarray:
-        """uint8 RGB eye images → uint8 (B, H, W, 3) output, through the runtime's pre/postprocess kernels."""
-        x = self.ops.preprocess(list(images), fmt="rgb")  # (B, 3, Hp, Wp) float32
-        rgb = self.run(x, style, steps, recorder, extra_steps)
-        out = self.ops.postprocess(rgb, valid_hw=images[0].shape[:2])
+    def frame(self, images: Sequence[np.ndarray], style: int, steps: int, extra_steps: int = 0) -> np.ndarray:
+        """uint8 RGB eye images → uint8 (B, H, W, 3) output."""
+        x, norm = self.prepare(images)
+        out = self.ops.postprocess(self.run(x, norm, style, steps, extra_steps), valid_hw=images[0].shape[:2])
         return out if out.ndim == 4 else out[None]
+
+    def session(self, stage: str) -> Any:
+        return self.stages.session(stage)
 
 
 class FusedGraph:
     """The ``fused`` graph (x, style) → (rgb, zq): a whole frame from the learned start, K = default steps."""
 
-    def __init__(self, path: Path, tables: Tables, threads: Optional[int] = None) -> None:
+    def __init__(self, path: Path, exported: ExportedModel, threads: Optional[int] = None) -> None:
         import kernels
 
         self.path = Path(path)
-        self.tables = tables
+        self.tables = exported.tables
         self.session = make_session(self.path, threads)
         self.ops = kernels.get_ops("cpu")
 
@@ -192,5 +107,5 @@ class FusedGraph:
         return out if out.ndim == 4 else out[None]
 
 
-__all__ = ["FusedGraph", "CHAIN_STAGES", "ONNX_DIR", "TABLES_FILE", "INT8_SUFFIX", "REPORT_FILE", "EXPORT_HINT", "Tables",
-           "Recorder", "StageChain", "load_tables", "make_session", "stage_path"]
+__all__ = ["OrtChain", "FusedGraph", "CHAIN_STAGES", "ONNX_DIR", "REPORT_FILE", "EXPORT_HINT", "Recorder",
+           "make_session", "stage_file"]

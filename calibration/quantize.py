@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +160,11 @@ def _copy(src: Path, dst: Path) -> None:
 
 def set_int8_metadata(path: Path, fp32_meta: dict[str, Any], extra: dict[str, Any]) -> None:
     """Give an INT8 graph its FP32 source's ``genreal`` metadata plus the quantization settings."""
+    from models.export import set_metadata
+
     onnx = require_onnx()
     model = onnx.load(str(path))
-    meta = {**fp32_meta, **extra, "precision": "int8", "dtype": fp32_meta.get("dtype", "float32")}
-    kept = [p for p in model.metadata_props if p.key != "genreal"]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "genreal", json.dumps(meta, sort_keys=True)
+    set_metadata(model, {**fp32_meta, **extra, "precision": "int8", "dtype": fp32_meta.get("dtype", "float32")})
     tmp = path.with_name(path.name + ".tmp")
     onnx.save(model, str(tmp))
     tmp.replace(path)
@@ -176,7 +172,7 @@ def set_int8_metadata(path: Path, fp32_meta: dict[str, Any], extra: dict[str, An
 
 def read_genreal_metadata(path: Path) -> dict[str, Any]:
     """The ``genreal`` metadata of an exported graph (json-decoded), {} when it has none (onnxruntime only)."""
-    from models.export import METADATA_KEY, read_artifact_metadata
+    from models.exported import METADATA_KEY, read_artifact_metadata
 
     meta = read_artifact_metadata(path).get(METADATA_KEY, {})
     return meta if isinstance(meta, dict) else {}

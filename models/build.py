@@ -11,7 +11,7 @@ import torch
 
 from models.manifest import MANIFEST_FILE, WEIGHTS_FILE, read_manifest, resolve_model_dir
 from models.model import GenrealModel, ModelConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

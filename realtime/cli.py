@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from realtime import __version__
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 #: subcommands, in the order `--help` lists them
 COMMANDS: tuple[str, ...] = ("demo", "run", "serve", "distill", "styles", "stylize", "export", "calibrate", "bench")

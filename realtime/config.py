@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 Size = tuple[int, int]  # (width, height)
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Union
 
 from realtime.backends.base import Backend, next_style
 from realtime.budget import BudgetController
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Item
 from realtime.sinks.base import Overlay, Sink
 from realtime.sources.base import Source

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ Nothing here imports torch: arrays are those of the engine (numpy on "cpu"); sli
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -74,7 +74,7 @@ class TemporalConfig:
             raise ValueError(f"motion must be 'output' or 'latent', got {self.motion!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     """What `ModelBackend.infer` runs for one frame."""
 
@@ -307,31 +307,100 @@ class TemporalStats:
                 "full_frames": self.full}
 
 
-@dataclass
-class TemporalCache:
-    """Previous frame's state, per batch (1 eye, or 2 for stereo). Buffers are kept between frames and
-    updated in place where regions are recomputed."""
+def _clone(a: Any) -> Any:
+    """A new buffer holding `a` (numpy array or torch tensor)."""
+    return np.array(a, copy=True) if isinstance(a, np.ndarray) else a.clone()
 
-    config: TemporalConfig = field(default_factory=TemporalConfig)
-    levels: Any = None  # (B, d, h, w) int32 tokens
-    z: Any = None  # (B, C, h, w) refined latent
-    y: Any = None  # (B, 3, Hp, Wp) decoded output
-    sig_ref: Optional[np.ndarray] = None  # (B, Hp/4, Wp/4) signature when each tile was last computed
-    key_small: Optional[np.ndarray] = None  # (h_s, w_s) left eye's small grey at the key frame (when `z` was last fully computed)
-    key_greys: Optional[list[np.ndarray]] = None  # each eye's grey (H, W) at the key frame
-    key_y: Any = None  # (B, 3, Hp, Wp) the key frame's output (`y` moves on under motion)
-    last_affine: np.ndarray = field(default_factory=IDENTITY.copy)  # previous frame px → key px
-    _affine: np.ndarray = field(default_factory=IDENTITY.copy)  # this frame's, set by `plan`, kept by `record`
-    last_mode: str = ""
-    key: Optional[tuple] = None  # (B, Hp, Wp): a change resets the cache
-    stats: TemporalStats = field(default_factory=TemporalStats)
-    reuse: float = 1.0  # threshold multiplier chosen by the budget controller
+
+def _fill(buf: Any, a: Any) -> Any:
+    """`a` copied into `buf` when the shapes match (no allocation), else a new buffer for it."""
+    if buf is None or tuple(buf.shape) != tuple(a.shape) or getattr(buf, "dtype", None) != getattr(a, "dtype", None):
+        return _clone(a)
+    if isinstance(buf, np.ndarray):
+        np.copyto(buf, a)
+    else:
+        buf.copy_(a)
+    return buf
+
+
+class TemporalCache:
+    """Previous frames' state, per batch (1 eye, or 2 for stereo), behind methods: `store_full` (a key
+    frame), `paste` (a recomputed crop), `show_motion` (a warped output). Its buffers (tokens, latent,
+    the key frame's output and the motion output) are allocated on the first frame of a size and
+    written in place afterwards; readers get them through `levels`, `z`, `y` and `key_y`."""
+
+    def __init__(self, config: Optional[TemporalConfig] = None) -> None:
+        self.config = config or TemporalConfig()
+        self.stats = TemporalStats()
+        self.reuse = 1.0  # threshold multiplier chosen by the budget controller
+        self._levels: Any = None  # (B, d, h, w) int32 tokens
+        self._z: Any = None  # (B, C, h, w) refined latent
+        self._y_key: Any = None  # (B, 3, Hp, Wp) the key frame's output (crops of a still camera paste into it)
+        self._y_motion: Any = None  # (B, 3, Hp, Wp) the key output warped to the current view
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._moving = False  # whether `y` is the motion output (else the key output)
+        self.sig_ref: Optional[np.ndarray] = None  # (B, Hp/4, Wp/4) signature when each tile was last computed
+        self.key_small: Optional[np.ndarray] = None  # (h_s, w_s) left eye's small grey at the key frame
+        self.key_greys: Optional[list[np.ndarray]] = None  # each eye's grey (H, W) at the key frame
+        #: the key frame's normalization (B, 4) and frame context (B, E) (models with them): its crops use them
+        self.key_norm: Any = None
+        self.key_ctx: Any = None
+        self.last_affine = IDENTITY.copy()  # previous frame px → key px
+        self._affine = IDENTITY.copy()  # this frame's, set by `plan`, kept by `record`
+        self.last_mode = ""
+        self.key: Optional[tuple] = None  # (B, Hp, Wp): a change resets the cache
 
     def reset(self) -> None:
-        self.levels = self.z = self.y = self.sig_ref = self.key_small = self.key_greys = self.key_y = None
-        self.last_affine = self._affine = IDENTITY.copy()
-        self.last_mode = ""
-        self.key = None
+        """Forget the cached frames (scene cut, style switch, seek); the buffers stay for reuse."""
+        self._reset_state()
+
+    # -- what readers see ----------------------------------------------------------------------
+    @property
+    def levels(self) -> Any:
+        return None if self.key is None else self._levels
+
+    @property
+    def z(self) -> Any:
+        return None if self.key is None else self._z
+
+    @property
+    def key_y(self) -> Any:
+        return None if self.key is None else self._y_key
+
+    @property
+    def y(self) -> Any:
+        """The last output shown: the motion output under motion, else the key frame's (with its crops)."""
+        if self.key is None:
+            return None
+        return self._y_motion if self._moving else self._y_key
+
+    # -- writes ------------------------------------------------------------------------------
+    def store_full(self, levels: Any, z: Any, y: Any, sigs: np.ndarray, small: np.ndarray, key: tuple,
+                   greys: Sequence[np.ndarray], norm: Any = None, ctx: Any = None) -> None:
+        """A fully computed frame becomes the key frame."""
+        self._levels, self._z, self._y_key = _fill(self._levels, levels), _fill(self._z, z), _fill(self._y_key, y)
+        self._moving = False
+        self.sig_ref, self.key, self.key_greys, self.key_small = sigs, key, list(greys), small
+        self.key_norm, self.key_ctx = norm, ctx
+        self._affine = IDENTITY.copy()
+
+    def paste(self, inner: Box, box: Box, levels: Any, z: Any, y: Any, sigs: np.ndarray) -> None:
+        """A crop computed over token box `box` (ty0, ty1, tx0, tx1): its `inner` part replaces the cached
+        tokens, latent and shown output there, and the tiles' reference signatures are updated."""
+        (iy0, iy1, ix0, ix1), (ty0, _, tx0, _) = inner, box
+        ry0, ry1, rx0, rx1 = iy0 - ty0, iy1 - ty0, ix0 - tx0, ix1 - tx0  # inner box inside the crop, tokens
+        self._levels[:, :, iy0:iy1, ix0:ix1] = levels[:, :, ry0:ry1, rx0:rx1]
+        self._z[:, :, iy0:iy1, ix0:ix1] = z[:, :, ry0:ry1, rx0:rx1]
+        self.y[:, :, iy0 * 8:iy1 * 8, ix0 * 8:ix1 * 8] = y[:, :, ry0 * 8:ry1 * 8, rx0 * 8:rx1 * 8]
+        self.sig_ref[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2] = sigs[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2]
+
+    def show_motion(self, y: Any) -> Any:
+        """The output of a motion frame (the key frame's tokens, latent and output stay); returns the buffer."""
+        self._y_motion = _fill(self._y_motion, y)
+        self._moving = True
+        return self._y_motion
 
     @property
     def empty(self) -> bool:
@@ -389,13 +458,6 @@ class TemporalCache:
         if sum((b[1] - b[0]) * (b[3] - b[2]) for b, _ in regions) > cfg.max_crop_frac * h * w:
             return None
         return regions
-
-    def store_full(self, levels: Any, z: Any, y: Any, sigs: np.ndarray, small: np.ndarray, key: tuple,
-                   greys: Sequence[np.ndarray]) -> None:
-        self.levels, self.z, self.y, self.sig_ref, self.key = levels, z, y, sigs, key
-        self.key_y, self.key_greys = y, list(greys)
-        self.key_small = small
-        self._affine = IDENTITY.copy()
 
     def record(self, plan: Plan, tokens_recomputed: int, tokens_total: int) -> None:
         s = self.stats

@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Frame, Item, StereoFrame
 from realtime.sinks.base import Overlay, Sink
 from realtime.sources.base import Source

@@ -12,7 +12,7 @@ from benchmarks.bench import (BenchConfig, Effort, compare_with_peers, load_resu
                               size_spec)
 from benchmarks.bench_report import render_readme, update_readme
 from realtime.cli import main
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 TINY = Effort(warmup=1, min_iters=3, max_iters=5, max_s=0.2, e2e_s=1.0)
 

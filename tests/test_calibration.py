@@ -12,9 +12,10 @@ import pytest
 
 from calibration import report as rp
 from calibration.calibrate import CalibrateConfig, calibrate, is_shipped, prepare_target
-from calibration.collect import collect_samples, split_samples
+from calibration.collect import split_samples
 from calibration.quantize import make_reader
-from realtime.errors import UserError
+from genreal_errors import UserError
+from realtime.commands.calibrate import collect_samples, collector
 
 PRESET = "640x360"
 
@@ -44,6 +45,10 @@ def _cfg(model: Path, **kw: object) -> CalibrateConfig:
     return CalibrateConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
+def _calibrate(cfg: CalibrateConfig) -> dict:
+    return calibrate(cfg, collector(cfg))
+
+
 # --- the rule --------------------------------------------------------------------------------------
 
 
@@ -71,7 +76,7 @@ def test_calibrate_keeps_stages_by_the_rule_and_writes_qdq_graphs(exported: Path
 
     from models.export import read_artifact_metadata
 
-    rep = calibrate(_cfg(exported))[PRESET]
+    rep = _calibrate(_cfg(exported))[PRESET]
     pdir = exported / "onnx" / PRESET
     saved = json.loads((pdir / "int8_report.json").read_text())
     assert saved["kept"] == rep["kept"] and saved["preset"] == PRESET and saved["batch"] == 1
@@ -111,7 +116,7 @@ def test_int8_graphs_run_in_the_onnxruntime_backend_and_stale_ones_go(exported: 
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from realtime.config import BackendConfig
 
-    calibrate(_cfg(exported, stages=("refine_step",), min_psnr_db=0.0))
+    _calibrate(_cfg(exported, stages=("refine_step",), min_psnr_db=0.0))
     pdir = exported / "onnx" / PRESET
     assert (pdir / "refine_step.int8.onnx").is_file()
     img = np.random.default_rng(1).integers(0, 256, (360, 640, 3), dtype=np.uint8)
@@ -121,7 +126,7 @@ def test_int8_graphs_run_in_the_onnxruntime_backend_and_stale_ones_go(exported: 
                                              precision=precision), model_dir=exported)
         outs[precision] = b([img])[0]
     assert 35 < rp.psnr_u8(outs["int8"], outs["fp32"]) < rp.PSNR_CAP_DB  # INT8 ran, and is close
-    rep = calibrate(_cfg(exported, stages=("refine_step",), min_psnr_db=99.0))[PRESET]
+    rep = _calibrate(_cfg(exported, stages=("refine_step",), min_psnr_db=99.0))[PRESET]
     assert rep["kept"] == [] and rep["rule"]["overridden"] is True
     assert not list(pdir.glob("*.int8.onnx")) and not list(pdir.glob("*.int8.calib.json"))
 
@@ -129,7 +134,7 @@ def test_int8_graphs_run_in_the_onnxruntime_backend_and_stale_ones_go(exported: 
 def test_onnx_package_is_required(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(UserError, match=r"needs the onnx package: pip install 'generative-reality\[train\]'"):
-        calibrate(_cfg(exported))
+        _calibrate(_cfg(exported))
 
 
 # --- where the files go -----------------------------------------------------------------------------------
@@ -161,7 +166,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path: Path, exported: Path, caps
 
     bare = _model_copy(tmp_path / "bare")
     cases = [
-        (["--model", str(bare)], "run 'genreal export' first"),
+        (["--model", str(bare)], "run 'genreal export"),
         (["--model", str(exported), "--preset", "1920x1080"], "no ONNX graphs for preset 1920x1080"),
         (["--model", str(exported), "--source", "nosuch:thing"], "unknown source"),
         (["--model", str(exported), "--source", f"images:{tmp_path}/none/*.png"], "no files match"),

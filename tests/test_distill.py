@@ -14,7 +14,7 @@ from models.model import ModelConfig  # noqa: E402
 from models.distill import (PRESETS, DistillConfig, LossWeights, distill, random_affine,  # noqa: E402
                             training_step, valid_mask, warp)
 from models.teachers import parse_teacher  # noqa: E402
-from realtime.errors import UserError  # noqa: E402
+from genreal_errors import UserError  # noqa: E402
 
 
 #: a very small model so the tests stay fast on a shared 2-core CPU

@@ -13,7 +13,7 @@ from models.export import (ALL_PRESETS, DYNAMIC, OPSET, SIZE_PRESETS, STAGES, Ex
 from models.manifest import default_model_dir
 from models.model import ModelConfig
 from realtime.cli import main
-from realtime.errors import UserError
+from genreal_errors import UserError
 from tests.fakes import assert_one_line_error  # noqa: E402
 
 SHIPPED = default_model_dir()
@@ -162,7 +162,7 @@ def test_fused_graph_equals_the_stage_chain_at_default_steps(exported):
         styles, step_emb = t["styles"], t["step_emb"]
     x = np.random.default_rng(0).random((1, 3, 64, 96), dtype=np.float32)
     style = styles[2:3]  # (1, E)
-    from realtime.backends.stages import frame_norm
+    from models.stages import frame_norm
 
     norm = {"norm": frame_norm(x)} if "norm" in {i.name for i in sess["encode"].get_inputs()} else {}
     zq, skip, *ctx = sess["encode"].run(None, {"x": x, **norm})  # + the frame context (B, E) for models with one

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="the model needs the train extra (to
 from models.build import build_model, load_model, save_model  # noqa: E402
 from models.fsq import FSQ  # noqa: E402
 from models.model import ModelConfig  # noqa: E402
-from realtime.errors import UserError  # noqa: E402
+from genreal_errors import UserError  # noqa: E402
 
 B, H, W = 2, 48, 64
 

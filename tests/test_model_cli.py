@@ -11,7 +11,7 @@ import pytest
 from models.manifest import default_model_dir, read_manifest
 from realtime.cli import main
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 torch = pytest.importorskip("torch", reason="the torch backend needs the train extra (torch)")
 

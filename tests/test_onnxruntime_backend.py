@@ -17,7 +17,7 @@ from realtime.backends import AUTO_ORDER, create_backend
 from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend, OrtStages
 from realtime.cli import main
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from tests.fakes import assert_one_line_error  # noqa: E402
 
 SHIPPED = default_model_dir()
@@ -110,8 +110,8 @@ def test_refine_step_zero_and_the_cond_table(ort_backend):
     st: OrtStages = ort_backend.stages
     z = np.ones((1, 64, 45, 80), np.float32)
     assert st.refine(z, z, st.style_vector(np.eye(8, dtype=np.float32)[0]), 0) is z
-    cond = st.cond(st.style_vector(np.eye(8, dtype=np.float32)[1]), 3, 2)
-    assert cond.shape == (2, 64) and np.allclose(cond[1], st.styles_table[1] + st.step_emb[3])
+    cond = st.tables.cond(st.style_vector(np.eye(8, dtype=np.float32)[1]), 3, 2)
+    assert cond.shape == (2, 64) and np.allclose(cond[1], st.tables.styles[1] + st.tables.step_emb[3])
     with pytest.raises(ValueError):
         st.refine(z, z, cond[:1], 3, 2)
 
@@ -228,7 +228,7 @@ def test_torch_cuda_without_a_driver_fails_before_importing_torch():
     script = """
 import sys
 from realtime.backends.torch_backend import TorchStages, nvidia_driver_present
-from realtime.errors import UserError
+from genreal_errors import UserError
 if nvidia_driver_present():
     print("HAS-DRIVER"); sys.exit(0)
 try:
@@ -304,13 +304,13 @@ def test_frame_normalization_from_the_camera_images_matches_the_frame(ort_backen
     """The shipped model normalizes each frame (ModelConfig.normalize): the backend reads the norm from
     the uint8 camera images, which matches the padded float frame's own within rounding, and a crop
     of a frame is computed with its frame's norm and context (its key frame's), not its own."""
-    from realtime.backends.stages import frame_norm, images_norm
+    from models.stages import frame_norm, images_norm
 
     assert ort_backend.info.normalize
     img = image(640, 360, 5)
-    x = ort_backend.preprocess([img])
+    prep = ort_backend.preprocess([img])
+    x = prep.x
     assert np.abs(images_norm([img]) - frame_norm(x)).max() < 5e-3  # x has 8 replicated padding rows
-    assert np.array_equal(ort_backend._frame_norm(x), images_norm([img]))  # read from the camera image
-    assert np.allclose(ort_backend._frame_norm(x.copy()), frame_norm(x))  # an x it did not make: from x
+    assert np.array_equal(ort_backend._norm_of(prep), images_norm([img]))  # read from the camera image
     flat = images_norm([np.full((64, 64, 3), 90, np.uint8)])
     assert np.allclose(flat[0], [90 / 255] * 3 + [0.02])  # a flat frame: the spread floor

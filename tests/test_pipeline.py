@@ -10,7 +10,7 @@ import pytest
 
 from realtime.backends.identity import IdentityBackend
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import StereoFrame
 from realtime.pipeline import LatestSlot, Pipeline
 from tests.fakes import FakeSource, RecordingSink, make_image

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import pytest
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Frame, StereoFrame
 from realtime.sinks import FileSink, NullSink, Overlay, VcamSink, WindowSink, make_sink
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from realtime.config import SourceConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Frame, StereoFrame
 from realtime.sources import make_source
 from realtime.sources.base import Source

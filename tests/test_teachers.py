@@ -9,7 +9,7 @@ from models.data import (DataConfig, TeacherCache, Variant, build_variants, colo
                          render_variant)
 from models.teachers import (BuiltinTeacher, CelTeacher, ImageStyleTeacher, OnnxTeacher, PairsTeacher,
                              parse_teacher, parse_teachers)
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 
 @pytest.fixture(scope="module")

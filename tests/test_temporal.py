@@ -78,7 +78,7 @@ def test_noise_reaching_the_quantizer_does_not_flip_tokens(backends):
     level spacing (a value in mid-range, where camera noise alone can move it across a boundary)."""
     tmp, _ = backends
     st, ops, info = tmp.stages, tmp.ops, tmp.info
-    zq = st.encode(tmp.preprocess([window(photo("rocket"), 100)])).zq
+    zq = st.encode(tmp.preprocess([window(photo("rocket"), 100)]).x).zq
     spacing = 2.0 / (np.asarray(info.fsq_levels, np.float32) - 1).reshape(1, -1, 1, 1)
     rng = np.random.default_rng(5)
     zq = np.clip(zq, -0.9, 0.9) + rng.uniform(-0.5, 0.5, zq.shape).astype(np.float32) * spacing  # mid-range
@@ -333,7 +333,7 @@ def test_a_crop_is_normalized_and_conditioned_like_its_key_frame(backends, monke
     """The shipped model normalizes each frame and adds a whole-frame context to the style: a crop
     gets its key frame's norm and context, not numbers from the crop itself (which would restyle the
     patch as if it were a whole frame)."""
-    from realtime.backends.stages import images_norm
+    from models.stages import images_norm
 
     tmp, _ = backends
     base = window(photo("rocket"), 100)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from models import tensorrt_build as tb
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 PRESET = "640x360"
 
@@ -406,7 +406,8 @@ def test_ensure_engine_caches_rebuilds_on_mismatch_and_refuses_corrupt(tmp_path:
 def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> None:
     from realtime.backends.model_backend import ModelBackend
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
+    from models.exported import CHAIN_STAGES as TRT_STAGES
+    from realtime.backends.tensorrt_backend import TensorRTStages
     from realtime.config import BackendConfig
 
     calls: list = []
@@ -442,7 +443,7 @@ def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> 
 
 
 def test_int8_uses_calibrated_graphs_and_fp16_elsewhere(tmp_path: Path, exported: Path) -> None:
-    from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
+    from realtime.backends.tensorrt_backend import TensorRTStages
 
     with pytest.raises(UserError, match="run 'genreal calibrate' first"):
         TensorRTStages(exported, precision="int8", device="cpu", cache_dir=tmp_path, trt=make_fake_trt([]), dev=DEV)
@@ -474,7 +475,7 @@ def test_backend_without_tensorrt_is_a_clean_user_error(monkeypatch: pytest.Monk
 
 
 def test_unknown_size_names_the_presets(tmp_path: Path, exported: Path) -> None:
-    from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
+    from realtime.backends.tensorrt_backend import TensorRTStages
 
     st = TensorRTStages(exported, device="cpu", cache_dir=tmp_path, trt=make_fake_trt([]), dev=DEV)
     with pytest.raises(UserError, match=r"no ONNX graph covers 320x240 .*640x360"):
@@ -492,7 +493,7 @@ def test_real_tensorrt_engine(tmp_path: Path, exported: Path) -> None:
         pytest.skip("TensorRT engines need a CUDA GPU")
     from realtime.backends.model_backend import ModelBackend
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from realtime.backends.tensorrt_backend import STAGES as TRT_STAGES, TensorRTStages
+    from realtime.backends.tensorrt_backend import TensorRTStages
     from realtime.config import BackendConfig
 
     cfg = BackendConfig(name="tensorrt", style="cel", temporal=False)

@@ -17,7 +17,7 @@ from typing import Callable
 
 from realtime.backends.base import Backend, next_style
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,9 @@
 
 A backend turns a batch of uint8 RGB images (one per eye) into restyled images of the same
 sizes, in three timed steps: `preprocess` (host work: resize, normalize, layout),
-`infer` (the model) and `postprocess` (back to uint8 HWC at the input size).
+`infer` (the model) and `postprocess` (back to uint8 HWC at the input size). What one step hands
+the next is the backend's own value (our model: the frozen dataclasses `Prepared` and `Inferred` in
+realtime/backends/model_backend.py); the pipeline passes it on without looking inside.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 
 class Backend(ABC):

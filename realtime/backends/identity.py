@@ -9,7 +9,7 @@ import numpy as np
 
 from realtime.backends.base import Backend
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 STYLES = ("identity", "invert", "gray")
 

@@ -7,21 +7,28 @@ runs the stages only where the picture changed; with it off (`--no-temporal`) ev
 full per-frame path, bit-identical to a fresh backend. The budget controller (realtime/budget.py)
 may lower the refine steps and the internal resolution per frame through `apply_choice`.
 
+What one step hands the next is a frozen dataclass: `preprocess` → `Prepared` (the model input, the
+camera images it came from, their greys for the temporal cache, the valid size), `infer` →
+`Inferred` (the output and the pixel rects that changed since the last one). Every frame and crop runs
+the one stage chain `models.stages.run_frame`.
+
 Styles are the model's named styles (`genreal styles`), or blends like ``cel:0.5,starry:0.5``
 (blending = blending style embeddings; nothing is rebuilt on a switch).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from genreal_errors import UserError
+from models.stages import FrameResult, ModelStages, condition, images_norm, run_frame, warm_first_step
 from realtime.backends.base import Backend
-from realtime.backends.stages import ModelStages, condition, images_norm, warm_first_step
 from realtime.config import BackendConfig
-from realtime.errors import UserError
-from realtime.temporal import TemporalCache, TemporalConfig, grey_of, motion_change
+from realtime.temporal import Plan, TemporalCache, TemporalConfig, grey_of, motion_change
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,30 @@ def parse_style_blend(spec: str, names: Sequence[str]) -> np.ndarray:
     return w / w.sum()
 
 
+Rect = tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """`ModelBackend.preprocess` → `infer`."""
+
+    x: Any  # (B, 3, Hp, Wp) float32 model input
+    images: tuple[np.ndarray, ...]  # the uint8 camera images x was made from (for the frame normalization)
+    valid_hw: tuple[int, int]  # the size of x's content (the internal resolution), before padding
+    greys: Optional[tuple[np.ndarray, ...]] = None  # each eye's grey at valid_hw (temporal reuse on)
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """`ModelBackend.infer` → `postprocess`."""
+
+    y: Any  # (B, 3, Hp, Wp) unclamped model output
+    valid_hw: tuple[int, int]
+    #: pixel rects of `y` that changed since the last output (None: all of it, [] for none): a reused or
+    #: cropped frame converts only what changed
+    dirty: Optional[tuple[Rect, ...]] = None
+
+
 class ModelBackend(Backend):
     """Our model, frame by frame, on the engine `stages`.
 
@@ -76,20 +107,10 @@ class ModelBackend(Backend):
         self.temporal = bool(config.temporal)
         self.scale = 1.0  # internal resolution scale (budget controller)
         self.cache = TemporalCache(temporal_config or TemporalConfig())
-        self._greys: Optional[list[np.ndarray]] = None
-        # the last uint8 output and the pixel rects (y0, y1, x0, x1) of `infer`'s result that changed since
-        # (None: all of it): a reused or cropped frame converts only what changed
+        # postprocess's last uint8 output (B, H, W, 3): a reused or cropped frame updates only its dirty rects
         self._shown: Optional[np.ndarray] = None
-        self._dirty: Optional[list[tuple[int, int, int, int]]] = None
         self._style = ""
         self._style_vec: Any = None
-        # the frame normalization (B, 4) and frame context (B, E) of the last full frame (models with them;
-        # else None): crops of later frames use them, so a recomputed patch is styled as a part of the
-        # frame around it
-        self._key_norm: Any = None
-        self._key_ctx: Any = None
-        self._input_images: Optional[tuple[Any, list[np.ndarray]]] = None  # (preprocessed x, its camera images)
-        self._valid_hw: Optional[tuple[int, int]] = None
         self.set_style(config.style if config.style is not None else self.info.default_style)
 
     # -- styles ------------------------------------------------------------------------
@@ -109,8 +130,7 @@ class ModelBackend(Backend):
     # -- temporal state and budget choices -------------------------------------------------
     def reset(self) -> None:
         self.cache.reset()
-        self._shown, self._dirty = None, None
-        self._key_norm, self._key_ctx = None, None
+        self._shown = None
 
     supports_choices = True
 
@@ -124,149 +144,120 @@ class ModelBackend(Backend):
         self.cache.reuse = float(choice.reuse)
 
     # -- the three steps ----------------------------------------------------------------
-    def preprocess(self, images: Sequence[np.ndarray]) -> Any:
+    def preprocess(self, images: Sequence[np.ndarray]) -> Prepared:
         shapes = {img.shape for img in images}
         if len(shapes) != 1:
             raise ValueError(f"all eyes must have the same size, got {sorted(shapes)}")
         h, w = images[0].shape[:2]
         if self.scale == 1.0:
-            self._valid_hw = (h, w)
+            valid = (h, w)
             x = self.ops.preprocess(list(images), fmt="rgb")  # (B, 3, Hp, Wp) float32
         else:
             # never below the smallest size the exported dynamic graphs take (64 px), nor above the input
             hs, ws = (max(min(n, MIN_INTERNAL_PX), round(n * self.scale)) for n in (h, w))
-            self._valid_hw = (hs, ws)
+            valid = (hs, ws)
             x = self.ops.preprocess(list(images), fmt="rgb", out_size=(ws, hs))  # (B, 3, Hs_p, Ws_p)
-        if self.temporal:
-            self._greys = [self._grey(img) for img in images]
-        if self.info.normalize and self.device == "cpu":
-            # `infer` reads the frame normalization from these uint8 images, on the frames that need it
-            self._input_images = (x, list(images))
-        return x
+        greys = tuple(_grey(img, valid) for img in images) if self.temporal else None
+        return Prepared(x, tuple(images), valid, greys)
 
-    def _frame_norm(self, x: Any) -> Any:
-        """`x`'s whole-frame normalization (B, 4): from its camera images when `preprocess` made x, else
-        from x. Only full frames (and a crop with no key frame) need it: skips and crops reuse the key's."""
-        if self._input_images is not None and self._input_images[0] is x:
-            return images_norm(self._input_images[1])
-        return self.stages.frame_norm(x)
+    def _norm_of(self, p: Prepared) -> Any:
+        """The whole frame's normalization (B, 4), models with one: read from the uint8 camera images on the
+        CPU (a third of the memory of x), from x on a GPU engine. Only full frames (and a crop with no key
+        frame) need it: skips and crops reuse the key frame's."""
+        if not self.info.normalize:
+            return None
+        return images_norm(p.images) if self.device == "cpu" else self.stages.frame_norm(p.x)
 
-    def _grey(self, image: np.ndarray) -> np.ndarray:
-        g = grey_of(image)  # (H, W)
-        if self._valid_hw != g.shape:
-            import cv2
+    def infer(self, p: Prepared) -> Inferred:
+        if not self.temporal or p.greys is None:
+            return Inferred(self._run(p).rgb, p.valid_hw)
+        return self._infer_temporal(p)
 
-            g = cv2.resize(g, (self._valid_hw[1], self._valid_hw[0]), interpolation=cv2.INTER_AREA)
-        return g
+    def _run(self, p: Prepared, x: Any = None, **kw: Any) -> FrameResult:
+        """The stage chain on `x` (default: the whole frame), with this backend's style and steps."""
+        norm = kw.pop("norm", None)
+        if norm is None:
+            norm = self._norm_of(p)
+        return run_frame(self.stages, self.ops, p.x if x is None else x, self._style_vec, self.steps, norm, **kw)
 
-    def infer(self, x: Any) -> Any:
-        self._dirty = None
-        if not self.temporal or self._greys is None:
-            return self._full(x)[2]
-        return self._infer_temporal(x)
-
-    def _full(self, x: Any) -> tuple[Any, Any, Any]:
-        """The per-frame path → (levels (B, d, h, w), z (B, C, h, w), rgb (B, 3, Hp, Wp))."""
-        st = self.stages
-        norm = self._frame_norm(x)  # (B, 4) or None
-        enc = st.encode(x, norm)
-        levels, _ = self.ops.fsq_hysteresis(enc.zq, None, self.info.fsq_levels, 0.0)  # (B, d, h, w)
-        emb = st.embed(levels)
-        z = st.refine(st.initial(emb), emb, condition(self._style_vec, enc.ctx), self.steps, 0)
-        self._key_norm, self._key_ctx = norm, enc.ctx
-        return levels, z, st.decode(z, enc.skip, x, norm)  # (B, 3, Hp, Wp)
-
-    def _infer_temporal(self, x: Any) -> Any:
-        cache = self.cache
+    def _infer_temporal(self, p: Prepared) -> Inferred:
+        cache, x = self.cache, p.x
         b, _, hp, wp = x.shape
         ntok = b * (hp // 8) * (wp // 8)
-        greys, self._greys = self._greys, None
-        plan, sigs, small = cache.plan(greys, hp, wp)
+        plan, sigs, small = cache.plan(p.greys, hp, wp)
         if plan.mode == "skip":
             cache.record(plan, 0, ntok)
-            self._dirty = []
-            return cache.y
+            return Inferred(cache.y, p.valid_hw, ())
         if plan.mode == "crop":
-            return self._infer_crop(x, plan, sigs, ntok)
+            return self._infer_crop(p, plan, sigs, ntok)
         if plan.mode == "motion":
             if cache.config.motion == "output":
-                y = self._infer_motion_output(x, plan, greys, sigs, ntok)
+                out = self._infer_motion_output(p, plan, sigs, ntok)
             else:
-                y = self._infer_motion_latent(x, plan, ntok)
-            if y is not None:
-                return y
-            plan.mode, plan.reason = "full", plan.reason or "rekey"
-        levels, z, y = self._full(x)
-        cache.store_full(levels, z, y, sigs, small, (b, hp, wp), greys)
+                out = self._infer_motion_latent(p, plan, ntok)
+            if isinstance(out, Inferred):
+                return out
+            plan = dataclasses.replace(plan, mode="full", reason=out)  # a new key frame: "cut" or "rekey"
+        full = self._run(p)
+        cache.store_full(full.levels, full.z, full.rgb, sigs, small, (b, hp, wp), p.greys, full.norm, full.ctx)
         cache.record(plan, ntok, ntok)
-        return y
+        return Inferred(full.rgb, p.valid_hw)
 
-    def _crop(self, x: Any, box: tuple[int, int, int, int], prev_levels: Any) -> tuple[Any, Any, Any]:
-        """The per-frame path on the token box (y0, y1, x0, x1) of `x` → (levels, z, rgb) of the crop;
-        FSQ hysteresis against `prev_levels` (the cached tokens of that box) when given."""
-        st = self.stages
+    def _crop(self, p: Prepared, box: tuple[int, int, int, int], prev_levels: Any) -> FrameResult:
+        """The stage chain on the token box (y0, y1, x0, x1) of the frame, with the key frame's normalization
+        and context (so a recomputed patch is styled as a part of the frame around it); FSQ hysteresis against
+        `prev_levels` (the cached tokens of that box) when given."""
         ty0, ty1, tx0, tx1 = box
-        xc = x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
+        xc = p.x[:, :, ty0 * 8:ty1 * 8, tx0 * 8:tx1 * 8]  # (B, 3, 8 (ty1-ty0), 8 (tx1-tx0))
         if isinstance(xc, np.ndarray):
             xc = np.ascontiguousarray(xc)
-        norm = self._key_norm if self._key_norm is not None else self._frame_norm(x)  # the whole frame's
-        enc = st.encode(xc, norm)
-        margin = self.cache.config.hysteresis_margin if prev_levels is not None else 0.0
-        levels, _ = self.ops.fsq_hysteresis(enc.zq, prev_levels, self.info.fsq_levels, margin)
-        emb = st.embed(levels)
-        ctx = self._key_ctx if self._key_ctx is not None else enc.ctx  # the whole frame's context
-        z = st.refine(st.initial(emb), emb, condition(self._style_vec, ctx), self.steps, 0)
-        return levels, z, st.decode(z, enc.skip, xc, norm)  # (B, 3, crop h, crop w)
+        cache = self.cache
+        margin = cache.config.hysteresis_margin if prev_levels is not None else 0.0
+        return self._run(p, xc, norm=cache.key_norm, prev_levels=prev_levels, margin=margin, ctx=cache.key_ctx)
 
-    def _infer_crop(self, x: Any, plan: Any, sigs: np.ndarray, ntok: int) -> Any:
+    def _infer_crop(self, p: Prepared, plan: Plan, sigs: np.ndarray, ntok: int) -> Inferred:
         """Still camera, a few tiles changed: run the stages on each padded crop, paste its inner part."""
         cache = self.cache
         recomputed = 0
-        for (ty0, ty1, tx0, tx1), (iy0, iy1, ix0, ix1) in plan.regions:
-            levels, z, yc = self._crop(x, (ty0, ty1, tx0, tx1), cache.levels[:, :, ty0:ty1, tx0:tx1])
-            ry0, ry1, rx0, rx1 = iy0 - ty0, iy1 - ty0, ix0 - tx0, ix1 - tx0  # inner box inside the crop, tokens
-            cache.levels[:, :, iy0:iy1, ix0:ix1] = levels[:, :, ry0:ry1, rx0:rx1]
-            cache.z[:, :, iy0:iy1, ix0:ix1] = z[:, :, ry0:ry1, rx0:rx1]
-            cache.y[:, :, iy0 * 8:iy1 * 8, ix0 * 8:ix1 * 8] = yc[:, :, ry0 * 8:ry1 * 8, rx0 * 8:rx1 * 8]
-            cache.sig_ref[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2] = sigs[:, iy0 * 2:iy1 * 2, ix0 * 2:ix1 * 2]
-            recomputed += x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
+        for box, inner in plan.regions:
+            ty0, ty1, tx0, tx1 = box
+            crop = self._crop(p, box, cache.levels[:, :, ty0:ty1, tx0:tx1])
+            cache.paste(inner, box, crop.levels, crop.z, crop.rgb, sigs)
+            recomputed += p.x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
         cache.record(plan, recomputed, ntok)
-        self._dirty = [(iy0 * 8, iy1 * 8, ix0 * 8, ix1 * 8) for _, (iy0, iy1, ix0, ix1) in plan.regions]
-        return cache.y
+        return Inferred(cache.y, p.valid_hw, _rects(plan.regions))
 
-    def _infer_motion_output(self, x: Any, plan: Any, greys: list[np.ndarray], sigs: np.ndarray,
-                             ntok: int) -> Any:
+    def _infer_motion_output(self, p: Prepared, plan: Plan, sigs: np.ndarray, ntok: int) -> Union[Inferred, str]:
         """Global motion since the key frame: the key output warped to this view, with crops recomputed
-        where the warp cannot explain the input (new in view, moved on its own). None when that is too
-        much (the caller computes a new key frame)."""
+        where the warp cannot explain the input (new in view, moved on its own). When that is too much,
+        the reason the caller computes a new key frame instead ("cut" or "rekey")."""
         cache, cfg = self.cache, self.cache.config
-        masks = motion_change(greys, cache.key_greys, sigs, plan.affine, cfg.change_thresh * cache.reuse)
+        masks = motion_change(p.greys, cache.key_greys, sigs, plan.affine, cfg.change_thresh * cache.reuse)
         if masks[0].mean() > cfg.cut_frac:  # most of what stayed in view changed: not motion, a new scene
-            plan.reason = "cut"
-            return None
+            return "cut"
         unexplained = np.logical_or.reduce(masks)
         regions = cache.regions_for(*masks) if unexplained.mean() <= cfg.rekey_frac else None
         if regions is None:
-            return None
+            return "rekey"
         y = self.ops.warp_affine(cache.key_y, plan.affine, border="replicate")  # (B, 3, Hp, Wp)
         recomputed = 0
         for (ty0, ty1, tx0, tx1), (iy0, iy1, ix0, ix1) in regions:
             # the key tokens sit on a grid the camera moved off: quantize afresh, no hysteresis
-            _, _, yc = self._crop(x, (ty0, ty1, tx0, tx1), None)
+            yc = self._crop(p, (ty0, ty1, tx0, tx1), None).rgb
             ry0, ry1, rx0, rx1 = iy0 - ty0, iy1 - ty0, ix0 - tx0, ix1 - tx0
             y[:, :, iy0 * 8:iy1 * 8, ix0 * 8:ix1 * 8] = yc[:, :, ry0 * 8:ry1 * 8, rx0 * 8:rx1 * 8]
-            recomputed += x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
-        cache.y = y  # the key frame's tokens, latent and output stay as they are
+            recomputed += p.x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
+        y = cache.show_motion(y)  # the key frame's tokens, latent and output stay as they are
         cache.record(plan, recomputed, ntok)
-        return y
+        return Inferred(y, p.valid_hw)
 
-    def _infer_motion_latent(self, x: Any, plan: Any, ntok: int) -> Any:
+    def _infer_motion_latent(self, p: Prepared, plan: Plan, ntok: int) -> Union[Inferred, str]:
         """Global motion since the key frame: warp the key latent to this view, restart it where content
-        newly came into view, warm-start the refiner from it with fewer steps. None when too much is
+        newly came into view, warm-start the refiner from it with fewer steps. "rekey" when too much is
         new (the caller computes a new key frame)."""
         from kernels.spec import affine_to_latent
 
-        st, cache, cfg, ops = self.stages, self.cache, self.cache.config, self.ops
+        st, cache, cfg, ops, x = self.stages, self.cache, self.cache.config, self.ops, p.x
         b = x.shape[0]
         a_lat = affine_to_latent(plan.affine)  # latent output px → key latent px
         ones = _ones_like(cache.z, (b, 1) + tuple(cache.z.shape[2:]))
@@ -274,8 +265,8 @@ class ModelBackend(Backend):
         mask = ops.dilate_mask(~seen, cfg.dilate)  # (B, h, w) restart here
         frac = float(mask.float().mean()) if hasattr(mask, "float") else float(mask.mean())
         if frac > cfg.rekey_frac:
-            return None
-        norm = self._frame_norm(x)
+            return "rekey"
+        norm = self._norm_of(p)
         enc = st.encode(x, norm)
         # tokens on a grid that moved by a fraction of a cell are not comparable level by level: quantize
         # afresh (as the full path does) and restart the latent only where content newly came into view
@@ -284,16 +275,15 @@ class ModelBackend(Backend):
         z0 = ops.warp_and_blend(cache.z, a_lat, st.initial(emb), mask)
         k = min(cfg.warm_steps, self.steps)
         z = st.refine(z0, emb, condition(self._style_vec, enc.ctx), k, warm_first_step(self.info, k))
-        y = st.decode(z, enc.skip, x, norm)
-        cache.y = y  # the key frame's tokens and latent stay as they are
+        y = cache.show_motion(st.decode(z, enc.skip, x, norm))  # the key frame's tokens and latent stay
         cache.record(plan, int(round(frac * ntok)), ntok)
-        return y
+        return Inferred(y, p.valid_hw)
 
-    def postprocess(self, y: Any, like: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def postprocess(self, out: Inferred, like: Sequence[np.ndarray]) -> list[np.ndarray]:
         h, w = like[0].shape[:2]
-        shown, dirty, self._dirty = self._shown, self._dirty, None
+        y, shown, dirty = out.y, self._shown, out.dirty
         same = (dirty is not None and shown is not None and isinstance(y, np.ndarray)
-                and self._valid_hw == (h, w) and shown.shape == (len(like), h, w, 3))
+                and out.valid_hw == (h, w) and shown.shape == (len(like), h, w, 3))
         if same:  # only the changed rects (elementwise conversion: the same bytes as converting it all)
             for y0, y1, x0, x1 in dirty:
                 y1, x1 = min(y1, h), min(x1, w)
@@ -301,17 +291,17 @@ class ModelBackend(Backend):
                     part = self.ops.postprocess(np.ascontiguousarray(y[:, :, y0:y1, x0:x1]), valid_hw=(y1 - y0, x1 - x0))
                     shown[:, y0:y1, x0:x1] = part if part.ndim == 4 else part[None]
             return [shown[i].copy() for i in range(len(like))]  # copies: the sinks may still hold the last ones
-        if self._valid_hw is None or self._valid_hw == (h, w):
-            out = self.ops.postprocess(y, valid_hw=(h, w))
+        if out.valid_hw == (h, w):
+            img = self.ops.postprocess(y, valid_hw=(h, w))
         else:  # internal resolution below the input's: back to the input size
-            out = self.ops.postprocess(y, valid_hw=self._valid_hw, out_size=(w, h))
-        if getattr(out, "ndim", 0) == 3:
-            out = out[None]
-        if not isinstance(out, np.ndarray):  # a CUDA tensor: one copy back to the host
-            out = out.cpu().numpy()
+            img = self.ops.postprocess(y, valid_hw=out.valid_hw, out_size=(w, h))
+        if getattr(img, "ndim", 0) == 3:
+            img = img[None]
+        if not isinstance(img, np.ndarray):  # a CUDA tensor: one copy back to the host
+            img = img.cpu().numpy()
         if self.temporal:
-            self._shown = np.array(out)  # kept for the next frame's rects (ours to update)
-        return [np.ascontiguousarray(out[i]) for i in range(len(like))]
+            self._shown = np.array(img)  # kept for the next frame's rects (ours to update)
+        return [np.ascontiguousarray(img[i]) for i in range(len(like))]
 
     def stats(self) -> dict[str, Any]:
         d: dict[str, Any] = {"engine": self.stages.engine, "steps": self.steps}
@@ -322,6 +312,21 @@ class ModelBackend(Backend):
     def close(self) -> None:
         self.reset()
         self.stages.close()
+
+
+def _rects(regions: Sequence[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]) -> tuple[Rect, ...]:
+    """The pixel rects of the inner token boxes of crop regions."""
+    return tuple((iy0 * 8, iy1 * 8, ix0 * 8, ix1 * 8) for _, (iy0, iy1, ix0, ix1) in regions)
+
+
+def _grey(image: np.ndarray, valid_hw: tuple[int, int]) -> np.ndarray:
+    """An eye's grey image at the model's internal size."""
+    g = grey_of(image)  # (H, W)
+    if valid_hw != g.shape:
+        import cv2
+
+        g = cv2.resize(g, (valid_hw[1], valid_hw[0]), interpolation=cv2.INTER_AREA)
+    return g
 
 
 def _ones_like(a: Any, shape: tuple) -> Any:

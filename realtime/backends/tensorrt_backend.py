@@ -35,17 +35,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from genreal_errors import UserError
+from models.exported import CHAIN_STAGES, INT8_SUFFIX, METADATA_KEY, open_exported, read_artifact_metadata
+from models.stages import StageEncoding, ModelInfo, frame_norm
 from realtime.backends.model_backend import ModelBackend
-from realtime.backends.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
-from realtime.errors import UserError
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("encode", "embed", "initial", "refine_step", "decode")
-INT8_SUFFIX = ".int8.onnx"
 CUDA_GRAPH_ENV = "GENREAL_TRT_CUDA_GRAPH"
-EXPORT_HINT = "run 'genreal export --model DIR' (needs the train extra)"
 
 
 class _Stream:
@@ -188,7 +186,7 @@ class TensorRTStages:
         self.precision = "fp16" if precision == "auto" else precision
         if self.precision not in tb.PRECISIONS:
             raise UserError(f"unknown --precision {precision!r} for tensorrt: use fp32, fp16 or int8")
-        if self.precision == "int8" and not any(any((self.onnx_dir / p).glob(f"*{INT8_SUFFIX}")) for p in self.presets):
+        if self.precision == "int8" and not self.exported.has_int8():
             raise UserError(f"no INT8 graphs in {self.onnx_dir} (*{INT8_SUFFIX}): run 'genreal calibrate' first, "
                             "or use --precision fp16")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else tb.engine_cache_dir()
@@ -203,49 +201,32 @@ class TensorRTStages:
 
     # -- files ----------------------------------------------------------------------------------
     def _load_model(self, model_dir: Optional[str | Path]) -> None:
-        from models.export import read_index, sha256_file
-        from models.manifest import WEIGHTS_FILE, read_manifest, resolve_model_dir
-        from models.model import ModelConfig
+        """The exported model, read and checked like every engine's (`models.exported.open_exported`)."""
+        from models.model import ModelConfig  # the export specs' shapes come from the config (torch-free class)
 
-        self.model_dir = resolve_model_dir(model_dir)
-        manifest = read_manifest(self.model_dir)
-        self.info: ModelInfo = info_from_manifest(manifest, manifest["config"], str(self.model_dir))
-        self.cfg = ModelConfig.from_dict(manifest["config"])
-        self.onnx_dir = self.model_dir / "onnx"
-        index = read_index(self.onnx_dir)
-        self.presets: tuple[str, ...] = tuple(str(p) for p in index["presets"])
-        if index.get("weights_sha256") != sha256_file(self.model_dir / WEIGHTS_FILE):
-            raise UserError(f"the ONNX graphs in {self.onnx_dir} were exported from other weights: {EXPORT_HINT} again")
-        path = self.onnx_dir / "tables.npz"
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                styles = np.asarray(data["styles"], np.float32)  # (S, E)
-                step_emb = np.asarray(data["step_emb"], np.float32)  # (max_steps, E)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"missing or corrupt {path}: {exc} ({EXPORT_HINT} again)") from None
-        self.styles_table = self._to_dev(styles)
-        self.step_emb = self._to_dev(step_emb)
+        self.exported = open_exported(model_dir)
+        self.model_dir, self.onnx_dir = self.exported.model_dir, self.exported.onnx_dir
+        self.info: ModelInfo = self.exported.info
+        self.cfg = ModelConfig.from_dict(self.exported.manifest["config"])
+        self.presets: tuple[str, ...] = self.exported.presets
+        self.styles_table = self._to_dev(self.exported.tables.styles)  # (S, E)
+        self.step_emb = self._to_dev(self.exported.tables.step_emb)  # (max_steps, E)
 
     def _to_dev(self, a: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     def _graph_for(self, preset: str, stage: str) -> tuple[Path, str]:
         """(ONNX file, engine precision) of one stage: the INT8 Q/DQ graph where calibration kept one."""
-        pdir = self.onnx_dir / preset
-        if self.precision == "int8":
-            q = pdir / f"{stage}{INT8_SUFFIX}"
-            if q.is_file():
-                return q, "int8"
-            log.info("tensorrt int8: %s/%s has no INT8 graph (calibration kept FP32): FP16 engine", preset, stage)
-            return pdir / f"{stage}.onnx", "fp16"
-        return pdir / f"{stage}.onnx", self.precision
+        path = self.exported.graph_file(preset, stage, self.precision)
+        if self.precision != "int8":
+            return path, self.precision
+        if path.name.endswith(INT8_SUFFIX):
+            return path, "int8"
+        log.info("tensorrt int8: %s/%s has no INT8 graph (calibration kept FP32): FP16 engine", preset, stage)
+        return path, "fp16"
 
     def _metadata(self, path: Path) -> dict[str, Any]:
-        from models.export import METADATA_KEY, read_artifact_metadata
-
-        meta = read_artifact_metadata(path).get(METADATA_KEY)
-        if not isinstance(meta, dict) or "metadata_hash" not in meta:
-            raise UserError(f"ONNX graph {path} has no genreal metadata: {EXPORT_HINT} again")
+        meta = self.exported.check_graph(path, read_artifact_metadata(path).get(METADATA_KEY))
         quant = meta.get("quantization") or {}
         if isinstance(quant, dict) and quant.get("tensorrt") is False:
             raise UserError(f"{path} was calibrated with --activations uint8 (ONNX Runtime CPU only): re-run "
@@ -258,16 +239,13 @@ class TensorRTStages:
         key = (batch, hp, wp)
         if key == self._current:
             return self._active
-        from models.export import describe_presets, preset_for, preset_specs
+        from models.export import preset_specs
 
-        preset = preset_for((wp, hp), batch, self.presets)
-        if preset is None:
-            raise UserError(f"no ONNX graph covers {wp}x{hp} at batch {batch} in {self.onnx_dir}: exported are "
-                            f"{describe_presets(self.presets)}; pick one with --size, or export the dynamic preset")
+        preset = self.exported.preset_covering(wp, hp, batch)
         if preset not in self._engines:
             specs = preset_specs(self.cfg, preset)
             runners = {}
-            for stage in STAGES:
+            for stage in CHAIN_STAGES:
                 path, precision = self._graph_for(preset, stage)
                 meta = self._metadata(path)
                 _, _, plan = self._tb.ensure_engine(self.trt, path, specs[stage], preset, precision, self.dev,
@@ -303,11 +281,11 @@ class TensorRTStages:
             return {}
         return {"norm": frame_norm(x) if norm is None else self._in(norm, self.torch.float32)}
 
-    def encode(self, x: Any, norm: Any = None) -> Encoded:
+    def encode(self, x: Any, norm: Any = None) -> StageEncoding:
         x = self._in(x, self.torch.float32)  # (B, 3, Hp, Wp)
         run = self.engines_for(x.shape[0], x.shape[2], x.shape[3])
         outs = run["encode"](x=x, **self._norm_feed(x, norm))  # zq (B, d, h, w), skip (B, S, Hp/4, Wp/4)[, ctx (B, E)]
-        return Encoded(self._out(outs[0]), self._out(outs[1]), self._out(outs[2]) if len(outs) > 2 else None)
+        return StageEncoding(self._out(outs[0]), self._out(outs[1]), self._out(outs[2]) if len(outs) > 2 else None)
 
     def embed(self, levels: Any) -> Any:
         (emb,) = self._active["embed"](levels=self._in(levels, self.torch.int32))
@@ -318,8 +296,7 @@ class TensorRTStages:
         return self._out(z0)
 
     def refine(self, z: Any, emb: Any, style_vec: Any, steps: int, first_step: int = 0) -> Any:
-        if steps < 0 or first_step + steps > self.info.max_steps:
-            raise ValueError(f"refine steps must be within 0..{self.info.max_steps}")
+        self.exported.check_steps(steps, first_step)
         e = self.step_emb.shape[1]
         z, emb, vec = self._in(z), self._in(emb), self._in(style_vec).reshape(-1, e)  # vec (1 or B, E)
         run = self._active["refine_step"]

@@ -27,9 +27,9 @@ from typing import Any, Optional
 import numpy as np
 
 from realtime.backends.model_backend import ModelBackend
-from realtime.backends.stages import Encoded, ModelInfo, frame_norm, info_from_manifest
+from models.stages import StageEncoding, ModelInfo, frame_norm, info_from_manifest
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +154,10 @@ class TorchStages:
         with self._torch.inference_mode():
             return frame_norm(x)  # numpy on the CPU, a tensor on CUDA
 
-    def encode(self, x: Any, norm: Any = None) -> Encoded:
+    def encode(self, x: Any, norm: Any = None) -> StageEncoding:
         with self._torch.inference_mode():
-            x = self._in(x)
-            m = self.model
-            norm = None if norm is None else self._in(norm)
-            xn = m.normalized(x, norm)
-            h = m.encoder.features(xn)  # (B, C, h, w)
-            zq = self._torch.tanh(m.encoder.head(h))  # (B, d, h, w)
-            ctx = self._out(m.context(h)) if m.context is not None else None  # (B, E)
-            return Encoded(self._out(zq), self._out(m.skip_net(xn)), ctx)
+            zq, skip, ctx = self.model.stage_encode(self._in(x), None if norm is None else self._in(norm))
+            return StageEncoding(self._out(zq), self._out(skip), None if ctx is None else self._out(ctx))
 
     def embed(self, levels: Any) -> Any:
         with self._torch.inference_mode():

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from benchmarks.bench import check_out_dir, default_out_dir, load_results, run_bench
-    from benchmarks.bench_report import update_readme
+    from benchmarks.bench_report import terminal_summary, update_readme
 
     if args.from_json is not None:
         if not args.update_readme:
@@ -136,38 +136,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out_dir = check_out_dir(args.out or default_out_dir())
     result = run_bench(cfg, out_dir)
-    print(summary(result))
+    print(terminal_summary(result))
     print(f"wrote {out_dir / 'bench.json'} and {len(result.get('charts', []))} chart(s) in {result['wall_s']} s")
     if args.update_readme:
         readme = update_readme(result)
         print(f"updated {readme}")
     return 0
-
-
-def summary(result: dict[str, Any]) -> str:
-    """A short table for the terminal."""
-    from benchmarks.bench import _label
-
-    lines = [f"{'size':<16}{'config':<44}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'fps':>9}{'miss':>7}"]
-    for r in result["rows"]:
-        if r.get("status") != "ok":
-            continue
-        t = r["total"]
-        lines.append(f"{r['size']:<16}{_label(r)[:43]:<44}{t['p50_ms']:>9.2f}{t['p95_ms']:>9.2f}{t['p99_ms']:>9.2f}"
-                     f"{min(r['fps'], 99999.0):>9.1f}{100 * r['deadline_miss_rate']:>6.0f}%")
-    for r in result["rows"]:
-        if r.get("status") != "ok":
-            lines.append(f"{r['backend']} {r.get('precision') or ''}: {r['status']}: {r.get('reason', '')}")
-    for c in result.get("peer_comparison", []):
-        for p, v in c["peers"].items():
-            lines.append(f"{c['size']}: ours ({c['ours']}) vs {p}: {v['speedup']}x faster at p50, "
-                         f"{v.get('speedup_mean')}x by mean")
-    for r in result.get("end_to_end", []):
-        if r.get("status") == "ok":
-            p, pat = r["pipeline"], r["pattern"]
-            lines.append(f"{r['size']} end to end ({r['backend']}): capture→display p50 {p['end_to_end']['p50_ms']:.1f} "
-                         f"ms, p95 {p['end_to_end']['p95_ms']:.1f} ms, {p['fps']:.1f} fps out, {p['dropped']} dropped; "
-                         f"pattern decoded {100 * pat['decode_rate']:.0f}%, p50 {pat['latency']['p50_ms']:.1f} ms")
-        else:
-            lines.append(f"{r['size']} end to end: {r.get('status')}: {r.get('reason', '')}")
-    return "\n".join(lines)

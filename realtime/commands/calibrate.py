@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,35 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def collect_samples(spec: str, size: tuple[int, int], count: int, batch: int = 1, every: int = 1,
+                    progress: bool = True) -> list[Any]:
+    """Open `spec`, keep every `every`-th frame resized to `size` (per eye), and group eye images into
+    `count` samples of `batch` images each (`calibration.collect.group_samples`). Raises `UserError` for
+    an unknown source or when it yields no frames."""
+    from tqdm import tqdm
+
+    from calibration.collect import check_samples, group_samples
+    from realtime.config import SourceConfig
+    from realtime.sources import make_source
+
+    if count < 1:
+        raise UserError(f"bad --frames {count}: it must be at least 1")
+    source = make_source(SourceConfig(spec=spec, size=size))
+    bar = tqdm(total=count, desc="collect frames", unit="sample", disable=None if progress else True)
+    source.open()
+    try:
+        samples, seen = group_samples((item.images for item in source), count, batch, every, lambda: bar.update(1))
+    finally:
+        source.close()
+        bar.close()
+    return check_samples(samples, seen, count, batch, every, spec)
+
+
+def collector(cfg: Any) -> Any:
+    """The `calibrate` collector for a `CalibrateConfig`: its source, frame count and spacing."""
+    return lambda size, batch: collect_samples(cfg.source, size, cfg.frames, batch, cfg.every, cfg.progress)
+
+
 def run(args: argparse.Namespace) -> int:
     from realtime.config import parse_size
 
@@ -66,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         size=parse_size(args.size) if args.size else None, method=args.method, activations=args.activations,
         stages=stages, max_drop_db=args.max_drop_db, min_psnr_db=args.min_psnr_db, steps=args.steps,
         repeats=args.repeats, progress=not args.quiet)
-    reports = calibrate(cfg)
+    reports = calibrate(cfg, collector(cfg))
     for preset, rep in reports.items():
         frame = rep["frame"]
         line = (f"{preset}: INT8 kept for {', '.join(rep['kept']) or 'no stage'} "

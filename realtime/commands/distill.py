@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 TEACHER_HELP = (
     "[NAME=]SPEC, repeat for several styles: builtin:N, builtin:3:0.5,12:0.5, image:PATH, onnx:PATH, "

@@ -8,7 +8,7 @@ from typing import Any
 
 from realtime.budget import BUDGET_PRESETS
 from realtime.config import PRECISIONS, BackendConfig, PipelineConfig, SourceConfig, parse_size
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 SOURCE_HELP = (
     "webcam:N, a video file, a URL (rtsp://, http://, ...), images:GLOB, demo, demo:live (paced like a camera), demo:stereo, "

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.sinks.base import Overlay, Sink
 from realtime.sinks.file import FORMATS, FileSink, supported_extensions
 from realtime.sinks.null import NullSink

@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
+from realtime import _xlibs
 from realtime.frame import Item
 from realtime.sinks._size import SizeKeeper
 from realtime.sinks.base import Overlay, Sink
@@ -78,7 +79,7 @@ def check_output_path(path: Path) -> None:
 
 
 def _pick_encoder(ext: str, fmt: FileFormat) -> str:
-    import av
+    av = _xlibs.import_av()
 
     if fmt.container not in av.formats_available:
         raise UserError(f"this PyAV/FFmpeg build cannot write {ext} files: use .mp4 or .mkv")
@@ -124,7 +125,7 @@ class FileSink(Sink):
 
     # -- writing ---------------------------------------------------------------------
     def write(self, item: Item, overlay: Overlay) -> None:
-        import av
+        av = _xlibs.import_av()
 
         with self._lock:
             if self._closed:
@@ -145,7 +146,7 @@ class FileSink(Sink):
             self.frames += 1
 
     def _open(self, image: np.ndarray) -> None:
-        import av
+        av = _xlibs.import_av()
 
         h, w = image.shape[:2]
         if self.format.even:
@@ -184,7 +185,7 @@ class FileSink(Sink):
 
     # -- closing ---------------------------------------------------------------------
     def close(self) -> None:
-        import av
+        av = _xlibs.import_av()
 
         with self._lock:
             if self._closed:

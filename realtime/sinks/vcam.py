@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Item
 from realtime.sinks._size import SizeKeeper
 from realtime.sinks.base import Overlay, Sink

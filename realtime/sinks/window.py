@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Item
 from realtime import _xlibs
 from realtime.sinks.base import Overlay, Sink
@@ -91,8 +91,8 @@ def check_display() -> None:
     _xlibs.preload()
     if _xlibs.clash():
         raise UserError("cannot open --sink window: PyAV was imported before realtime.sinks and its bundled X11 "
-                        "libraries clash with OpenCV's (a window would hang); import realtime.sinks (or cv2) "
-                        "before av, or use --sink out.mp4 or --sink null")
+                        "libraries clash with OpenCV's (a window would hang); call realtime._xlibs.preload() (or "
+                        "import PyAV through realtime._xlibs.import_av()) before av, or use --sink out.mp4 or --sink null")
 
 
 class WindowSink(Sink):

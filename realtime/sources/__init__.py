@@ -18,7 +18,7 @@ import re
 from dataclasses import replace
 
 from realtime.config import SourceConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.sources.base import Source
 
 __all__ = ["ACCEPTED_FORMS", "Source", "make_source"]

@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from realtime.config import Size, SourceConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Item, StereoFrame
 from realtime.sources.base import Source
 

@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from realtime.config import Size, SourceConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Frame
 from realtime.sources.common import ThreadedSource, resize_to, to_rgb8
 

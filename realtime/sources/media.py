@@ -12,7 +12,8 @@ import time
 from typing import Any, Iterator, Optional
 
 from realtime.config import SourceConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
+from realtime import _xlibs
 from realtime.frame import Frame
 from realtime.sources.common import ThreadedSource, resize_to
 
@@ -51,7 +52,7 @@ class MediaSource(ThreadedSource):
         return ("stream " if self.is_url else "") + self.target
 
     def _open(self) -> None:
-        import av
+        av = _xlibs.import_av()
 
         options: dict[str, str] = {}
         timeout: Any = None
@@ -88,7 +89,7 @@ class MediaSource(ThreadedSource):
         self._container, self._stream = container, stream
 
     def _produce(self) -> Iterator[Frame]:
-        import av
+        av = _xlibs.import_av()
 
         container, stream, size = self._container, self._stream, self.cfg.size
         step = 1.0 / (self._fps or 30.0)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Iterator, Literal, Optional
 
 from realtime.config import SourceConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Frame, StereoFrame, split_side_by_side, split_top_bottom
 from realtime.sources.base import Source
 from realtime.sources.common import ThreadedSource, _End, resize_to

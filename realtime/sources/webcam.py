@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 from realtime.config import SourceConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Frame
 from realtime.sources.common import ThreadedSource, resize_to, to_rgb8
 

@@ -1,4 +1,8 @@
-"""Errors a user can cause. The CLI turns them into one line on stderr and exit code 2."""
+"""The user-facing error type: a leaf module every room (kernels, models, calibration, realtime,
+benchmarks) may import. It imports nothing and has no side effects.
+
+The CLI (`realtime.cli`) turns a `UserError` into one line on stderr and exit code 2.
+"""
 from __future__ import annotations
 
 
@@ -12,3 +16,6 @@ class UserError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+__all__ = ["UserError"]

@@ -1,12 +1,13 @@
 """The stage-level contract of our model, shared by every engine that runs it (torch, ONNX Runtime,
-TensorRT), so `ModelBackend` and the temporal cache never know which engine runs.
+TensorRT), and the one stage chain that runs a frame through them (`run_frame`), so the runtime's
+`ModelBackend`, its temporal cache and INT8 calibration never know which engine runs. Torch-free.
 
 An engine ("stages") runs the model's stages one by one (DESIGN.md §3)::
 
     x (B, 3, Hp, Wp) float in [0, 1], Hp and Wp multiples of 8       (kernels' preprocess output)
       frame_norm(x)        → norm (B, 4) the whole frame's channel means and spread (models with
                              `normalize`; else None): pass it with the frame, or a crop of it, to:
-      encode(x, norm)      → Encoded(zq (B, d, h, w) in [-1, 1] before rounding,  skip (B, S, Hp/4, Wp/4),
+      encode(x, norm)      → StageEncoding(zq (B, d, h, w) in [-1, 1] before rounding,  skip (B, S, Hp/4, Wp/4),
                                      ctx (B, E) frame context or None)
       embed(levels)        → emb (B, C, h, w)       levels: int32 (B, d, h, w), FSQ level per channel
       initial(emb)         → z0 (B, C, h, w)        the learned cold start
@@ -20,6 +21,10 @@ apply hysteresis between frames before the tokens are embedded.
 
 Arrays are whatever `kernel_device` says: numpy on "cpu", torch tensors on "cuda" (the layout the
 `kernels` ops take on that device).
+
+`run_frame(stages, ops, x, style_vec, steps, ...)` is that chain, written once: the runtime runs every
+full frame and every crop through it, and calibration records each stage graph's inputs by running
+the same function on the ONNX Runtime engine with a recorder (models/ort_stages.py).
 """
 from __future__ import annotations
 
@@ -49,7 +54,9 @@ class ModelInfo:
         return 8
 
 
-class Encoded(NamedTuple):
+class StageEncoding(NamedTuple):
+    """What an engine's `encode` stage gives (not `models.model.Encoded`, the torch model's own, with tokens)."""
+
     zq: Array  # (B, d, h, w) tanh(z_cont) in [-1, 1], before FSQ rounding
     skip: Array  # (B, S, Hp/4, Wp/4)
     #: (B, E) frame context (models with `context`): added to the style vector before the refiner; a crop
@@ -78,7 +85,7 @@ class ModelStages(Protocol):
     def frame_norm(self, x: Array) -> Optional[Array]:
         """(B, 3, Hp, Wp) → (B, 4) (`frame_norm` below), or None for models without `normalize`."""
 
-    def encode(self, x: Array, norm: Optional[Array] = None) -> Encoded: ...
+    def encode(self, x: Array, norm: Optional[Array] = None) -> StageEncoding: ...
 
     def embed(self, levels: Array) -> Array: ...
 
@@ -89,6 +96,43 @@ class ModelStages(Protocol):
     def decode(self, z: Array, skip: Array, x: Array, norm: Optional[Array] = None) -> Array: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What `run_frame` hands back: the FSQ tokens, the refined latent and the decoded frame, plus the
+    normalization and context it used (a key frame's are reused by its crops)."""
+
+    levels: Array  # (B, d, h, w) int32 FSQ levels
+    z: Array  # (B, C, h, w) refined latent
+    rgb: Array  # (B, 3, Hp, Wp) unclamped
+    norm: Optional[Array]  # (B, 4) or None
+    ctx: Optional[Array]  # (B, E) or None
+
+
+def run_frame(stages: "ModelStages", ops: Any, x: Array, style_vec: Array, steps: int, norm: Optional[Array] = None,
+              *, prev_levels: Optional[Array] = None, margin: float = 0.0, ctx: Optional[Array] = None,
+              extra_steps: int = 0) -> FrameResult:
+    """The per-frame stage chain from the learned start: encode → FSQ (``ops.fsq_hysteresis`` against
+    `prev_levels` with `margin`; none and 0 = the model's own rounding) → embed → initial → `steps`
+    refine steps conditioned on style + frame context → decode.
+
+    `norm` is the whole frame's normalization (computed from `x` when None, models with one); `ctx`
+    overrides the encoder's frame context (a crop is refined with its whole frame's). `extra_steps` more
+    refine steps run after the decoded ones and are thrown away (calibration records the inputs of the
+    step embeddings a warm start uses); they never change the result."""
+    info = stages.info
+    if norm is None and info.normalize:
+        norm = stages.frame_norm(x)
+    enc = stages.encode(x, norm)  # zq (B, d, h, w), skip (B, S, Hp/4, Wp/4), ctx (B, E) or None
+    levels, _ = ops.fsq_hysteresis(enc.zq, prev_levels, info.fsq_levels, margin)  # (B, d, h, w)
+    emb = stages.embed(levels)  # (B, C, h, w)
+    ctx = enc.ctx if ctx is None else ctx
+    cond = condition(style_vec, ctx)  # (1 or B, E)
+    z = stages.refine(stages.initial(emb), emb, cond, steps, 0)  # (B, C, h, w)
+    if extra_steps:
+        stages.refine(z, emb, cond, extra_steps, steps)
+    return FrameResult(levels, z, stages.decode(z, enc.skip, x, norm), norm, ctx)
 
 
 def _norm_row(means: Any, stds: Any, floor: float) -> np.ndarray:
@@ -151,5 +195,5 @@ def info_from_manifest(manifest: dict, model_cfg: dict, model_dir: str = "") -> 
     )
 
 
-__all__ = ["Array", "ModelInfo", "Encoded", "condition", "frame_norm", "images_norm", "ModelStages", "warm_first_step", "info_from_manifest",
+__all__ = ["Array", "ModelInfo", "StageEncoding", "FrameResult", "run_frame", "condition", "frame_norm", "images_norm", "ModelStages", "warm_first_step", "info_from_manifest",
            "style_names_of"]
