@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from realtime.commands.run import SOURCE_HELP, add_pipeline_options, parse_budget
-from realtime.errors import UserError
+from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from realtime.budget import BUDGET_PRESETS
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.serve import security
 from realtime.serve.broadcast import Broadcast
 from realtime.serve.protocol import Limits

@@ -17,7 +17,7 @@ import numpy as np
 from realtime.backends.base import Backend
 from realtime.budget import BUDGET_PRESETS, BudgetController, Choice
 from realtime.config import BackendConfig
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import pack_side_by_side, split_side_by_side
 from realtime.stats import percentiles
 

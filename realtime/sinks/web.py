@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.frame import Item
 from realtime.sinks.base import Overlay, Sink
 

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.protocol import FrameError, parse_control
 from realtime.serve.security import is_loopback

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from realtime.errors import UserError
+from genreal_errors import UserError
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.protocol import FrameError, decode_frame, encode_frame, parse_control, parse_header
 from realtime.serve.session import Session
