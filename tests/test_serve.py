@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -395,7 +396,8 @@ def test_web_sink_streams_a_run_to_watchers():
 def test_serve_command_streams_its_source(tmp_path):
     env = dict(os.environ, GENREAL_CACHE=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", "0", "--backend", "identity",
-                             "--source", "demo:live", "--size", "320x180"], stdout=subprocess.PIPE,
+                             "--source", "demo:live", "--size", "320x180", "--stats-json", str(tmp_path / "st.json")],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -411,14 +413,28 @@ def test_serve_command_streams_its_source(tmp_path):
                     while msg.type != aiohttp.WSMsgType.BINARY:
                         msg = await ws.receive(timeout=60)
                     hdr, img = _unpack(msg.data)
-                async with http.get(url.rstrip("/") + "/api/stats") as r:
-                    return hdr, img, await r.json()
+                async with http.ws_connect(url.replace("http://", "ws://").rstrip("/") + "/ws") as cam:
+                    await _hello(cam)
+                    for i in range(2):
+                        await _roundtrip(cam, i)
+                for _ in range(100):  # until the camera session has ended
+                    async with http.get(url.rstrip("/") + "/api/stats") as r:
+                        body = await r.json()
+                    if body["clients"] == 0:
+                        return hdr, img, body
+                    await asyncio.sleep(0.05)
+                raise AssertionError("the camera session did not end")
 
         hdr, img, stats = run(go())
         assert img.shape == (180, 320, 3) and stats["source"]["active"] and stats["source"]["frames"] >= 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        final = json.loads((tmp_path / "st.json").read_text())
+        assert final["source"] == "demo:live" and [s["frames_out"] for s in final["ended"]] == [2]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def test_webrtc_codec_order_follows_the_offer():
@@ -429,3 +445,92 @@ def test_webrtc_codec_order_follows_the_offer():
     assert offered_order(sdp) == ("video/VP8", "video/H264")
     assert offered_order(sdp.replace("96 97 102", "102 96 97")) == ("video/H264", "video/VP8")
     assert offered_order("m=audio 9 x 0\r\n") == ("video/H264", "video/VP8")
+
+
+def _aiortc_client_offer(track_size=(320, 180)):
+    """A Python WebRTC client (aiortc) with a synthetic camera track and a control channel."""
+    import fractions
+
+    from aiortc import RTCPeerConnection, VideoStreamTrack
+    from av import VideoFrame
+
+    class Camera(VideoStreamTrack):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        async def recv(self):
+            pts, time_base = await self.next_timestamp()
+            img = _image(self.n, *track_size)
+            self.n += 1
+            frame = VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = pts, time_base or fractions.Fraction(1, 90000)
+            return frame
+
+    pc = RTCPeerConnection()
+    channel = pc.createDataChannel("control")
+    pc.addTrack(Camera())
+    return pc, channel
+
+
+@pytest.mark.slow
+def test_webrtc_bad_control_message_closes_only_that_client(server, caplog):
+    from aiortc import RTCSessionDescription
+
+    from realtime.serve.transports.webrtc import allow_loopback_candidates
+
+    allow_loopback_candidates()
+
+    async def go():
+        pc, channel = _aiortc_client_offer()
+        received = []
+
+        @pc.on("track")
+        def on_track(track):
+            async def pull():
+                while True:
+                    received.append(await track.recv())
+            asyncio.ensure_future(pull())
+
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(server.url("/api/offer"), json={"type": "offer", "sdp": "v=0 garbage"}) as r:
+                assert r.status == 400
+            async with http.post(server.url("/api/offer"), data=b"{nope") as r:
+                assert r.status == 400
+            async with http.post(server.url("/api/offer"),
+                                 json={"type": "offer", "sdp": pc.localDescription.sdp}) as r:
+                assert r.status == 200, await r.text()
+                answer = await r.json()
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+            await asyncio.wait_for(opened.wait(), 30)
+            async with http.ws_connect(server.url("/ws")) as ws:  # a bystander on the other transport
+                await _hello(ws)
+                for _ in range(300):  # restyled frames come back over WebRTC
+                    if len(received) >= 5:
+                        break
+                    await asyncio.sleep(0.1)
+                assert len(received) >= 5
+                async with http.get(server.url("/api/stats")) as r:
+                    sessions = (await r.json())["sessions"]
+                assert sorted(s["transport"] for s in sessions) == ["webrtc", "websocket"]
+                rtc = next(s for s in sessions if s["transport"] == "webrtc")
+                assert rtc["frames_out"] >= 5 and rtc["latency"]["p50_ms"] > 0
+                channel.send("{this is not json")
+                for _ in range(100):
+                    async with http.get(server.url("/api/stats")) as r:
+                        sessions = (await r.json())["sessions"]
+                    if [s["transport"] for s in sessions] == ["websocket"]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert [s["transport"] for s in sessions] == ["websocket"]
+                hdr, img = await _roundtrip(ws, 42)
+                assert hdr["id"] == 42 and decode_index(img) == 42
+        await pc.close()
+
+    with caplog.at_level("WARNING", logger="realtime.serve"):
+        run(go())
+    closed = [r.getMessage() for r in caplog.records if "closed:" in r.getMessage()]
+    assert len(closed) == 2 and "bad WebRTC offer" in closed[0] and "not JSON" in closed[1], closed  # one line each

@@ -37,6 +37,9 @@ except ImportError:
 _need(sync_api is not None, "playwright is not installed: pip install '.[dev]'")
 _need(wb.find_chromium() is not None, "no Chromium binary: apt-get install chromium (.ci/run does)")
 
+#: every browser test takes several seconds (they run in CI all the same)
+pytestmark = pytest.mark.slow
+
 LOOP = 60  # frames in the fake camera's file (it loops)
 
 HOOKS_JS = """

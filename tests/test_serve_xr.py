@@ -23,6 +23,9 @@ from benchmarks import web_browser as wb
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
 
+#: every browser test takes several seconds (they run in CI all the same)
+pytestmark = pytest.mark.slow
+
 IWER = Path(__file__).parent / "web" / "node_modules" / "iwer" / "build" / "iwer.min.js"
 
 

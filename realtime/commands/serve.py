@@ -132,5 +132,20 @@ def run(args: argparse.Namespace) -> int:
         print("genreal serve: stopping", flush=True)
         return 130
     finally:
+        sessions = server.state.sessions
+        final = {"sessions": sessions.stats(), "ended": sessions.ended, "source": server.state.broadcast.label or None}
         server.stop()
+        if args.stats_json is not None:
+            _write_stats(args.stats_json, final)
     return 0
+
+
+def _write_stats(path: Path, stats: dict[str, Any]) -> None:
+    """--stats-json: every session's final stats (the ones still open at exit and those that ended)."""
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stats, indent=2))
+    except OSError as exc:
+        log.error("cannot write --stats-json %s: %s", path, exc.strerror)

@@ -154,6 +154,7 @@ class Sessions:
         self._make_backend = make_backend
         self.max_clients = max_clients
         self._sessions: dict[int, Session] = {}
+        self.ended: list[dict[str, Any]] = []  # final stats of sessions that closed (the last 100)
         self._pending = 0
         self._lock = threading.Lock()
 
@@ -178,7 +179,8 @@ class Sessions:
 
     def close(self, session: Session) -> None:
         with self._lock:
-            self._sessions.pop(session.id, None)
+            if self._sessions.pop(session.id, None) is not None:
+                self.ended = [*self.ended[-99:], session.stats()]
         session.close()
 
     def stats(self) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from genreal_errors import UserError
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.protocol import FrameError, parse_control
 from realtime.serve.security import is_loopback
-from realtime.serve.transports.ws import handle_control
+from realtime.serve.transports.ws import RateLimit, handle_control
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,8 @@ async def offer_handler(request: web.Request) -> web.Response:
         log.info("session %d ended: %d frames in, %d out, %d dropped", session.id, session.frames_in,
                  session.frames_out, session.dropped)
 
+    rate = RateLimit(state.limits.max_rate)
+
     @pc.on("datachannel")
     def on_datachannel(channel: Any) -> None:
         channels.append(channel)
@@ -205,6 +207,8 @@ async def offer_handler(request: web.Request) -> web.Response:
         @channel.on("message")
         async def on_message(message: Any) -> None:
             try:
+                if not rate.hit():
+                    raise FrameError(f"flood: more than {state.limits.max_rate:g} messages a second")
                 if not isinstance(message, str) or len(message) > 65536:
                     raise FrameError("control messages are JSON text under 64 KiB")
                 msg = parse_control(message)

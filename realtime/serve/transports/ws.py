@@ -23,7 +23,7 @@ from realtime.serve.session import Session
 log = logging.getLogger(__name__)
 
 
-class _RateLimit:
+class RateLimit:
     """Messages per second over a sliding one-second window."""
 
     def __init__(self, max_rate: float) -> None:
@@ -82,7 +82,7 @@ class WsClient:
     async def run(self) -> None:
         worker = asyncio.create_task(self._work())
         limits = self.state.limits
-        rate = _RateLimit(limits.max_rate)
+        rate = RateLimit(limits.max_rate)
         try:
             await self.ws.send_json(hello(self.session))
             async for msg in self.ws:
