@@ -311,6 +311,9 @@ def test_token_origin_and_host_checks():
             assert info.value.status == 403
             async with http.ws_connect(base + "/ws?token=s3cret", headers={"Origin": base}) as ws:
                 await _hello(ws)
+            async with http.post(base + "/api/offer?token=s3cret", data="{}",
+                                 headers={"Origin": "http://evil.example"}) as r:
+                assert r.status == 403  # another site cannot start a WebRTC session either
         async with aiohttp.ClientSession() as http:
             async with http.get(base + "/?token=s3cret", headers={"Host": "evil.example:80"}) as r:
                 assert r.status == 403  # DNS rebinding onto loopback
@@ -534,3 +537,39 @@ def test_webrtc_bad_control_message_closes_only_that_client(server, caplog):
         run(go())
     closed = [r.getMessage() for r in caplog.records if "closed:" in r.getMessage()]
     assert len(closed) == 2 and "bad WebRTC offer" in closed[0] and "not JSON" in closed[1], closed  # one line each
+
+
+def test_a_backend_failure_ends_only_that_client(caplog):
+    from realtime.backends.identity import IdentityBackend
+
+    class Broken(IdentityBackend):
+        def infer(self, x):
+            raise RuntimeError("kaboom")
+
+    srv = ServerThread(ServeConfig(port=0, backend=BackendConfig(name="identity"))).start()
+    made = []
+
+    def make():
+        made.append(1)
+        return Broken(BackendConfig(name="identity")) if len(made) == 1 else IdentityBackend(BackendConfig(name="identity"))
+
+    srv.state.sessions._make_backend = make
+
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(srv.url("/ws")) as bad:
+                await _hello(bad)
+                async with http.ws_connect(srv.url("/ws")) as good:
+                    await _hello(good)
+                    await bad.send_bytes(_frame(1))
+                    msg = await bad.receive(timeout=30)
+                    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and bad.close_code == 1011
+                    hdr, _ = await _roundtrip(good, 2)
+                    assert hdr["id"] == 2
+
+    try:
+        with caplog.at_level("WARNING", logger="realtime.serve"):
+            run(go())
+    finally:
+        srv.stop()
+    assert any("kaboom" in r.getMessage() for r in caplog.records)

@@ -82,10 +82,12 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise web.HTTPForbidden(text="this server answers loopback names only")
     if not security.token_ok(cfg.token, request.query, request.headers, request.cookies):
         raise web.HTTPUnauthorized(text="missing or wrong access token: open the URL genreal serve printed")
-    if request.headers.get("Upgrade", "").lower() == "websocket" and not security.origin_ok(
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    if (websocket or request.method != "GET") and not security.origin_ok(
             request.headers.get("Origin"), request.headers.get("Host", ""), cfg.secure):
-        log.warning("refused a WebSocket from origin %s", request.headers.get("Origin"))
-        raise web.HTTPForbidden(text="WebSocket from another origin")
+        log.warning("refused a %s from origin %s", "WebSocket" if websocket else request.method,
+                    request.headers.get("Origin"))
+        raise web.HTTPForbidden(text="request from another origin")
     response = await handler(request)
     if cfg.token is not None and request.query.get("token") == cfg.token and not response.prepared:
         response.set_cookie(security.COOKIE, cfg.token, httponly=True, samesite="Strict", secure=cfg.secure)

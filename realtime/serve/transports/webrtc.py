@@ -102,7 +102,13 @@ def _restyled_track_class() -> Any:
             frame, t_in = self._pending
             self._pending = None
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self.state.executor, self._restyle, frame, t_in)
+            try:
+                out = await loop.run_in_executor(self.state.executor, self._restyle, frame, t_in)
+            except Exception as exc:  # the backend failed on this peer's frame: end this track only
+                log.error("session %d closed: server error: %s: %s", self.session.id, type(exc).__name__, exc)
+                log.debug("session %d: restyling failed", self.session.id, exc_info=True)
+                self.stop()
+                raise MediaStreamError from None
             ms = (time.monotonic_ns() - t_in) / 1e6
             self.session.record(ms)
             for ch in self.channel:

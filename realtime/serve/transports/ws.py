@@ -126,6 +126,10 @@ class WsClient:
             except FrameError as exc:
                 await self.reject(str(exc))
                 return
+            except Exception as exc:  # the backend failed on this client's frame: end this client only
+                log.debug("session %d: restyling failed", self.session.id, exc_info=True)
+                await self.reject(f"server error: {type(exc).__name__}: {exc}", WSCloseCode.INTERNAL_ERROR)
+                return
             if self.ws.closed:
                 return
             try:
