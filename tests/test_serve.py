@@ -573,3 +573,10 @@ def test_a_backend_failure_ends_only_that_client(caplog):
     finally:
         srv.stop()
     assert any("kaboom" in r.getMessage() for r in caplog.records)
+
+
+def test_a_taken_port_is_a_user_error(server):
+    from genreal_errors import UserError
+
+    with pytest.raises(UserError, match="cannot listen"):
+        ServerThread(ServeConfig(port=server.port, backend=BackendConfig(name="identity"))).start()

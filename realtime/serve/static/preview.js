@@ -138,6 +138,9 @@
       await transceiver.sender.setParameters(params);
     } catch (err) { /* not every browser takes it before negotiation */ }
     pc.ontrack = (e) => {
+      // a live preview: show each frame as soon as it is decoded rather than smoothing playout
+      if ("jitterBufferTarget" in e.receiver) e.receiver.jitterBufferTarget = 0;
+      if ("playoutDelayHint" in e.receiver) e.receiver.playoutDelayHint = 0;
       ui.remote.srcObject = new MediaStream([e.track]);
       const tick = (now, meta) => {
         state.rate.tick();
