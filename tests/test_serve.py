@@ -580,3 +580,14 @@ def test_a_taken_port_is_a_user_error(server):
 
     with pytest.raises(UserError, match="cannot listen"):
         ServerThread(ServeConfig(port=server.port, backend=BackendConfig(name="identity"))).start()
+
+
+def test_urls_name_an_address_a_headset_can_open():
+    from realtime.serve.app import page_url
+    from realtime.serve.security import advertised_host
+
+    assert page_url(ServeConfig(), 8765, "/xr") == "http://localhost:8765/xr"
+    lan = page_url(ServeConfig(host="0.0.0.0", tls=True, token="t"), 8765, "/xr")
+    assert lan.startswith("https://") and lan.endswith(":8765/xr?token=t") and "0.0.0.0" not in lan
+    assert advertised_host("192.0.2.5") == "192.0.2.5"
+    assert page_url(ServeConfig(host="fd00::5", tls=True, token="t"), 1, "/") == "https://[fd00::5]:1/?token=t"

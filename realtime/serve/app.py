@@ -175,7 +175,7 @@ def ssl_context(config: ServeConfig) -> Optional[ssl.SSLContext]:
     if config.cert is not None and config.key is not None:
         cert, key = config.cert, config.key
     else:
-        cert, key = security.ensure_certificate(security.default_cert_dir(), config.host)
+        cert, key = security.ensure_certificate(security.default_cert_dir(), security.advertised_host(config.host))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(str(cert), str(key))
@@ -185,7 +185,9 @@ def ssl_context(config: ServeConfig) -> Optional[ssl.SSLContext]:
 
 
 def page_url(config: ServeConfig, port: int, path: str = "/") -> str:
-    host = "localhost" if security.is_loopback(config.host) else config.host
+    host = "localhost" if security.is_loopback(config.host) else security.advertised_host(config.host)
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
     query = f"?token={config.token}" if config.token else ""
     return f"{'https' if config.secure else 'http'}://{host}:{port}{path}{query}"
 

@@ -49,6 +49,21 @@ def check_exposure(host: str, tls: bool, token: bool) -> None:
                         f"or keep the default 127.0.0.1 and use 'adb reverse' for a headset on USB")
 
 
+def advertised_host(bind_host: str) -> str:
+    """The address a browser on another machine should open: for a wildcard bind (0.0.0.0, ::) this
+    machine's primary LAN address (found by routing a UDP socket; nothing is sent), else `bind_host`."""
+    if bind_host not in ("0.0.0.0", "::", ""):
+        return bind_host
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("10.255.255.255", 1))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
+
+
 def make_token() -> str:
     return secrets.token_urlsafe(18)
 
