@@ -65,14 +65,16 @@ def pattern_frames(size: tuple[int, int] = (640, 360), n: int = 60, still: bool 
 
 
 def sbs_frames(size: tuple[int, int] = (640, 360), n: int = 30) -> list[np.ndarray]:
-    """A side-by-side stereo test card: a red left eye and a blue right eye (index code in the left)."""
+    """A side-by-side stereo test card: a red left eye and a blue right eye, each with a green band over
+    its top 30 % (which way up it is)."""
     w, h = size
     out = []
     for i in range(n):
         img = np.zeros((h, w, 3), np.uint8)
         img[:, : w // 2] = (220, 40, 40)
         img[:, w // 2:] = (40, 60, 220)
-        out.append(draw_index(img, i))
+        img[: int(0.3 * h)] = (40, 200, 40)
+        out.append(img)
     return out
 
 

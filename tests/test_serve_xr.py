@@ -130,10 +130,12 @@ def test_xr_vr_session_draws_each_eye_from_its_half_and_echoes_the_pose(playwrig
         _wait(page, "() => genrealXR.frame && genrealXR.readback && genrealXR.readback.left", logs)
         page.wait_for_timeout(300)
         rb = page.evaluate("() => genrealXR.readback")
-        assert set(rb) == {"left", "right"}, rb
+        assert set(rb) == {"left", "right", "left_top", "right_top"}, rb
         left, right = rb["left"], rb["right"]
         assert left[0] > 150 and left[2] < 110, rb  # the red left half in the left eye
         assert right[2] > 150 and right[0] < 110, rb  # the blue right half in the right eye
+        for eye in ("left_top", "right_top"):  # upright: the card's green top band at the top of each eye
+            assert rb[eye][1] > 150 and rb[eye][0] < 110 and rb[eye][2] < 110, rb
         # the picture stays where it was captured: with no new frames, turn the head 70 degrees away and the
         # quad leaves the centre of both eyes (the clear colour shows); turn back and it is there again
         page.evaluate("() => { genrealXR.inFlight = 1e9; }")  # stop sending
@@ -224,6 +226,7 @@ def test_xr_shows_the_server_stereo_source_per_eye(playwright, tmp_path):
         page.wait_for_timeout(300)
         rb = page.evaluate("() => genrealXR.readback")
         assert page.evaluate("() => genrealXR.mode") == "watch"
+        assert rb["left_top"][1] > 150 and rb["right_top"][1] > 150, rb  # upright
         assert rb["left"][0] > 150 and rb["left"][2] < 110, rb
         assert rb["right"][2] > 150 and rb["right"][0] < 110, rb
         assert _stats(server)["source"]["watchers"] == 1

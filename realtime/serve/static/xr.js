@@ -27,7 +27,8 @@
     void main() {
       vec3 p = vec3(dist * (a.x + capProj.z) / capProj.x, dist * (a.y + capProj.w) / capProj.y, -dist);
       gl_Position = proj * view * capView * vec4(p, 1.0);
-      vec2 t = a * 0.5 + 0.5; uv = vec2(mix(uvRect.x, uvRect.z, t.x), mix(uvRect.y, uvRect.w, t.y));
+      vec2 t = a * 0.5 + 0.5;  // the texture holds the image top row first (v = 0 at the top)
+      uv = vec2(mix(uvRect.x, uvRect.z, t.x), mix(uvRect.y, uvRect.w, 1.0 - t.y));
     }`;
   const FS = `precision mediump float; uniform sampler2D tex; varying vec2 uv;
     void main() { gl_FragColor = texture2D(tex, uv); }`;
@@ -124,10 +125,8 @@
     state.lastEcho = header;
     const gl = state.gl;
     if (gl && state.session) {
-      gl.bindTexture(gl.TEXTURE_2D, state.tex);
-      gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, true);
+      gl.bindTexture(gl.TEXTURE_2D, state.tex);  // no UNPACK_FLIP_Y: WebGL ignores it for ImageBitmaps
       gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
-      gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
       state.frame = { id: header.id, w: header.w, h: header.h, stereo: !!header.stereo, pose: header.pose || null };
     } else {
       const flat = $("flat"), ctx = flat.getContext("2d");
@@ -184,10 +183,12 @@
     for (const view of pose.views) {
       const vp = layer.getViewport(view);
       draw(view, vp);
-      if (state.probe) {  // tests: the pixel at the centre of each eye's viewport
+      if (state.probe) {  // tests: the pixels at the centre and near the top of each eye's viewport
         const px = new Uint8Array(4);
         gl.readPixels(vp.x + (vp.width >> 1), vp.y + (vp.height >> 1), 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px);
         readback[view.eye] = Array.from(px);
+        gl.readPixels(vp.x + (vp.width >> 1), vp.y + Math.floor(vp.height * 0.8), 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px);
+        readback[`${view.eye}_top`] = Array.from(px);  // near the top of the eye's view
       }
     }
     if (state.probe) state.readback = readback;
