@@ -5,8 +5,8 @@
 //   the server's own source (genreal serve --source sbs:...), in a headset or on this page.
 // Every frame goes up tagged with the head pose (each eye's transform and projection) and capture time and
 // comes back with the same tag. The restyled picture is drawn on a quad placed DIST metres inside the frustum
-// it was captured from, in world space: the compositor's current head pose moves it, so head motion does not
-// drag the picture. Stereo frames: the left half goes to the left eye, the right half to the right eye.
+// it was captured from (a camera other than the headset's keeps its aspect, letterboxed), in world space: the
+// compositor's current head pose moves it, so head motion does not drag the picture. Stereo frames: the left half goes to the left eye, the right half to the right eye.
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -22,10 +22,11 @@
   const error = (t) => { $("error").textContent = t || ""; };
 
   // -- GL: the quad in its capture frustum, and the camera-image blit ---------------------------------
-  const VS = `attribute vec2 a; uniform mat4 capView, proj, view; uniform vec4 capProj, uvRect; uniform float dist;
-    varying vec2 uv;
+  const VS = `attribute vec2 a; uniform mat4 capView, proj, view; uniform vec4 capProj, uvRect; uniform vec2 fit;
+    uniform float dist; varying vec2 uv;
     void main() {
-      vec3 p = vec3(dist * (a.x + capProj.z) / capProj.x, dist * (a.y + capProj.w) / capProj.y, -dist);
+      vec2 q = a * fit;  // the part of the capture frustum the picture covers (its aspect kept)
+      vec3 p = vec3(dist * (q.x + capProj.z) / capProj.x, dist * (q.y + capProj.w) / capProj.y, -dist);
       gl_Position = proj * view * capView * vec4(p, 1.0);
       vec2 t = a * 0.5 + 0.5;  // the texture holds the image top row first (v = 0 at the top)
       uv = vec2(mix(uvRect.x, uvRect.z, t.x), mix(uvRect.y, uvRect.w, 1.0 - t.y));
@@ -58,7 +59,7 @@
                           [gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE], [gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE]]) gl.texParameteri(gl.TEXTURE_2D, k, v);
     state.fbo = gl.createFramebuffer(); state.fboTex = null; state.fboSize = [0, 0];
     state.uni = {};
-    for (const n of ["capView", "proj", "view", "capProj", "uvRect", "dist", "tex"]) state.uni[n] = gl.getUniformLocation(state.quad, n);
+    for (const n of ["capView", "proj", "view", "capProj", "uvRect", "fit", "dist", "tex"]) state.uni[n] = gl.getUniformLocation(state.quad, n);
   }
   const poseOf = (views) => ({ views: views.map((v) => ({ eye: v.eye, transform: Array.from(v.transform.matrix),
                                                          projection: Array.from(v.projectionMatrix) })) });
@@ -159,6 +160,10 @@
     gl.uniform4f(u.capProj, P[0], P[5], P[8], P[9]);
     const half = f.stereo ? (view.eye === "right" ? [0.5, 0, 1, 1] : [0, 0, 0.5, 1]) : [0, 0, 1, 1];
     gl.uniform4f(u.uvRect, ...half);
+    // Raw Camera Access images are the view's own frustum; any other camera keeps its aspect inside it
+    const aspect = (f.stereo ? f.w / 2 : f.w) / f.h, frustum = P[5] / P[0];
+    const fit = state.mode === "ar-camera" ? [1, 1] : aspect > frustum ? [1, frustum / aspect] : [aspect / frustum, 1];
+    gl.uniform2f(u.fit, ...fit);
     gl.uniform1f(u.dist, DIST);
     gl.uniform1i(u.tex, 0);
     gl.activeTexture(gl.TEXTURE0); gl.bindTexture(gl.TEXTURE_2D, state.tex);
