@@ -131,6 +131,7 @@
       state.frame = { id: header.id, w: header.w, h: header.h, stereo: !!header.stereo, pose: header.pose || null };
     } else {
       const flat = $("flat"), ctx = flat.getContext("2d");
+      flat.hidden = false;
       if (flat.width !== header.w || flat.height !== header.h) { flat.width = header.w; flat.height = header.h; }
       ctx.drawImage(bitmap, 0, 0);
     }
