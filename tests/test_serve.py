@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 
-from benchmarks.bench_pattern import decode_index, draw_index  # noqa: E402
-from realtime.cli import main  # noqa: E402
-from realtime.config import BackendConfig  # noqa: E402
-from realtime.serve.app import ServeConfig, ServerThread  # noqa: E402
-from realtime.serve.protocol import Limits, decode_frame, encode_frame, pack, FrameError  # noqa: E402
+from benchmarks.bench_pattern import decode_index, draw_index
+from realtime.cli import main
+from realtime.config import BackendConfig
+from realtime.serve.app import ServeConfig, ServerThread
+from realtime.serve.protocol import FrameError, Limits, decode_frame, pack
 
 
 def _image(i: int, w: int = 320, h: int = 180) -> np.ndarray:
@@ -238,7 +238,6 @@ def test_flood_closes_the_flooder_only(caplog):
 
 def test_latest_frame_wins_under_load():
     from realtime.backends.identity import IdentityBackend
-    from realtime.serve import session as session_mod
 
     srv = ServerThread(ServeConfig(port=0, backend=BackendConfig(name="identity"))).start()
     srv.state.sessions._make_backend = lambda: IdentityBackend(BackendConfig(name="identity"), delay_s=0.2)
@@ -261,7 +260,6 @@ def test_latest_frame_wins_under_load():
         got, stats = run(go())
     finally:
         srv.stop()
-    del session_mod
     assert got == sorted(got) and got[-1] == 9 and len(got) < 10  # stale frames skipped, the newest kept
     assert stats["dropped"] == 10 - len(got) and stats["frames_in"] == 10
 
