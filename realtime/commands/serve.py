@@ -72,40 +72,49 @@ def serve_config(args: argparse.Namespace) -> Any:
         limits=Limits(max_bytes=int(args.max_frame_mb * (1 << 20)), max_clients=args.max_clients))
 
 
-def _start_source(args: argparse.Namespace, server: Any) -> Optional[threading.Thread]:
-    """`--source`: a pipeline (own backend) whose sink feeds every page's watch view."""
-    if not args.source:
-        return None
-    from realtime.commands.run import pipeline_config
-    from realtime.serve.broadcast import HubSink
+class _SourceThread:
+    """`--source`: a pipeline (its own backend) whose sink feeds every page's watch view."""
 
-    config = pipeline_config(args, args.source, ["null"])
-    hub = server.state.broadcast
-    hub.label = args.source
+    def __init__(self, args: argparse.Namespace, server: Any) -> None:
+        from realtime.commands.run import pipeline_config
 
-    def run() -> None:
+        self.spec = args.source
+        self.config = pipeline_config(args, args.source, ["null"])
+        self.hub = server.state.broadcast
+        self.hub.label = args.source
+        self.pipeline: Optional[Any] = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="serve-source", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
         from realtime.backends import create_backend
         from realtime.pipeline import Pipeline
+        from realtime.serve.broadcast import HubSink
         from realtime.sources import make_source
 
         try:
-            source = make_source(config.source)
+            source = make_source(self.config.source)
             source.open()
-            backend = create_backend(config.backend)
+            backend = create_backend(self.config.backend)
             try:
-                hub.active = True
-                Pipeline(source, backend, [HubSink(hub)], budget_ms=config.budget_ms).run()
-                log.info("source %s ended; the pages keep their last frame", args.source)
+                self.pipeline = Pipeline(source, backend, [HubSink(self.hub)], budget_ms=self.config.budget_ms)
+                if not self._stop.is_set():
+                    self.hub.active = True
+                    self.pipeline.run()
+                    log.info("source %s ended; the pages keep their last frame", self.spec)
             finally:
-                hub.active = False
+                self.hub.active = False
                 backend.close()
                 source.close()
         except UserError as exc:
-            log.error("--source %s: %s", args.source, exc)
+            log.error("--source %s: %s", self.spec, exc)
 
-    thread = threading.Thread(target=run, name="serve-source", daemon=True)
-    thread.start()
-    return thread
+    def stop(self) -> None:
+        self._stop.set()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        self.thread.join(timeout=10)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
         make_source(SourceConfig(spec=args.source, size=parse_size(args.size) if args.size else None))
     server = ServerThread(config).start()
-    _start_source(args, server)
+    source = _SourceThread(args, server) if args.source else None
     print(f"genreal serve: preview  {server.url('/')}", flush=True)
     print(f"genreal serve: headset  {server.url('/xr')}", flush=True)
     if config.host == "127.0.0.1":
@@ -132,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         print("genreal serve: stopping", flush=True)
         return 130
     finally:
+        if source is not None:
+            source.stop()
         sessions = server.state.sessions
         final = {"sessions": sessions.stats(), "ended": sessions.ended, "source": server.state.broadcast.label or None}
         server.stop()
