@@ -234,3 +234,21 @@ def test_xr_shows_the_server_stereo_source_per_eye(playwright, tmp_path):
         stop.set()
         browser.close()
         server.stop()
+
+
+def test_xr_ar_session_without_camera_images_uses_the_media_camera(playwright, tmp_path):
+    """immersive-ar where the views carry no camera (no Raw Camera Access): the page falls back to
+    getUserMedia, the way Quest Browser also offers its headset cameras."""
+    y4m = wb.write_y4m(tmp_path / "moving.y4m", wb.pattern_frames((640, 360), 60))
+    server = ServerThread(ServeConfig(port=0, backend=BackendConfig(name="identity"))).start()
+    browser, page, logs = _xr_page(playwright, y4m, server.url("/xr"))
+    try:
+        _wait(page, "() => !document.getElementById('enter-ar').disabled", logs, 30)
+        page.click("#enter-ar")
+        _wait(page, "() => genrealXR.lastEcho && genrealXR.lastEcho.id >= 3", logs)
+        echo = page.evaluate("() => genrealXR.lastEcho")
+        assert page.evaluate("() => [genrealXR.mode, genrealXR.cameraFrames]") == ["ar-camera", 0]
+        assert not echo["stereo"] and (echo["w"], echo["h"]) == (640, 360) and echo["pose"]["views"]
+    finally:
+        browser.close()
+        server.stop()

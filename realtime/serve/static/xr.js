@@ -180,7 +180,12 @@
     const gl = state.gl, layer = session.renderState.baseLayer;
     if (state.mode !== "watch" && state.inFlight === 0 && state.ws && state.ws.readyState === WebSocket.OPEN) {
       const tag = poseOf(pose.views);
-      const sent = state.mode === "ar-camera" ? captureCameras(pose.views, tag) : captureVideo(tag);
+      let sent = state.mode === "ar-camera" && !state.video ? captureCameras(pose.views, tag) : captureVideo(tag);
+      if (!sent && state.mode === "ar-camera" && !state.video && !state.videoAsked) {
+        // no camera-access image: Quest Browser also offers the headset cameras as a media device
+        state.videoAsked = true;
+        startVideo().catch((err) => error(`no camera image from camera-access nor getUserMedia: ${err.message}`));
+      }
       if (sent) state.inFlight = 1;
     }
     gl.bindFramebuffer(gl.FRAMEBUFFER, layer.framebuffer);
@@ -200,15 +205,18 @@
     if (state.probe) state.readback = readback;
   }
 
+  async function startVideo() {
+    const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720 }, audio: false });
+    const video = document.createElement("video");
+    video.muted = true; video.playsInline = true; video.srcObject = stream;
+    await video.play();
+    state.video = video;
+  }
+
   async function enter(mode) {
     error("");
     try {
-      if (mode === "vr-camera") {
-        const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720 }, audio: false });
-        state.video = document.createElement("video");
-        state.video.muted = true; state.video.playsInline = true; state.video.srcObject = stream;
-        await state.video.play();
-      }
+      if (mode === "vr-camera") await startVideo();
       const xrMode = mode === "ar-camera" ? "immersive-ar" : "immersive-vr";
       const session = await navigator.xr.requestSession(xrMode, {
         requiredFeatures: ["local"], optionalFeatures: mode === "ar-camera" ? ["camera-access"] : [] });
