@@ -589,3 +589,11 @@ def test_urls_name_an_address_a_headset_can_open():
     assert lan.startswith("https://") and lan.endswith(":8765/xr?token=t") and "0.0.0.0" not in lan
     assert advertised_host("192.0.2.5") == "192.0.2.5"
     assert page_url(ServeConfig(host="fd00::5", tls=True, token="t"), 1, "/") == "https://[fd00::5]:1/?token=t"
+
+
+def test_serve_help_explains_the_headset_set_up(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "adb reverse tcp:8765 tcp:8765" in text and "--tls" in text and "/xr" in text and "token" in text

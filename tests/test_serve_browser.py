@@ -84,6 +84,8 @@ def _open(browser, url: str, transport: str):
     logs: list[str] = []
     page.on("console", lambda m: logs.append(m.text))
     page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    page.requested = []  # every URL the page asks for
+    page.on("request", lambda r: page.requested.append(r.url))
     wb.install_probe(page)
     page.goto(url)
     page.evaluate(HOOKS_JS)
@@ -151,6 +153,9 @@ def test_preview_websocket_frames_come_back_tagged(browser, transport):
         assert s["latency"]["p50_ms"] > 0 and s["page_rtt"]["p50_ms"] > 0
         panel = page.inner_text("#rtt50")
         assert panel.endswith("ms"), panel
+        origin = f"http://localhost:{server.port}/"
+        assert page.requested and all(u.startswith((origin, origin.replace("http", "ws", 1))) for u in page.requested), \
+            page.requested  # the page fetches nothing from anywhere else
         page.close()
     finally:
         server.stop()
