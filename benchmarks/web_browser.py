@@ -89,7 +89,7 @@ def chromium_args(y4m: Path, webgl: bool = True) -> list[str]:
         "--allow-loopback-in-peer-connection",  # WebRTC host candidates on 127.0.0.1
         "--disable-features=WebRtcHideLocalIpsWithMdns",
         "--autoplay-policy=no-user-gesture-required",
-        "--no-sandbox",
+        "--no-sandbox", "--disable-dev-shm-usage",  # root in CI containers; a small /dev/shm
     ]
 
 

@@ -597,3 +597,10 @@ def test_serve_help_explains_the_headset_set_up(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert "adb reverse tcp:8765 tcp:8765" in text and "--tls" in text and "/xr" in text and "token" in text
+
+
+def test_serve_fails_fast_on_a_bad_source_or_style(capsys, tmp_path):
+    assert main(["serve", "--port", "0", "--backend", "identity", "--source", str(tmp_path / "none.mp4")]) == 2
+    assert main(["serve", "--port", "0", "--backend", "onnxruntime", "--style", "no-such-style"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "none.mp4" in err[0] and "no-such-style" in err[1]

@@ -5,7 +5,7 @@ import argparse
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from realtime.commands.run import SOURCE_HELP, add_pipeline_options, parse_budget
 from genreal_errors import UserError
@@ -73,47 +73,45 @@ def serve_config(args: argparse.Namespace) -> Any:
 
 
 class _SourceThread:
-    """`--source`: a pipeline (its own backend) whose sink feeds every page's watch view."""
+    """`--source`: a pipeline (its own backend) whose sink feeds every page's watch view. The source and
+    the backend are opened here, before the thread starts, so a bad one is a one-line error (exit 2)."""
 
     def __init__(self, args: argparse.Namespace, server: Any) -> None:
-        from realtime.commands.run import pipeline_config
-
-        self.spec = args.source
-        self.config = pipeline_config(args, args.source, ["null"])
-        self.hub = server.state.broadcast
-        self.hub.label = args.source
-        self.pipeline: Optional[Any] = None
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="serve-source", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
         from realtime.backends import create_backend
+        from realtime.commands.run import pipeline_config
         from realtime.pipeline import Pipeline
         from realtime.serve.broadcast import HubSink
         from realtime.sources import make_source
 
+        config = pipeline_config(args, args.source, ["null"])
+        self.spec = args.source
+        self.hub = server.state.broadcast
+        self.hub.label = args.source
+        self.source = make_source(config.source)
+        self.source.open()
         try:
-            source = make_source(self.config.source)
-            source.open()
-            backend = create_backend(self.config.backend)
-            try:
-                self.pipeline = Pipeline(source, backend, [HubSink(self.hub)], budget_ms=self.config.budget_ms)
-                if not self._stop.is_set():
-                    self.hub.active = True
-                    self.pipeline.run()
-                    log.info("source %s ended; the pages keep their last frame", self.spec)
-            finally:
-                self.hub.active = False
-                backend.close()
-                source.close()
+            self.backend = create_backend(config.backend)
+        except BaseException:
+            self.source.close()
+            raise
+        self.pipeline = Pipeline(self.source, self.backend, [HubSink(self.hub)], budget_ms=config.budget_ms)
+        self.hub.active = True
+        self.thread = threading.Thread(target=self._run, name="serve-source", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.pipeline.run()
+            log.info("source %s ended; the pages keep their last frame", self.spec)
         except UserError as exc:
             log.error("--source %s: %s", self.spec, exc)
+        finally:
+            self.hub.active = False
+            self.backend.close()
+            self.source.close()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self.pipeline is not None:
-            self.pipeline.stop()
+        self.pipeline.stop()
         self.thread.join(timeout=10)
 
 
@@ -122,13 +120,19 @@ def run(args: argparse.Namespace) -> int:
 
     parse_budget(args.budget_ms)
     config = serve_config(args)
-    if args.source:  # fail fast on a bad source, before the port is taken
-        from realtime.config import SourceConfig, parse_size
-        from realtime.sources import make_source
+    if config.camera_sessions:  # every page gets its own backend: check now that one starts (exit 2 if not)
+        from realtime.backends import create_backend
 
-        make_source(SourceConfig(spec=args.source, size=parse_size(args.size) if args.size else None))
+        probe = create_backend(config.backend)
+        styles = list(probe.styles())
+        probe.close()
+        log.info("pages get their own %s backend (styles: %s)", config.backend.name, ", ".join(styles))
     server = ServerThread(config).start()
-    source = _SourceThread(args, server) if args.source else None
+    try:
+        source = _SourceThread(args, server) if args.source else None
+    except BaseException:
+        server.stop()
+        raise
     print(f"genreal serve: preview  {server.url('/')}", flush=True)
     print(f"genreal serve: headset  {server.url('/xr')}", flush=True)
     if config.host == "127.0.0.1":
