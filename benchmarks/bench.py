@@ -42,7 +42,7 @@ import numpy as np
 
 from realtime.config import BackendConfig, Size, parse_size
 from genreal_errors import UserError
-from realtime.stats import percentiles
+from models.metrics import percentiles, repeat
 
 log = logging.getLogger(__name__)
 
@@ -255,16 +255,11 @@ def time_stages(backend: Any, frames: Sequence[Sequence[np.ndarray]], effort: Ef
         one(frames[i % len(frames)])
     if hasattr(backend, "reset"):
         backend.reset()  # timed frames start from a fresh temporal state, like a new stream
-    pre, inf, post = [], [], []
-    t_start = clock()
-    i = 0
-    while i < effort.max_iters and (i < effort.min_iters or clock() - t_start < effort.max_s):
-        a, b, c = one(frames[i % len(frames)])
-        pre.append(a)
-        inf.append(b)
-        post.append(c)
-        i += 1
-    total = [a + b + c for a, b, c in zip(pre, inf, post)]
+    count = iter(range(effort.max_iters))
+    rows = repeat(lambda: one(frames[next(count) % len(frames)]), warmup=0, iters=effort.max_iters,
+                  min_iters=effort.min_iters, max_s=effort.max_s)
+    pre, inf, post = ([r[k] for r in rows] for k in range(3))
+    total = [a + b + c for a, b, c in rows]
     mean = float(np.mean(total)) if total else 0.0
     return {
         "frames": len(total),
@@ -564,7 +559,7 @@ def default_out_dir() -> Path:
 
 def run_bench(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
     """Run the sweep, write ``out_dir/bench.json`` and the charts; return the results dict."""
-    from benchmarks.bench_machine import describe_machine
+    from models.metrics import describe_machine
     from benchmarks.bench_report import write_charts
 
     check_out_dir(out_dir)

@@ -188,7 +188,7 @@ class DecodingSink(Sink):
         self.latencies_ms.append((now - captured) / 1e6)
 
     def summary(self) -> dict:
-        from realtime.stats import percentiles
+        from models.metrics import percentiles
 
         rate = self.decoded / self.received if self.received else 0.0
         return {"frames_received": self.received, "frames_decoded": self.decoded,

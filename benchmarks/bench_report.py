@@ -268,7 +268,7 @@ HEADER = """# Benchmarks
 
 `genreal bench` answers "how fast, how steady, on my machine, compared with what" in one command.
 Code: `benchmarks/bench.py` (sweep, peers, end to end), `bench_pattern.py` (timestamp pattern),
-`bench_machine.py`, `bench_report.py` (charts, this page). `genreal bench --help` explains every option.
+`bench_report.py` (charts, this page); timing and machine facts: `models/metrics.py`. `genreal bench --help` explains every option.
 
 ```
 genreal bench --quick                    # about a minute or two on a 2-core CPU: 256x256, 640x360, 1280x720

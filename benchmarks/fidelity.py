@@ -30,7 +30,8 @@ def per_k_fidelity(model, teachers, names, photos, cache) -> dict:
     """Mean PSNR / SSIM over styles and photos for each K from the learned start and for warm K=1."""
     import torch
 
-    from models.evaluate import psnr_ssim, to_tensor, to_uint8
+    from models.evaluate import to_tensor, to_uint8
+    from models.metrics import psnr_ssim
 
     kmax = model.cfg.max_steps
     rows: dict[str, list[tuple[float, float]]] = {f"cold_k{k}": [] for k in range(1, kmax + 1)}
@@ -126,8 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("PSNR of blurred pairs (mean): %s", json.dumps(fidelity["mean_psnr_blurred"]))
     log.info("per K: %s", json.dumps(fidelity["per_k"]))
     log.info("ms/frame at %dx%d: student %.1f (warm K=1 %.1f), teacher %.1f → %.1f× faster",
-             *size, speed["student_torch_cpu_ms"]["p50"], speed["student_warm_k1_torch_cpu_ms"]["p50"],
-             speed["teacher_onnxruntime_cpu_ms"]["p50"], speed["speedup_p50"])
+             *size, speed["student_torch_cpu_ms"]["p50_ms"], speed["student_warm_k1_torch_cpu_ms"]["p50_ms"],
+             speed["teacher_onnxruntime_cpu_ms"]["p50_ms"], speed["speedup_p50"])
     log.info("wrote %s", args.json)
     return 0
 

@@ -50,15 +50,15 @@ def _summary(rep: dict[str, Any]) -> dict[str, Any]:
     frame = rep["frame"]
     out: dict[str, Any] = {
         "kept": rep["kept"], "bound_db": rep["rule"]["min_psnr_db"],
-        "fp32_ms": frame["fp32_ms"]["p50"],
-        "stages": {s: {"psnr_db": v["psnr_db"], "fp32_ms": v["fp32_ms"]["p50"], "int8_ms": v["int8_ms"]["p50"],
+        "fp32_ms": frame["fp32_ms"]["p50_ms"],
+        "stages": {s: {"psnr_db": v["psnr_db"], "fp32_ms": v["fp32_ms"]["p50_ms"], "int8_ms": v["int8_ms"]["p50_ms"],
                        "speedup": v["speedup"], "kept": v["kept"]} for s, v in rep["stages"].items()},
     }
     if "kept_int8_ms" in frame:
-        out.update(kept_int8_ms=frame["kept_int8_ms"]["p50"], kept_speedup=frame["kept_speedup"],
+        out.update(kept_int8_ms=frame["kept_int8_ms"]["p50_ms"], kept_speedup=frame["kept_speedup"],
                    kept_psnr_db=frame["kept"]["psnr_db"])
     if "all_int8_ms" in frame:
-        out.update(all_int8_ms=frame["all_int8_ms"]["p50"], all_int8_speedup=frame["all_int8_speedup"],
+        out.update(all_int8_ms=frame["all_int8_ms"]["p50_ms"], all_int8_speedup=frame["all_int8_speedup"],
                    all_int8_psnr_db=frame["all_int8"]["psnr_db"])
     return out
 
@@ -66,10 +66,10 @@ def _summary(rep: dict[str, Any]) -> dict[str, Any]:
 def run(model: Optional[Path], presets: tuple[str, ...], frames: int, repeats: int, source: str,
         activations: tuple[str, ...]) -> dict[str, Any]:
     from calibration.calibrate import CalibrateConfig, calibrate
+    from models.metrics import describe_machine
     from realtime.commands.calibrate import collector
-    from calibration.report import machine
 
-    results: dict[str, Any] = {"benchmark": "int8", "machine": machine(), "source": source, "frames": frames,
+    results: dict[str, Any] = {"benchmark": "int8", "machine": describe_machine(), "source": source, "frames": frames,
                                "repeats": repeats, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "runs": {}}
     with tempfile.TemporaryDirectory(prefix="genreal-bench-int8-") as tmp:

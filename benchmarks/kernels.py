@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -33,6 +30,7 @@ import numpy as np
 
 import kernels
 from kernels import cpu as cpu_ops, reference, spec
+from models.metrics import describe_machine, percentiles, ratio_p50, time_ms
 
 log = logging.getLogger(__name__)
 
@@ -63,28 +61,9 @@ PEAK_BANDWIDTH: tuple[tuple[str, float, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Timing:
-    p50_ms: float
-    p95_ms: float
-    n: int
-
-    def as_dict(self) -> dict[str, float]:
-        return {"p50_ms": round(self.p50_ms, 4), "p95_ms": round(self.p95_ms, 4), "n": self.n}
-
-
-def time_cpu(fn: Callable[[], Any], warmup: int, iters: int, max_s: float) -> Timing:
+def time_cpu(fn: Callable[[], Any], warmup: int, iters: int, max_s: float) -> dict[str, float]:
     """Wall-clock per call after `warmup` calls; stops early after `max_s` seconds (at least 3 calls)."""
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
-    t_end = time.perf_counter() + max_s
-    while len(samples) < iters and (len(samples) < 3 or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    ms = np.array(samples) * 1e3
-    return Timing(float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), len(samples))
+    return time_ms(fn, warmup, iters, min_iters=3, max_s=max_s, digits=4)
 
 
 # --- CPU ----------------------------------------------------------------------------------------
@@ -203,12 +182,12 @@ def run_cpu(quick: bool, scale: float, sizes: tuple[tuple[int, int], ...] = CPU_
         for name, fn in fast_cases.items():
             t_fast = time_cpu(fn, warmup, iters, max_s)
             t_slow = time_cpu(slow_cases[name], 1, max(3, iters // 5), max_s)
-            rows["ops"][name] = {"chosen": t_fast.as_dict(), "naive_numpy_reference": t_slow.as_dict(),
-                                 "speedup_p50": round(t_slow.p50_ms / t_fast.p50_ms, 2)}
-            log.info("cpu %s %s: chosen %.3f ms, naive %.3f ms", key, name, t_fast.p50_ms, t_slow.p50_ms)
+            rows["ops"][name] = {"chosen": t_fast, "naive_numpy_reference": t_slow,
+                                 "speedup_p50": ratio_p50(t_slow, t_fast, 2)}
+            log.info("cpu %s %s: chosen %.3f ms, naive %.3f ms", key, name, t_fast["p50_ms"], t_slow["p50_ms"])
         if not quick:
             rows["candidates"] = {
-                group: {label: time_cpu(fn, warmup, iters, max_s).as_dict() for label, fn in fns.items()}
+                group: {label: time_cpu(fn, warmup, iters, max_s) for label, fn in fns.items()}
                 for group, fns in _cpu_candidates(d, frame_wh).items()
             }
         out["sizes"][key] = rows
@@ -248,8 +227,7 @@ def time_cuda(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, float
         fn()
     t1.record()
     torch.cuda.synchronize()
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "back_to_back_ms": t0.elapsed_time(t1) / iters, "n": iters}
+    return {**percentiles(ms.tolist(), digits=4), "back_to_back_ms": round(t0.elapsed_time(t1) / iters, 4)}
 
 
 def _gpu_cases(bsz: int, frame_wh: tuple[int, int], dev: str = "cuda") -> dict[str, tuple[Callable[[Any], Any], int]]:
@@ -311,9 +289,8 @@ def run_gpu(quick: bool) -> dict[str, Any]:
             t_fused = time_cuda(lambda: call(fused), warmup, iters)
             t_chain = time_cuda(lambda: call(chain), warmup, iters)
             gbps = nbytes / (t_fused["p50_ms"] * 1e-3) / 1e9
-            row = {"fused": {k: round(v, 4) for k, v in t_fused.items()},
-                   "torch_chain": {k: round(v, 4) for k, v in t_chain.items()},
-                   "speedup_p50": round(t_chain["p50_ms"] / t_fused["p50_ms"], 2),
+            row = {"fused": t_fused, "torch_chain": t_chain,
+                   "speedup_p50": ratio_p50(t_chain, t_fused, 2),
                    "ideal_bytes": nbytes, "achieved_GBps_p50": round(gbps, 1),
                    "achieved_GBps_back_to_back": round(nbytes / (t_fused["back_to_back_ms"] * 1e-3) / 1e9, 1)}
             if peak:
@@ -362,12 +339,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    results: dict[str, Any] = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                           "numpy": np.__version__}}
+    results: dict[str, Any] = {"machine": describe_machine()}
     if args.device in ("auto", "cpu"):
-        import cv2
-
-        results["machine"]["opencv"] = cv2.__version__
         results["cpu"] = run_cpu(args.quick, args.model_scale)
     else:
         results["cpu"] = {"skipped": "--device cuda"}

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from models.metrics import describe_machine, percentiles
 from realtime.config import BackendConfig, parse_size
 from genreal_errors import UserError
 
@@ -72,12 +71,6 @@ def make_engines(no_torch: bool, int8: bool) -> dict[str, Callable[[], Any]]:
     return engines
 
 
-def _pct(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms, np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean()),
-            "n": int(a.size)}
-
-
 def time_frame(backend: Any, img: np.ndarray) -> dict[str, float]:
     """One frame through preprocess → infer → postprocess; milliseconds per step and in total."""
     t0 = time.perf_counter()
@@ -115,13 +108,13 @@ def run_size(backends: dict[str, Any], size: tuple[int, int], warmup: int, iters
         done += n
     res: dict[str, Any] = {"size": f"{size[0]}x{size[1]}", "engines": {}}
     for name, steps in samples.items():
-        res["engines"][name] = {k: _pct(v) for k, v in steps.items()}
+        res["engines"][name] = {k: percentiles(v) for k, v in steps.items()}
         extra = backends[name].stats()
         if extra:
             res["engines"][name]["backend_stats"] = {k: v for k, v in extra.items() if isinstance(v, (str, int, float))}
-    teacher = res["engines"].get("teacher", {}).get("total", {}).get("p50")
+    teacher = res["engines"].get("teacher", {}).get("total", {}).get("p50_ms")
     if teacher:
-        res["speedup_vs_teacher_p50"] = {n: teacher / e["total"]["p50"] for n, e in res["engines"].items()
+        res["speedup_vs_teacher_p50"] = {n: teacher / e["total"]["p50_ms"] for n, e in res["engines"].items()
                                          if n != "teacher"}
     return res
 
@@ -152,8 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"onnx_speed: error: {exc}")
         return 2
     results: dict[str, Any] = {
-        "benchmark": "onnx_speed", "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                               "processor": platform.processor()},
+        "benchmark": "onnx_speed", "machine": describe_machine(),
         "includes": "preprocess + infer + postprocess through the Backend contract, uint8 in/out, host only; "
                     "temporal reuse off; engines interleaved in blocks of 5 frames",
         "warmup": warmup, "iters": iters, "int8_graphs": int8, "sizes": [],
@@ -168,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for name, e in res["engines"].items():
                 t = e["total"]
                 ratio = res.get("speedup_vs_teacher_p50", {}).get(name)
-                print(f"{res['size']:>10} {name:<18} p50 {t['p50']:8.1f} ms  p95 {t['p95']:8.1f} ms"
+                print(f"{res['size']:>10} {name:<18} p50 {t['p50_ms']:8.1f} ms  p95 {t['p95_ms']:8.1f} ms"
                       + (f"  {ratio:5.1f}x faster than the teacher" if ratio else ""), flush=True)
     finally:
         for b in backends.values():

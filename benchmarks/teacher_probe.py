@@ -40,7 +40,7 @@ def probe_teacher(teacher, photos: Sequence[np.ndarray]) -> dict[str, float]:
     """The measures above for one teacher, averaged over `photos` (uint8 (H, W, 3))."""
     import cv2
 
-    from models.evaluate import psnr_ssim
+    from models.metrics import psnr_ssim
 
     rows: dict[str, list[float]] = {}
 

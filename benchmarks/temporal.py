@@ -29,6 +29,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from models.metrics import psnr
+
 log = logging.getLogger(__name__)
 
 SIZE = (640, 360)
@@ -108,11 +110,6 @@ def e_warp(outputs: list[np.ndarray], flows: list[Optional[np.ndarray]]) -> floa
         d = ((outputs[t].astype(np.float32) / 255 - warped) ** 2).sum(-1)
         errs.append(float(d[valid].mean()))
     return float(np.mean(errs)) if errs else float("nan")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def run_backend(backend: Any, frames: list[np.ndarray]) -> tuple[list[np.ndarray], float]:

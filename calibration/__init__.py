@@ -14,7 +14,7 @@ Modules, one step each:
   `models.stages.run_frame`; `FusedGraph`), recording each graph's real inputs (`Recorder`)
 - `calibration.quantize` — ONNX Runtime static quantization of one graph to QDQ INT8
   (`quantize_stage`, `make_reader`: the `CalibrationDataReader`)
-- `calibration.report`   — PSNR, timing, and the keep rule (`keep_bound_db`)
+- `calibration.report`   — frame fidelity (PSNR from `models.metrics`) and the keep rule (`keep_bound_db`)
 - `calibration.calibrate`— the command: quantize, measure, select, write
   ``<model>/onnx/<preset>/<stage>.int8.onnx`` + ``int8_report.json``
 

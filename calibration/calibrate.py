@@ -39,11 +39,11 @@ from calibration.collect import Collector, Sample, split_samples
 from calibration.graphs import (CHAIN_STAGES, EXPORT_HINT, ONNX_DIR, REPORT_FILE, FusedGraph, OrtChain, Recorder,
                                 make_session)
 from calibration.quantize import quantize_stage, read_genreal_metadata, require_onnx, set_int8_metadata
-from calibration.report import (fidelity, keep_bound_db, machine, max_drop_db, reference_psnr, speedup, time_ms,
-                                time_pair_ms)
+from calibration.report import fidelity, keep_bound_db, max_drop_db, reference_psnr, speedup
 from genreal_errors import UserError
 from models.exported import ExportedModel, Size, open_exported
 from models.exported import stage_file as stage_path
+from models.metrics import describe_machine, time_ms, time_pair_ms
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
                 s32 = fp32.session(stage)
             feed = recorder.feeds[stage][0]
             s8 = make_session(out)
-            t32, t8 = time_pair_ms(lambda: s32.run(None, feed), lambda: s8.run(None, feed), cfg.repeats)
+            t32, t8 = time_pair_ms(lambda: s32.run(None, feed), lambda: s8.run(None, feed), iters=cfg.repeats)
             ok = fid["psnr_db"] >= bound
             stages[stage] = {**fid, "kept": ok, "fp32_ms": t32, "int8_ms": t8, "speedup": speedup(t32, t8),
                              "calls_per_frame": steps if stage == "refine_step" else 1,
@@ -261,7 +261,7 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
             if reference is not None:
                 stages[stage]["max_drop_vs_teacher_db"] = round(max_drop_db(reference, fid["psnr_db"]), 3)
             log.info("%s %s: INT8 frame PSNR vs FP32 %.2f dB (bound %.2f) → %s; %.2f → %.2f ms", preset, stage,
-                     fid["psnr_db"], bound, "INT8" if ok else "FP32", t32["p50"], t8["p50"])
+                     fid["psnr_db"], bound, "INT8" if ok else "FP32", t32["p50_ms"], t8["p50_ms"])
 
         # the kept chain stages together must meet the bound too: drop the weakest until they do
         kept = sorted((s for s in candidates if s in CHAIN_STAGES and stages[s]["kept"]),
@@ -287,19 +287,19 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
         frame: dict[str, Any] = {}
         if kept:
             mixed = _chain(exported, preset, {s: staged[s] for s in kept})
-            t32, t8 = time_pair_ms(fp32_frame, lambda: mixed.run(x0, norm0, 0, steps), cfg.repeats)
+            t32, t8 = time_pair_ms(fp32_frame, lambda: mixed.run(x0, norm0, 0, steps), iters=cfg.repeats)
             frame.update(fp32_ms=t32, kept_int8_ms=t8, kept_speedup=speedup(t32, t8), kept=combined)
         chain_staged = {s: p for s, p in staged.items() if s in CHAIN_STAGES}
         if chain_staged:
             every = _chain(exported, preset, chain_staged)
-            t32, t8 = time_pair_ms(fp32_frame, lambda: every.run(x0, norm0, 0, steps), cfg.repeats)
+            t32, t8 = time_pair_ms(fp32_frame, lambda: every.run(x0, norm0, 0, steps), iters=cfg.repeats)
             frame.setdefault("fp32_ms", t32)
             frame["all_int8_stages"] = sorted(chain_staged, key=CHAIN_STAGES.index)
             frame["all_int8_ms"] = t8
             frame["all_int8_speedup"] = speedup(t32, t8)
             frame["all_int8"] = fidelity(_outputs(every, held, steps, n_styles), refs)
         else:  # only the fused graph was a candidate
-            frame["fp32_ms"] = time_ms(fp32_frame, cfg.repeats)
+            frame["fp32_ms"] = time_ms(fp32_frame, iters=cfg.repeats)
         kept_all = [s for s in candidates if s in kept or (s == "fused" and stages[s]["kept"])]
         _write_kept(preset_dir, kept_all, staged, caches, settings, cfg, len(calib))
 
@@ -320,9 +320,9 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
         "stages": stages,
         "kept": kept_all,
         "frame": frame,
-        "timing": "ms per call on ONNX Runtime CPUExecutionProvider, median (p50) and min of the runs after "
-                  "warm-up; frame = encode + FSQ + embed + initial + steps x refine_step + decode (no pre/post)",
-        "machine": machine(),
+        "timing": "ms per call on ONNX Runtime CPUExecutionProvider (models.metrics.percentiles: p50_ms, p95_ms, "
+                  "p99_ms, mean_ms, min_ms, n over the runs after warm-up); frame = encode + FSQ + embed + initial + steps x refine_step + decode (no pre/post)",
+        "machine": describe_machine(),
     }
     (preset_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     log.info("%s: INT8 kept for %s; report %s", preset, ", ".join(kept_all) or "no stage", preset_dir / REPORT_FILE)

@@ -6,8 +6,8 @@ Nothing is downloaded. Real photographs come from scikit-image's bundled data
 
 Each *variant* is a source image at one width with one colour jitter. Teachers run on the
 whole variant at its full resolution (so stroke scale matches deployment) and the outputs are
-cached on disk; training then samples random crops + flips from (variant, teacher output)
-pairs. Camera-motion pairs for the temporal loss are made in the training loop by warping
+cached on disk; training then samples random crops (flipped only when `DataConfig.flips`) from
+(variant, teacher output) pairs. Camera-motion pairs for the temporal loss are made in the training loop by warping
 those crops with known affine transforms (see `models/distill.py`).
 """
 from __future__ import annotations
@@ -35,8 +35,10 @@ HELD_OUT_PHOTOS: tuple[str, ...] = ("coffee", "rocket", "stereo_motorcycle")
 _CACHE_VERSION = "v1"
 
 
-def load_photo(name: str) -> np.ndarray:
-    """A scikit-image bundled photograph as uint8 (H, W, 3) RGB (the left view for stereo pairs)."""
+def skimage_data_image(name: str) -> np.ndarray:
+    """The image `skimage.data.<name>()` returns, as uint8 (H, W, 3) RGB: grey ones repeated to three
+    channels, float ones scaled from 0..1, the left view of stereo pairs. (Not
+    `realtime.sources.synthetic.load_photo`, which reads a bundled colour photo file by a short key.)"""
     import skimage.data
 
     img = getattr(skimage.data, name)()
@@ -138,7 +140,7 @@ def render_variant(v: Variant, cfg: DataConfig) -> np.ndarray:
 
     kind, _, arg = v.source.partition(":")
     if kind == "skimage":
-        img = load_photo(arg)
+        img = skimage_data_image(arg)
     elif kind == "procedural":
         img = procedural_image(int(arg), cfg.procedural_size)
     else:

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from models.build import build_model, save_model
 from models.data import HELD_OUT_PHOTOS, CropSampler, DataConfig, TeacherCache, build_training_set
+from models.metrics import code_revision
 from models.model import GenrealModel, ModelConfig
 from models.teachers import Teacher
 from genreal_errors import UserError
@@ -127,6 +127,12 @@ class DistillConfig:
 
 # -- warps ---------------------------------------------------------------------------------
 
+#: the synthetic camera motion between the two frames of a training pair (`random_affine`)
+MOTION_ROTATION_DEG = 3.0  # rotation uniform in ±this
+MOTION_ZOOM = 0.04  # scale uniform in 1 ± this
+MOTION_SHIFT_OF_MARGIN = 0.8  # shift uniform in ±this × the crop margin (px)
+
+
 def random_affine(batch: int, big: int, small: int, max_shift: float, rng: np.random.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random small camera motions as affine_grid thetas (B, 2, 3) for the big and the small crop.
@@ -134,8 +140,8 @@ def random_affine(batch: int, big: int, small: int, max_shift: float, rng: np.ra
     Both crops share their centre; with align_corners=False a pixel shift t_px is 2·t_px/size in
     normalized units, so only the translation column differs between the two.
     """
-    ang = np.deg2rad(rng.uniform(-3.0, 3.0, batch))
-    scale = rng.uniform(0.96, 1.04, batch)
+    ang = np.deg2rad(rng.uniform(-MOTION_ROTATION_DEG, MOTION_ROTATION_DEG, batch))
+    scale = rng.uniform(1.0 - MOTION_ZOOM, 1.0 + MOTION_ZOOM, batch)
     shift = rng.uniform(-max_shift, max_shift, (batch, 2))  # pixels
     a = np.stack([np.stack([scale * np.cos(ang), -scale * np.sin(ang)], -1),
                   np.stack([scale * np.sin(ang), scale * np.cos(ang)], -1)], 1)  # (B, 2, 2)
@@ -221,7 +227,7 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     frame normalization (None: the crop's own)."""
     kmax = model.cfg.max_steps
     big, c = x_big.shape[-1], x_big.shape[-1] - 2 * margin
-    theta_big, theta = random_affine(x_big.shape[0], big, c, 0.8 * margin, rng)
+    theta_big, theta = random_affine(x_big.shape[0], big, c, MOTION_SHIFT_OF_MARGIN * margin, rng)
     inner = (slice(None), slice(None), slice(margin, margin + c), slice(margin, margin + c))
     x1, t1 = x_big[inner], t_big[inner]  # (B, 3, c, c)
     x2, t2 = warp(x_big, theta_big)[inner], warp(t_big, theta_big)[inner]  # the moved camera
@@ -331,17 +337,35 @@ def load_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer,
 
 # -- the run -------------------------------------------------------------------------------
 
-def code_revision() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "models"], cwd=root, capture_output=True,
-                               text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if rev.returncode != 0:
-        return "unknown"
-    return rev.stdout.strip() + ("+dirty(models/)" if dirty.stdout.strip() else "")
+def data_section(data_cfg: DataConfig, crop: int, margin: int, variants: Sequence[str]) -> dict[str, Any]:
+    """The manifest's ``training.sources``: what the run trained on and how it augmented it, written from
+    the `DataConfig` (and the preset's crop and margin) that ran, so it cannot claim what did not run."""
+    shift = MOTION_SHIFT_OF_MARGIN * margin
+    augment = [f"random square crops of {crop + 2 * margin} px (a {crop} px centre plus a {margin} px margin "
+               f"for the warp) starting on multiples of {data_cfg.crop_align} px of the teacher's output"]
+    if data_cfg.flips:
+        augment.append("horizontal flips")
+    if data_cfg.jitters:
+        augment.append(f"{data_cfg.jitters} colour-jittered {'copy' if data_cfg.jitters == 1 else 'copies'} "
+                       "of each photo per width")
+    augment.append(f"synthetic camera motion (rotation ±{MOTION_ROTATION_DEG:g}°, zoom ±{100 * MOTION_ZOOM:g}%, "
+                   f"shift ±{shift:g} px) pairs")
+    return {
+        "photos": [f"skimage.data.{n}" for n in data_cfg.photos],
+        "procedural": {"count": data_cfg.procedural, "size": list(data_cfg.procedural_size),
+                       "seed": data_cfg.seed, "generator": "models.data.procedural_image"},
+        "variants": list(variants),
+        "widths": list(data_cfg.widths),
+        "color_jitter_copies": data_cfg.jitters,
+        "augment": augment,
+        "augmentation": {
+            "crop_px": crop + 2 * margin, "trained_crop_px": crop, "crop_align_px": data_cfg.crop_align,
+            "flips": data_cfg.flips, "max_aspect": data_cfg.max_aspect, "color_jitter_copies": data_cfg.jitters,
+            "camera_motion": {"rotation_deg": MOTION_ROTATION_DEG, "zoom": MOTION_ZOOM, "shift_px": shift},
+        },
+        "held_out": [f"skimage.data.{n}" for n in HELD_OUT_PHOTOS],
+        "downloaded": [],
+    }
 
 
 def _lr_at(step: int, progress: float, base: float, warmup: int = 50) -> float:
@@ -470,18 +494,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
                         "total": round(time.perf_counter() - t_start, 1)},
             "final_train": history[-1] if history else None,
             "history": history[:: max(1, len(history) // 40)],
-            "sources": {
-                "photos": [f"skimage.data.{n}" for n in data_cfg.photos],
-                "procedural": {"count": data_cfg.procedural, "size": list(data_cfg.procedural_size),
-                               "seed": data_cfg.seed, "generator": "models.data.procedural_image"},
-                "variants": data.sources,
-                "widths": list(data_cfg.widths),
-                "color_jitter_copies": data_cfg.jitters,
-                "augment": ["random square crops", "horizontal flips",
-                            "synthetic camera motion (rotation ±3°, zoom ±4%, shift) pairs"],
-                "held_out": [f"skimage.data.{n}" for n in HELD_OUT_PHOTOS],
-                "downloaded": [],
-            },
+            "sources": data_section(data_cfg, p.crop, p.margin, data.sources),
         },
         "code_revision": code_revision(),
         "evaluation": {"fidelity": fidelity, "speed": speed},

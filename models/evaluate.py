@@ -1,6 +1,6 @@
 """Fidelity and speed of a student against its teachers (shared by `distill` and benchmarks/fidelity.py).
 
-Fidelity: PSNR and SSIM (scikit-image, uint8 RGB, data range 255) of the student's output
+Fidelity: PSNR and SSIM (`models.metrics`: uint8 RGB, data range 255) of the student's output
 against its teacher's output on held-out photographs at about 960 px wide, and where the error
 lives: the PSNR once both images are blurred (`BLUR_SIGMAS`): a student that misses only the
 teacher's fine strokes scores high there, one that gets tones and colours wrong over tens of
@@ -11,13 +11,13 @@ Speed: ms per frame of the student (torch, CPU) and of the per-frame 26-style te
 from __future__ import annotations
 
 import logging
-import time
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from models.data import TeacherCache, heldout_images
+from models.metrics import BLUR_SIGMAS, blurred_psnr, psnr_ssim, time_ms
 from models.model import GenrealModel
 from models.teachers import Teacher
 
@@ -45,31 +45,6 @@ def stylize(model: GenrealModel, img: np.ndarray, style: int | np.ndarray, steps
         w = torch.as_tensor(style, dtype=torch.float32, device=dev)
     out = model(to_tensor(img, str(dev)), model.style_embedding(w), steps)
     return to_uint8(out.rgb)
-
-
-#: Gaussian blurs (px) for `blurred_psnr`
-BLUR_SIGMAS = (2.0, 8.0)
-
-
-def blurred_psnr(a: np.ndarray, b: np.ndarray, sigmas: Sequence[float] = BLUR_SIGMAS) -> list[float]:
-    """PSNR (dB, data range 255, capped like every PSNR of ours) of two uint8 images after a Gaussian
-    blur of each sigma (px): the error left at scales coarser than the blur."""
-    import cv2
-
-    from calibration.report import psnr_from_mse
-
-    out = []
-    for sg in sigmas:
-        fa, fb = (cv2.GaussianBlur(v.astype(np.float32), (0, 0), sg) for v in (a, b))
-        out.append(psnr_from_mse(float(np.mean((fa - fb) ** 2))))
-    return out
-
-
-def psnr_ssim(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    return (float(peak_signal_noise_ratio(a, b, data_range=255)),
-            float(structural_similarity(a, b, channel_axis=2, data_range=255)))
 
 
 def evaluate_fidelity(model: GenrealModel, teachers: Sequence[Teacher], names: Sequence[str],
@@ -111,18 +86,6 @@ def evaluate_fidelity(model: GenrealModel, teachers: Sequence[Teacher], names: S
     }
 
 
-def _time_ms(fn, warmup: int, iters: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return {"p50": round(float(np.percentile(times, 50)), 2), "p95": round(float(np.percentile(times, 95)), 2),
-            "mean": round(float(np.mean(times)), 2)}
-
-
 def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps: Optional[int] = None,
                   warmup: int = 3, iters: int = 20, threads: Optional[int] = None) -> dict:
     """ms/frame of the student (torch CPU, K steps from the learned start, float in/out, no pre/post)
@@ -146,12 +109,12 @@ def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps
 
     with torch.inference_mode():
         z_warm = model(x, vec, k).z
-    student = _time_ms(run_student, warmup, iters)
-    student_warm = _time_ms(lambda: run_student(z_warm), warmup, iters)
+    student = time_ms(run_student, warmup, iters, digits=2)
+    student_warm = time_ms(lambda: run_student(z_warm), warmup, iters, digits=2)
     net = TeacherNet("cpu", threads=threads)
     xt = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     wts = parse_blend("19")
-    teacher = _time_ms(lambda: net(xt, wts), warmup, max(5, iters // 2))
+    teacher = time_ms(lambda: net(xt, wts), warmup, max(5, iters // 2), digits=2)
     torch.set_num_threads(prev_threads)
     return {
         "size": [w, h],
@@ -160,6 +123,6 @@ def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps
         "student_steps": k,
         "student_warm_k1_torch_cpu_ms": student_warm,
         "teacher_onnxruntime_cpu_ms": teacher,
-        "speedup_p50": round(teacher["p50"] / student["p50"], 2),
+        "speedup_p50": round(teacher["p50_ms"] / student["p50_ms"], 2),
         "note": "model call only (float tensors in/out); no resize, colour conversion or copies",
     }

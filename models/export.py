@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from genreal_errors import UserError
+from models.metrics import code_revision
 from models.exported import (ALL_PRESETS, CHAIN_STAGES, DYNAMIC, DYNAMIC_MAX, DYNAMIC_MIN, DYNAMIC_OPT, FORMAT,
                              INDEX_FILE, METADATA_KEY, ONNX_DIR, SIZE_PRESETS, STAGES, TABLES_FILE, Size,
                              describe_presets, load_index, metadata_hash, preset_for, read_artifact_metadata,
@@ -188,16 +188,6 @@ def preset_specs(cfg: "ModelConfig", preset: str) -> dict[str, ExportSpec]:
 
 
 # -- metadata -------------------------------------------------------------------------------------
-def code_revision() -> str:
-    """`git describe --always --dirty` of this checkout, else "unknown" (e.g. an installed wheel)."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
 # -- the stage modules (torch) ------------------------------------------------------------------
 def _unshuffle_conv(conv: Any, r: int) -> Any:
     """``conv(pixel_unshuffle(x, r))`` as one equivalent strided convolution on `x` (kernel k*r, stride r,
@@ -482,7 +472,7 @@ def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional
     cfg = model.cfg
     names = style_names(manifest)
     weights_sha = sha256_file(src / WEIGHTS_FILE)
-    revision = code_revision()
+    revision = code_revision()  # models.metrics: the commit, +dirty(models/) when models/ differs
     mods = _stage_modules(model)
     refs = _stage_modules(model, rewrite=False)
     files: list[Path] = []

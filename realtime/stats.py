@@ -14,25 +14,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
-
-import numpy as np
+from typing import Any, Optional
 
 from genreal_errors import UserError
+from models.metrics import percentiles
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("capture", "queue", "preprocess", "stylize", "postprocess", "output")
-
-
-def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
-    """{"p50_ms", "p95_ms", "p99_ms", "mean_ms"} of a list of milliseconds (zeros if empty)."""
-    if len(samples_ms) == 0:
-        return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0}
-    a = np.asarray(samples_ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
-            "p99_ms": round(float(p99), 3), "mean_ms": round(float(a.mean()), 3)}
 
 
 @dataclass

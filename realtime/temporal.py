@@ -25,6 +25,10 @@ per-token change signature of the input. Per frame, `plan()` decides one of:
   When too much is newly visible (or changed), or the camera came to rest, the frame is computed in
   full and becomes the new key frame.
 
+  A large object moving in front of a still camera (a bus through a street camera's view) pulls the
+  global estimate onto itself; a motion is taken only when it explains more of the frame than the still
+  camera does (fewer tiles it cannot explain), else the frame is planned as a still camera (crops).
+
 Noise robustness: the change signature is the mean grey of 4×4-pixel blocks (sensor noise shrinks 4×)
 compared per 8×8 token tile against the signature stored when the tile was last computed (so slow
 drifts still add up), and FSQ levels only flip when the new level clearly wins (`hysteresis_margin`).
@@ -84,6 +88,8 @@ class Plan:
     regions: tuple[tuple[Box, Box], ...] = ()
     affine: Optional[np.ndarray] = None  # motion: (2, 3) output px → key-frame px
     reason: str = ""
+    #: motion: `motion_change`'s masks for `affine` when the plan already computed them (else computed on use)
+    masks: tuple[np.ndarray, ...] = ()
 
 
 def grey_of(image: np.ndarray) -> np.ndarray:
@@ -420,14 +426,23 @@ class TemporalCache:
         init = self.last_affine if self.last_mode == "motion" else None
         a = global_motion(self.key_small, small, w, cfg.motion_conf, init, cfg.motion_min_px)
         self._affine = IDENTITY.copy() if a is None else a
+        thresh = cfg.change_thresh * self.reuse
+        changed = np.stack([tile_change(sigs[b], self.sig_ref[b], thresh) for b in range(len(greys))]).any(0)
+        frac = float(changed.mean())  # tiles a still camera cannot explain
         if a is not None and motion_px(a, IDENTITY, w, h) >= cfg.motion_min_px:
             step = motion_px(a, self.last_affine, w, h)  # previous frame → now
             if self.last_mode == "motion" and step < cfg.motion_min_px:
                 return Plan("full", reason="rekey"), sigs, small  # the camera came to rest: a new key frame
-            return Plan("motion", affine=a), sigs, small
-        thresh = cfg.change_thresh * self.reuse
-        changed = np.stack([tile_change(sigs[b], self.sig_ref[b], thresh) for b in range(len(greys))]).any(0)
-        frac = float(changed.mean())
+            masks: tuple[np.ndarray, ...] = ()
+            if frac <= cfg.cut_frac and self.last_mode != "motion":
+                # a large object moving in front of a still camera fakes camera motion (the estimate locks
+                # onto it): keep the still camera when it explains more of the frame than the motion does
+                masks = motion_change(greys, self.key_greys, sigs, a, thresh)
+                if float(np.logical_or.reduce(masks).mean()) > frac:
+                    masks, a = (), None
+                    self._affine = IDENTITY.copy()
+            if a is not None:
+                return Plan("motion", affine=a, masks=masks), sigs, small
         if frac == 0.0:
             return Plan("skip"), sigs, small
         regions = self.regions_for(changed) if frac <= cfg.cut_frac else None

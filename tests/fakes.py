@@ -1,9 +1,11 @@
-"""Synthetic sources and sinks for pipeline tests."""
+"""Synthetic sources and sinks for pipeline tests, and a small video writer / reader."""
 from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator, Optional
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -95,3 +97,35 @@ def assert_one_line_error(capsys, code: int, *words: str) -> None:
     assert err.startswith("genreal: error:") and "\n" not in err and "Traceback" not in err, err
     for word in words:
         assert word.lower() in err.lower(), err
+
+
+def encode_video(path: Path, images: Iterable[np.ndarray], fps: int = 10, codec: str = "ffv1",
+                 pix_fmt: str = "yuv420p") -> Path:
+    """Write uint8 RGB `images` (all one size) to `path` with PyAV, frame i at pts i / `fps`."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = None
+        for i, img in enumerate(images):
+            if stream is None:
+                stream = container.add_stream(codec, rate=fps)
+                stream.height, stream.width = img.shape[:2]
+                stream.pix_fmt = pix_fmt
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    return path
+
+
+def decode_video(path: Path) -> tuple[list[np.ndarray], list[float]]:
+    """Every frame of `path` as uint8 RGB, and its presentation time in seconds."""
+    import av
+
+    with av.open(str(path)) as inp:
+        frames = list(inp.decode(video=0))
+    return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames]

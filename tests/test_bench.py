@@ -88,6 +88,7 @@ def tiny_result(tmp_path_factory):
     return run_bench(cfg, out), out
 
 
+@pytest.mark.slow
 def test_tiny_sweep_json_schema(tiny_result):
     result, out = tiny_result
     on_disk = json.loads((out / "bench.json").read_text())
@@ -115,6 +116,7 @@ def test_tiny_sweep_json_schema(tiny_result):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end_decodes_identity_output(tiny_result):
     result, _ = tiny_result
     e2e = {r["size"]: r for r in result["end_to_end"]}
@@ -147,6 +149,7 @@ def test_compare_with_peers_ratios():
     assert c["peers"]["teacher"]["speedup"] == 10.0 and c["peers"]["teacher"]["speedup_mean"] == 4.0
 
 
+@pytest.mark.slow
 def test_update_readme_writes_tables_and_copies_charts(tiny_result, tmp_path):
     result, out = tiny_result
     readme = update_readme(result, bench_dir=tmp_path)
@@ -244,6 +247,7 @@ def test_model_option_reaches_our_backends(tmp_path):
     assert rows and all(r["status"] == "unavailable" and "no-such-model" in r["reason"] for r in rows)
 
 
+@pytest.mark.slow
 def test_teacher_probe_sees_global_normalization_and_a_stroke_grid():
     """benchmarks.teacher_probe on stand-in teachers with known properties: one that removes the
     frame's mean colour (crop-dependent, blind to a colour cast) and one locked to a 4 px grid."""

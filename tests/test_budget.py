@@ -127,13 +127,10 @@ def test_pipeline_with_an_impossible_budget_runs_our_model_at_its_cheapest_rung(
     assert "budget choices" in stats.summary()
 
 
-def test_backend_internal_scale_keeps_the_output_size_and_stays_close():
-    from benchmarks.temporal import psnr
-    from realtime.sources.synthetic import load_photo
+def test_backend_internal_scale_keeps_the_output_size_and_stays_close(photo):
+    from models.metrics import PSNR_CAP_DB, psnr
 
-    import cv2
-
-    img = cv2.resize(load_photo("coffee"), (320, 192), interpolation=cv2.INTER_AREA)
+    img = photo("coffee", 320, 192)
     backend = OnnxRuntimeBackend(BackendConfig(name="onnxruntime", style="cel", temporal=False))
     try:
         full = backend([img])[0]
@@ -145,7 +142,7 @@ def test_backend_internal_scale_keeps_the_output_size_and_stays_close():
         backend.close()
     assert half.shape == tiny.shape == img.shape
     assert backend.steps == 1 and backend.cache.reuse == 2.0
-    assert 15.0 < psnr(half, full) < 99.0  # a softer rendition of the same picture, not the same one
+    assert 15.0 < psnr(half, full) < PSNR_CAP_DB  # a softer rendition of the same picture, not the same one
 
 
 class _PhotoSource(FakeSource):

@@ -7,40 +7,30 @@ import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
-import av
 import numpy as np
 import pytest
 
 from realtime.cli import main
-from tests.fakes import assert_one_line_error  # noqa: E402
+from tests.fakes import assert_one_line_error, decode_video, encode_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_clip(path: Path, n: int = 12, w: int = 64, h: int = 48, fps: int = 10, codec: str = "ffv1") -> None:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p" if codec != "ffv1" else "bgr0"
+    """`n` frames of a bar growing 5 px per frame, its colour changing with the frame index."""
+    def frames() -> Iterator[np.ndarray]:
         for i in range(n):
             img = np.zeros((h, w, 3), np.uint8)
             img[:, : (i * 5) % w + 1] = (200, (40 + i * 10) % 256, 90)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for pkt in stream.encode(frame):
-                out.mux(pkt)
-        for pkt in stream.encode():
-            out.mux(pkt)
+            yield img
+
+    encode_video(path, frames(), fps, codec, pix_fmt="yuv420p" if codec != "ffv1" else "bgr0")
 
 
-def read_clip(path: Path) -> tuple[list[np.ndarray], list[float]]:
-    with av.open(str(path)) as inp:
-        frames = list(inp.decode(video=0))
-    return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames]
+read_clip = decode_video
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -166,6 +156,7 @@ def test_demo_writes_a_restyled_clip(tmp_path):
     assert "capture→display" in proc.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_finalizes_the_output_and_prints_the_summary(tmp_path):
     out = tmp_path / "live.mkv"
     proc = subprocess.Popen(

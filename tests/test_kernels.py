@@ -216,6 +216,7 @@ def test_cpu_preprocess_matches_reference(rng, fmt, src, dst):
 
 @pytest.mark.parametrize("fmt,src,dst", [("rgb", (3840, 2160), (1917, 1081)), ("nv12", (3840, 2160), (640, 360)),
                                          ("bgr", (960, 540), (3840, 2160))])
+@pytest.mark.slow
 def test_cpu_preprocess_4k(rng, fmt, src, dst):
     img = camera(rng, fmt, *src)
     _check_pre(cpu.preprocess(img, fmt, dst, "float32"), ref.preprocess(img, fmt, dst, "float32"), CPU_TOL[fmt])
@@ -293,6 +294,7 @@ def test_cpu_postprocess_matches_reference(rng, case):
               ref.postprocess(x.astype(np.float16), valid, size, orig, s, pack))
 
 
+@pytest.mark.slow
 def test_cpu_postprocess_4k(rng):
     x, valid, size, orig, s, pack = _post_inputs(rng, (1, 1088, 1920, 1080, 1917, 3840, 2160, 0.8, False, True))
     _check_u8(cpu.postprocess(x, valid, size, orig, s, pack), ref.postprocess(x, valid, size, orig, s, pack))

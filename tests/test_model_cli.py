@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.manifest import default_model_dir, read_manifest
+from models.manifest import read_manifest
 from realtime.cli import main
 from realtime.config import BackendConfig
 from genreal_errors import UserError
@@ -23,12 +23,7 @@ SMALL = ModelConfig(num_styles=3, enc_ch=8, latent_ch=16, style_dim=8, skip_ch=8
 NAMES = ["ink", "sun", "moss"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +37,12 @@ def small_model_dir(tmp_path_factory):
     return d
 
 
-def one_line_error(capsys, *words: str) -> None:
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("genreal: error:"), err
-    for w in words:
-        assert w.lower() in err.lower(), err
 
 
 # -- shipped weights ------------------------------------------------------------------------
 
-def test_shipped_model_meets_the_issue():
-    d = default_model_dir()
+def test_shipped_model_meets_the_issue(shipped_model_dir):
+    d = shipped_model_dir
     manifest = read_manifest(d)
     size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
     assert size <= 20 * 1024 * 1024
@@ -67,23 +57,22 @@ def test_shipped_model_meets_the_issue():
     assert tr["preset"] == "cpu" and tr["sources"]["photos"] and tr["sources"]["held_out"]
     assert manifest["code_revision"] and manifest["evaluation"]["fidelity"]["mean_psnr"] is not None
     speed = manifest["evaluation"]["speed"]
-    assert speed["size"] == [640, 360] and speed["teacher_onnxruntime_cpu_ms"]["p50"] > 0
+    assert speed["size"] == [640, 360] and speed["teacher_onnxruntime_cpu_ms"]["p50_ms"] > 0
 
 
-def test_styles_json_lists_the_shipped_styles(capsys):
-    assert main(["styles", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+def test_styles_json_lists_the_shipped_styles(cli):
+    r = cli("styles", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
     manifest = read_manifest()
     assert [s["name"] for s in out["styles"]] == [s["name"] for s in manifest["styles"]]
     assert set(out["styles"][0]) == {"name", "teacher", "psnr", "ssim"}
 
 
-def test_styles_table_and_bad_model(small_model_dir, tmp_path, capsys):
-    assert main(["styles", "--model", str(small_model_dir)]) == 0
-    out = capsys.readouterr().out
-    assert all(n in out for n in NAMES) and "builtin:2" in out
-    assert main(["styles", "--model", str(tmp_path / "nothing")]) == 2
-    one_line_error(capsys, "no model")
+def test_styles_table_and_bad_model(small_model_dir, tmp_path, cli):
+    r = cli("styles", "--model", str(small_model_dir))
+    assert r.code == 0 and all(n in r.out for n in NAMES) and "builtin:2" in r.out
+    cli("styles", "--model", str(tmp_path / "nothing")).assert_user_error("no model")
 
 
 # -- stylize ----------------------------------------------------------------------------------
@@ -106,20 +95,18 @@ def test_stylize_writes_png_at_input_size(small_model_dir, tmp_path, capsys):
     (["--steps", "9"], ["steps"]),
     (["--style", "ink:x"], ["weight"]),
 ])
-def test_stylize_bad_options(small_model_dir, tmp_path, capsys, args, words):
+def test_stylize_bad_options(small_model_dir, tmp_path, cli, args, words):
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.zeros((16, 16, 3), np.uint8))
-    assert main(["stylize", str(img), "-o", str(tmp_path / "o"), "--model", str(small_model_dir), *args]) == 2
-    one_line_error(capsys, *words)
+    cli("stylize", str(img), "-o", str(tmp_path / "o"), "--model", str(small_model_dir), *args).assert_user_error(*words)
 
 
-def test_stylize_missing_and_corrupt_images(small_model_dir, tmp_path, capsys):
-    assert main(["stylize", str(tmp_path / "missing.png"), "-o", str(tmp_path), "--model", str(small_model_dir)]) == 2
-    one_line_error(capsys, "not found")
+def test_stylize_missing_and_corrupt_images(small_model_dir, tmp_path, cli):
+    cli("stylize", str(tmp_path / "missing.png"), "-o", str(tmp_path),
+        "--model", str(small_model_dir)).assert_user_error("not found")
     bad = tmp_path / "bad.png"
     bad.write_text("no image")
-    assert main(["stylize", str(bad), "-o", str(tmp_path), "--model", str(small_model_dir)]) == 2
-    one_line_error(capsys, "cannot read")
+    cli("stylize", str(bad), "-o", str(tmp_path), "--model", str(small_model_dir)).assert_user_error("cannot read")
 
 
 # -- distill argument errors ---------------------------------------------------------------------
@@ -128,16 +115,14 @@ def test_stylize_missing_and_corrupt_images(small_model_dir, tmp_path, capsys):
     ("builtin:42", ["0-25"]), ("vangogh", ["bad teacher spec"]), ("image:/no/such.png", ["not found"]),
     ("onnx:/no/such.onnx", ["not found"]), ("pairs:/no/such", ["not found"]),
 ])
-def test_distill_bad_teacher_specs(tmp_path, capsys, teacher, words):
-    assert main(["distill", "--teacher", teacher, "--out", str(tmp_path / "o"), "--preset", "tiny"]) == 2
-    one_line_error(capsys, *words)
+def test_distill_bad_teacher_specs(tmp_path, cli, teacher, words):
+    cli("distill", "--teacher", teacher, "--out", str(tmp_path / "o"), "--preset", "tiny").assert_user_error(*words)
 
 
-def test_distill_duplicate_names_and_resume_without_checkpoint(tmp_path, capsys):
-    assert main(["distill", "--teacher", "a=builtin:1", "--teacher", "a=builtin:2", "--out", str(tmp_path)]) == 2
-    one_line_error(capsys, "unique")
-    assert main(["distill", "--teacher", "builtin:1", "--out", str(tmp_path), "--resume"]) == 2
-    one_line_error(capsys, "resume")
+def test_distill_duplicate_names_and_resume_without_checkpoint(tmp_path, cli):
+    cli("distill", "--teacher", "a=builtin:1", "--teacher", "a=builtin:2",
+        "--out", str(tmp_path)).assert_user_error("unique")
+    cli("distill", "--teacher", "builtin:1", "--out", str(tmp_path), "--resume").assert_user_error("resume")
 
 
 # -- the torch backend ---------------------------------------------------------------------------

@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.manifest import default_model_dir
 from realtime.backends import AUTO_ORDER, create_backend
 from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend, OrtStages
 from realtime.cli import main
 from realtime.config import BackendConfig
 from genreal_errors import UserError
+from tests.conftest import set_index_presets as set_presets
 from tests.fakes import assert_one_line_error  # noqa: E402
 
-SHIPPED = default_model_dir()
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,28 +27,6 @@ def image(w: int, h: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
     return np.ascontiguousarray(np.repeat(np.repeat(base, 8, 0), 8, 1)[:h, :w])
-
-
-@pytest.fixture()
-def model_copy(tmp_path) -> Path:
-    """A private copy of the shipped model (weights, manifest, the 640x360 and dynamic graphs)."""
-    dst = tmp_path / "model"
-    (dst / "onnx").mkdir(parents=True)
-    for name in ("model.safetensors", "manifest.json"):
-        shutil.copy(SHIPPED / name, dst / name)
-    for name in ("tables.npz", "index.json"):
-        shutil.copy(SHIPPED / "onnx" / name, dst / "onnx" / name)
-    for preset in ("640x360", "dynamic"):
-        shutil.copytree(SHIPPED / "onnx" / preset, dst / "onnx" / preset)
-    set_presets(dst, ["640x360", "dynamic"])
-    return dst
-
-
-def set_presets(model_dir: Path, presets: list[str]) -> None:
-    path = model_dir / "onnx" / "index.json"
-    index = json.loads(path.read_text())
-    index["presets"] = presets
-    path.write_text(json.dumps(index))
 
 
 @pytest.fixture(scope="module")

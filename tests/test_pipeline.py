@@ -121,7 +121,7 @@ def test_stats_dict_has_the_documented_keys():
                 "stages", "end_to_end"):
         assert key in d
     assert set(d["stages"]) >= {"capture", "preprocess", "stylize", "postprocess", "output"}
-    assert set(d["end_to_end"]) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms"}
+    assert set(d["end_to_end"]) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "min_ms", "n"}
     assert d["size"] == "32x24" and d["backend"] == "identity"
     assert "capture→display" in stats.summary()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -20,6 +19,7 @@ from realtime.sources.base import Source
 from realtime.sources.common import ThreadedSource
 from realtime.sources.stereo import NearestPairer, PairSource
 from realtime.sources.synthetic import CameraPose, DemoClip, VirtualCamera, load_photo
+from tests.fakes import encode_video
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,25 +34,11 @@ def colour(i: int) -> tuple[int, int, int]:
 def write_video(path: Path, n: int = 20, size: tuple[int, int] = (64, 48), fps: int = 10,
                 codec: str = "ffv1", texture: bool = False) -> Path:
     """n frames of a flat colour per frame (plus a fixed texture when asked) at `fps`."""
-    import av
-
     w, h = size
     rng = np.random.default_rng(0)
     noise = rng.integers(-40, 40, (h, w, 3)) if texture else 0
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        for i in range(n):
-            img = np.clip(np.full((h, w, 3), colour(i), np.int32) + noise, 0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    images = (np.clip(np.full((h, w, 3), colour(i), np.int32) + noise, 0, 255).astype(np.uint8) for i in range(n))
+    return encode_video(path, images, fps, codec)
 
 
 def read_all(spec: str, **cfg) -> tuple[Source, list]:

@@ -235,18 +235,9 @@ DEV = tb.DeviceInfo("NVIDIA Fake H100", "9.0", "10.3.0")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(export_chain) -> Path:
     """A copy of the shipped model with its 640x360 chain graphs exported (models/export.py)."""
-    from models.export import CHAIN_STAGES, export_model
-    from models.manifest import default_model_dir
-
-    d = tmp_path_factory.mktemp("trt") / "model"
-    src = default_model_dir()
-    d.mkdir()
-    for name in ("manifest.json", "model.safetensors"):
-        shutil.copy(src / name, d / name)
-    export_model(d, presets=(PRESET,), stages=CHAIN_STAGES, check_parity=False)
-    return d
+    return export_chain("trt")
 
 
 def _specs() -> dict:
@@ -339,6 +330,7 @@ def test_cache_key_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 # --- build with the fake TensorRT --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_build_uses_the_tensorrt10_api(tmp_path: Path, exported: Path) -> None:
     calls: list = []
     trt = make_fake_trt(calls)
@@ -361,6 +353,7 @@ def test_build_uses_the_tensorrt10_api(tmp_path: Path, exported: Path) -> None:
     assert ("create_timing_cache", (b"TC+",)) in calls  # the saved timing cache is read back
 
 
+@pytest.mark.slow
 def test_parse_failure_and_old_tensorrt_are_user_errors(tmp_path: Path, exported: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     trt = make_fake_trt([], fail_parse=True)
@@ -374,6 +367,7 @@ def test_parse_failure_and_old_tensorrt_are_user_errors(tmp_path: Path, exported
         tb.import_tensorrt()
 
 
+@pytest.mark.slow
 def test_ensure_engine_caches_rebuilds_on_mismatch_and_refuses_corrupt(tmp_path: Path, exported: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     calls: list = []
@@ -403,6 +397,7 @@ def test_ensure_engine_caches_rebuilds_on_mismatch_and_refuses_corrupt(tmp_path:
 # --- the backend with the fake TensorRT on the CPU ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> None:
     from realtime.backends.model_backend import ModelBackend
     from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -442,6 +437,7 @@ def test_stages_run_a_frame_like_onnxruntime(tmp_path: Path, exported: Path) -> 
     assert not [c for c in calls2 if c[0] == "build_serialized_network"]
 
 
+@pytest.mark.slow
 def test_int8_uses_calibrated_graphs_and_fp16_elsewhere(tmp_path: Path, exported: Path) -> None:
     from realtime.backends.tensorrt_backend import TensorRTStages
 
@@ -474,6 +470,7 @@ def test_backend_without_tensorrt_is_a_clean_user_error(monkeypatch: pytest.Monk
         TensorRTBackend(BackendConfig(name="tensorrt", device="cpu"))
 
 
+@pytest.mark.slow
 def test_unknown_size_names_the_presets(tmp_path: Path, exported: Path) -> None:
     from realtime.backends.tensorrt_backend import TensorRTStages
 
@@ -485,6 +482,7 @@ def test_unknown_size_names_the_presets(tmp_path: Path, exported: Path) -> None:
 # --- a real engine (GPU machines with TensorRT only) ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_real_tensorrt_engine(tmp_path: Path, exported: Path) -> None:
     pytest.importorskip("tensorrt", reason="TensorRT is not installable on our CI machines (no wheel, no GPU)")

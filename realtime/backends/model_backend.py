@@ -232,7 +232,7 @@ class ModelBackend(Backend):
         where the warp cannot explain the input (new in view, moved on its own). When that is too much,
         the reason the caller computes a new key frame instead ("cut" or "rekey")."""
         cache, cfg = self.cache, self.cache.config
-        masks = motion_change(p.greys, cache.key_greys, sigs, plan.affine, cfg.change_thresh * cache.reuse)
+        masks = plan.masks or motion_change(p.greys, cache.key_greys, sigs, plan.affine, cfg.change_thresh * cache.reuse)
         if masks[0].mean() > cfg.cut_frac:  # most of what stayed in view changed: not motion, a new scene
             return "cut"
         unexplained = np.logical_or.reduce(masks)

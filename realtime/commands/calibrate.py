@@ -101,10 +101,10 @@ def run(args: argparse.Namespace) -> int:
         line = (f"{preset}: INT8 kept for {', '.join(rep['kept']) or 'no stage'} "
                 f"(bound {rep['rule']['min_psnr_db']:.1f} dB vs FP32)")
         if "kept" in frame:
-            line += (f"; frame PSNR vs FP32 {frame['kept']['psnr_db']:.1f} dB, {frame['fp32_ms']['p50']:.1f} → "
-                     f"{frame['kept_int8_ms']['p50']:.1f} ms ({frame['kept_speedup']:.2f}x) on this CPU")
+            line += (f"; frame PSNR vs FP32 {frame['kept']['psnr_db']:.1f} dB, {frame['fp32_ms']['p50_ms']:.1f} → "
+                     f"{frame['kept_int8_ms']['p50_ms']:.1f} ms ({frame['kept_speedup']:.2f}x) on this CPU")
         print(line)
         for stage, st in rep["stages"].items():
-            print(f"  {stage:12s} PSNR {st['psnr_db']:6.2f} dB  {st['fp32_ms']['p50']:8.2f} → {st['int8_ms']['p50']:8.2f} ms"
+            print(f"  {stage:12s} PSNR {st['psnr_db']:6.2f} dB  {st['fp32_ms']['p50_ms']:8.2f} → {st['int8_ms']['p50_ms']:8.2f} ms"
                   f"  {'INT8' if st['kept'] else 'FP32'}")
     return 0

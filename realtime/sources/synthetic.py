@@ -52,7 +52,9 @@ def skimage_data_dir() -> str:
 
 @lru_cache(maxsize=None)
 def load_photo(name: str) -> np.ndarray:
-    """A photo bundled with scikit-image as read-only uint8 (H, W, 3) RGB."""
+    """The colour photo file `BUNDLED_PHOTOS[name]` from scikit-image's data folder (skimage is not imported)
+    as read-only uint8 (H, W, 3) RGB. (Training data uses `models.data.skimage_data_image`, which calls
+    `skimage.data.<name>()` and also takes grey and stereo images.)"""
     import cv2
 
     if name not in BUNDLED_PHOTOS:
