@@ -27,7 +27,7 @@ from benchmarks import web_browser as wb
 from benchmarks.bench_machine import describe_machine
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
-from realtime.stats import percentiles
+from models.metrics import percentiles
 
 LOOP = 90  # frames in the fake camera file (3 s at 30 fps; it loops)
 

@@ -190,12 +190,17 @@ def test_bad_client_is_closed_alone(kind, caplog):
         async with aiohttp.ClientSession() as http:
             async with http.ws_connect(srv.url("/ws")) as good, http.ws_connect(srv.url("/ws")) as bad:
                 await _hello(good), await _hello(bad)
-                await (bad.send_str(data) if how == "str" else bad.send_bytes(data))
+                try:
+                    await (bad.send_str(data) if how == "str" else bad.send_bytes(data))
+                    cut = False
+                except ConnectionError:  # the server may close while a 2 MB message is still going out
+                    cut = True
                 msg = await bad.receive(timeout=30)
                 while msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     msg = await bad.receive(timeout=30)
-                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
-                assert bad.close_code in (1008, 1009)
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
+                                    aiohttp.WSMsgType.ERROR)
+                assert bad.close_code in (1008, 1009) or (cut and kind == "oversized"), bad.close_code
                 for i in range(3):  # the other client goes on as if nothing happened
                     hdr, img = await _roundtrip(good, i)
                     assert hdr["id"] == i and decode_index(img) == i

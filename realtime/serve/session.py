@@ -19,7 +19,7 @@ from realtime.budget import BUDGET_PRESETS, BudgetController, Choice
 from realtime.config import BackendConfig
 from genreal_errors import UserError
 from realtime.frame import pack_side_by_side, split_side_by_side
-from realtime.stats import percentiles
+from models.metrics import percentiles
 
 _WINDOW = 600  # latency samples kept per session (the last ~20 s at 30 fps)
 _ids = itertools.count(1)
