@@ -245,7 +245,7 @@ def test_latest_frame_wins_under_load():
     from realtime.backends.identity import IdentityBackend
 
     srv = ServerThread(ServeConfig(port=0, backend=BackendConfig(name="identity"))).start()
-    srv.state.sessions._make_backend = lambda: IdentityBackend(BackendConfig(name="identity"), delay_s=0.2)
+    srv.state.sessions.make_backend = lambda: IdentityBackend(BackendConfig(name="identity"), delay_s=0.2)
 
     async def go():
         async with aiohttp.ClientSession() as http:
@@ -556,7 +556,7 @@ def test_a_backend_failure_ends_only_that_client(caplog):
         made.append(1)
         return Broken(BackendConfig(name="identity")) if len(made) == 1 else IdentityBackend(BackendConfig(name="identity"))
 
-    srv.state.sessions._make_backend = make
+    srv.state.sessions.make_backend = make
 
     async def go():
         async with aiohttp.ClientSession() as http:

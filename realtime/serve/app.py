@@ -106,7 +106,7 @@ async def _styles(request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
 
         def probe() -> list[str]:
-            backend = state.sessions._make_backend()
+            backend = state.sessions.make_backend()
             try:
                 return [*backend.styles()]
             finally:

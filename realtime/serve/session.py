@@ -151,7 +151,7 @@ class Sessions:
     """The connected sessions, with a limit on how many there may be."""
 
     def __init__(self, make_backend: Callable[[], Backend], max_clients: int) -> None:
-        self._make_backend = make_backend
+        self.make_backend = make_backend
         self.max_clients = max_clients
         self._sessions: dict[int, Session] = {}
         self.ended: list[dict[str, Any]] = []  # final stats of sessions that closed (the last 100)
@@ -169,7 +169,7 @@ class Sessions:
     def open(self, transport: str, peer: str) -> Session:
         """Build a session for a reserved slot (blocking: loads a backend)."""
         try:
-            session = Session(transport, self._make_backend(), peer)
+            session = Session(transport, self.make_backend(), peer)
         finally:
             with self._lock:
                 self._pending -= 1
