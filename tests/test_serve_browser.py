@@ -302,3 +302,20 @@ def test_preview_shows_the_server_source(browser):
         pipeline.stop()
         thread.join(timeout=10)
         server.stop()
+
+
+def test_preview_with_an_access_token(browser):
+    """With a token (required off loopback; `--token` on loopback) the page, its scripts, its API calls and
+    its sockets all get through with the printed URL, and nothing does without it."""
+    server = _server(token="t0ken-abc")
+    try:
+        page, logs = _open(browser, server.url("/"), "ws-jpeg")
+        outs = _wait_outputs(page, 5, logs)
+        assert outs and server.url("/").endswith("?token=t0ken-abc")
+        other = browser.new_context().new_page()  # no cookie, no token
+        response = other.goto(f"http://localhost:{server.port}/")
+        assert response.status == 401
+        other.close()
+        page.close()
+    finally:
+        server.stop()
