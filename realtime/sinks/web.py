@@ -39,7 +39,6 @@ class WebSink(Sink):
         self._hub = HubSink(hub)
         self.url = self.server.url("/")
         log.info("web sink: open %s", self.url)
-        print(f"genreal: web sink at {self.url}", flush=True)
 
     def write(self, item: Item, overlay: Overlay) -> None:
         self._hub.write(item, overlay)
