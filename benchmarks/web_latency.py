@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import web_browser as wb
-from benchmarks.bench_machine import describe_machine
+from models.metrics import describe_machine
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
 from models.metrics import percentiles
@@ -63,13 +63,19 @@ def measure(browser: Any, backend: str, transport: str, seconds: float, warmup: 
         page.evaluate(HOOKS)
         page.wait_for_timeout(int(seconds * 1000))
         local, remote, tag = page.evaluate("() => [window.__local, window.__remote, window.__tag]")
-        codec = None
+        codec, rtc = None, None
         if transport.startswith("webrtc"):
-            codec = page.evaluate("""async () => {
-              const st = await genreal.state.pc.getStats(); let id = null, mime = null;
-              st.forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video') id = r.codecId; });
+            # where the time goes on the page's side: Chromium's own encode, decode and jitter-buffer averages
+            codec, rtc = page.evaluate("""async () => {
+              const st = await genreal.state.pc.getStats(); let id = null, mime = null, inb = null, out = null;
+              st.forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video') { id = r.codecId; inb = r; }
+                                  if (r.type === 'outbound-rtp' && r.kind === 'video') out = r; });
               st.forEach((r) => { if (r.id === id) mime = r.mimeType; });
-              return mime; }""")
+              const per = (t, n) => (n ? +(1000 * t / n).toFixed(2) : null);
+              return [mime, { page_encode_ms: out ? per(out.totalEncodeTime, out.framesEncoded) : null,
+                              page_decode_ms: inb ? per(inb.totalDecodeTime, inb.framesDecoded) : null,
+                              page_jitter_buffer_ms: inb ? per(inb.jitterBufferDelay, inb.jitterBufferEmittedCount) : null,
+                              sent_size: out ? `${out.frameWidth}x${out.frameHeight}` : null }]; }""")
         sessions = _stats(server)["sessions"]
         if shot is not None:
             page.set_viewport_size({"width": 1400, "height": 560})
@@ -87,6 +93,7 @@ def measure(browser: Any, backend: str, transport: str, seconds: float, warmup: 
         "pattern_rtt": percentiles(pattern), "pattern_samples": len(pattern),
         "tag_rtt": percentiles(tag) if tag else None,
         "server": s.get("latency"), "dropped": s.get("dropped"), "frames_in": s.get("frames_in"),
+        "webrtc_page": rtc,
     }
 
 
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                             if args.json and transport == "ws-jpeg" else None)
                     r = measure(browser, backend, transport, args.seconds, args.warmup, shot)
                     print(f"{backend:12s} {transport:8s} pattern p50 {r['pattern_rtt']['p50_ms']:6.1f} ms "
-                          f"({r['pattern_samples']} samples, {r['fps']} fps, {time.perf_counter() - t0:.0f} s)",
+                          f"({r['pattern_samples']} samples, {r['fps']} fps, {time.perf_counter() - t0:.0f} s)"
+                          + (f" page-side {r['webrtc_page']}" if r["webrtc_page"] else ""),
                           file=sys.stderr, flush=True)
                     results.append(r)
         finally:

@@ -609,3 +609,19 @@ def test_serve_fails_fast_on_a_bad_source_or_style(capsys, tmp_path):
     assert main(["serve", "--port", "0", "--backend", "onnxruntime", "--style", "no-such-style"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "none.mp4" in err[0] and "no-such-style" in err[1]
+
+
+def test_the_latency_benchmark_imports_and_tabulates():
+    from benchmarks import web_latency
+
+    row = {"backend": "identity", "transport": "webrtc", "codec": "video/VP8", "fps": 20.0, "pattern_samples": 3,
+           "pattern_rtt": {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0}, "tag_rtt": None,
+           "server": {"p50_ms": 0.5}}
+    text = web_latency.table([row, {**row, "transport": "ws-jpeg", "codec": None, "tag_rtt": {"p50_ms": 1.1}}])
+    assert "| identity | webrtc (VP8) | 1.0 / 2.0 / 3.0 | – | 0.5 | 20.0 | 3 |" in text
+    assert "| identity | ws-jpeg | 1.0 / 2.0 / 3.0 | 1.1 | 0.5 | 20.0 | 3 |" in text
+    from benchmarks.web_browser import latencies_by_pattern
+
+    local = [[1, 0.0], [2, 33.0], [1, 2000.0]]  # frame 1 again one loop later
+    remote = [[1, 20.0], [1, 25.0], [2, 60.0], [1, 2030.0]]  # the repeat of frame 1 counts once
+    assert latencies_by_pattern(local, remote, loop_frames=60) == [20.0, 27.0, 30.0]
