@@ -14,7 +14,7 @@ SOURCE_HELP = (
     "webcam:N, a video file, a URL (rtsp://, http://, ...), images:GLOB, demo, demo:live (paced like a camera), demo:stereo, "
     "or stereo forms sbs:SRC, tb:SRC, pair:SRC_L,SRC_R"
 )
-SINK_HELP = "window, a file path (.mp4 H.264, .mkv FFV1, ...), vcam, or null; repeat for several"
+SINK_HELP = "window, a file path (.mp4 H.264, .mkv FFV1, ...), vcam, web (or web:PORT: the browser page), or null; repeat for several"
 
 
 def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = None) -> None:

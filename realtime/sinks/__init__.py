@@ -1,6 +1,6 @@
 """Output sinks: `make_sink(spec)` turns a `--sink` value into a `Sink`.
 
-SINK: ``null``, ``window``, ``vcam`` (or ``vcam:/dev/videoN``) or a file path whose extension
+SINK: ``null``, ``window``, ``vcam`` (or ``vcam:/dev/videoN``), ``web`` (or ``web:PORT``: the browser page) or a file path whose extension
 picks the encoder (see `FORMATS`). Making a sink validates it (output directory writable,
 extension known, display present, virtual camera device present) and raises `UserError`
 before any frame is processed; the window / file / camera itself opens at the first frame.
@@ -18,7 +18,7 @@ from realtime.sinks.window import WindowSink
 
 __all__ = ["make_sink", "Sink", "Overlay", "NullSink", "FileSink", "WindowSink", "VcamSink", "FORMATS"]
 
-SINK_KINDS = "window, vcam, null or a video file path"
+SINK_KINDS = "window, vcam, web (or web:PORT), null or a video file path"
 
 
 
@@ -36,6 +36,10 @@ def make_sink(spec: str, fps: Optional[float] = None) -> Sink:
         return NullSink()
     if kind == "window" and not arg:
         return WindowSink()
+    if kind == "web":
+        from realtime.sinks.web import WebSink, parse_port
+
+        return WebSink(parse_port(arg))
     if kind == "vcam":
         return VcamSink(fps=fps, device=arg or None)
     if "://" in text:
