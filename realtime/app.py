@@ -17,7 +17,7 @@ from realtime.backends import create_backend
 from realtime.config import PipelineConfig
 from genreal_errors import UserError
 from realtime.pipeline import Pipeline
-from realtime.sinks import make_sink, output_path
+from realtime.sinks import make_sink, output_path, validate_sink
 from realtime.sinks.file import same_file
 from realtime.sources import make_source
 from realtime.sources.base import Source
@@ -78,7 +78,7 @@ def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], N
     with ExitStack() as stack:
         source = make_source(config.source)
         for spec in config.sinks:  # validate every sink before anything opens
-            make_sink(spec)  # (a sink opens nothing before its first frame)
+            validate_sink(spec)
         check_outputs(config, source)
         if config.stats_json is not None:
             check_stats_path(config.stats_json)

@@ -27,7 +27,7 @@ from realtime import __version__
 from genreal_errors import UserError
 
 #: subcommands, in the order `--help` lists them
-COMMANDS: tuple[str, ...] = ("demo", "run", "distill", "styles", "stylize", "export", "calibrate", "bench")
+COMMANDS: tuple[str, ...] = ("demo", "run", "serve", "distill", "styles", "stylize", "export", "calibrate", "bench")
 
 
 class _Parser(argparse.ArgumentParser):

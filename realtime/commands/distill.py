@@ -45,6 +45,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=None, metavar="N", help="training iterations (default: the preset's)")
     p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="teacher output cache (default DIR/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
+                   help="start from this model folder's weights and architecture (same number of styles) instead of "
+                        "a fresh initialization")
+    p.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
+                   help="set one loss weight or setting (models.distill.LossWeights), repeatable; e.g. "
+                        "--loss texture=0.5 --loss texture_kind=sliced --loss pixel_blur=2 (texture, pixel_blur, "
+                        "adversarial and warm_temporal are off by default: the shipped recipe)")
     return p
 
 
@@ -69,6 +76,33 @@ def _check_writable_dir(path: Path, what: str) -> None:
         raise UserError(f"cannot create {what} {p}: no write permission in {parent} (choose a writable folder)")
 
 
+def parse_loss_overrides(items: list[str]) -> dict[str, Any]:
+    """['texture=0.5', 'texture_kind=gram'] → {'texture': 0.5, 'texture_kind': 'gram'} typed by the
+    LossWeights field; `UserError` for unknown names or bad values."""
+    from dataclasses import fields
+
+    from models.distill import LossWeights
+
+    known = {f.name: f for f in fields(LossWeights)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise UserError(f"bad --loss {item!r}: use NAME=VALUE with NAME one of {', '.join(known)}")
+        default = getattr(LossWeights(), name)
+        try:
+            if isinstance(default, tuple):
+                out[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+            elif isinstance(default, str):
+                out[name] = value.strip()
+            else:
+                out[name] = float(value)
+        except ValueError:
+            raise UserError(f"bad --loss {item!r}: {value!r} is not a number") from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
@@ -76,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("genreal distill needs torch: pip install 'generative-reality[train]'") from None
     from dataclasses import replace
 
-    from models.distill import PRESETS, DistillConfig, distill
+    from models.distill import PRESETS, DistillConfig, LossWeights, distill
     from models.teachers import parse_teacher
 
     if args.iters is not None and args.iters < 1:
@@ -86,11 +120,6 @@ def run(args: argparse.Namespace) -> int:
     _check_writable_dir(args.out, "--out")  # before anything is created or trained
     if args.resume and not (args.out / CHECKPOINT).is_file():
         raise UserError(f"--resume: no checkpoint ({CHECKPOINT}) in {args.out}: drop --resume to start afresh")
-    created = not args.out.exists()
-    try:  # a read-only file system passes the permission check (root) but not this
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {args.out}: {exc.strerror or exc} (choose a writable folder)") from None
     named = [split_named_spec(t) for t in args.teacher]
     teachers = tuple(parse_teacher(spec) for _, spec in named)
     preset = PRESETS[args.preset]
@@ -104,7 +133,14 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         iters=args.iters,
         progress=not args.no_progress,
+        init=args.init,
+        losses=replace(LossWeights(), **parse_loss_overrides(args.loss)),
     )
+    created = not args.out.exists()
+    try:  # a read-only file system passes the permission check (root) but not this
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {args.out}: {exc.strerror or exc} (choose a writable folder)") from None
     try:
         manifest = distill(cfg)
     except BaseException:

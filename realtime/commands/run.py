@@ -20,7 +20,7 @@ SOURCE_HELP = (
 EXIT_CODES = ("exit codes: 0 done; 2 a bad option, file, model or output (one line on stderr); 3 a live stream "
               "lost after every reconnect; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (outputs finalized, summary and "
               "--stats-json written); 141 standard output closed early (e.g. | head)")
-SINK_HELP = "window, a file path (.mp4 H.264, .mkv FFV1, ...), vcam, or null; repeat for several"
+SINK_HELP = "window, a file path (.mp4 H.264, .mkv FFV1, ...), vcam, web (or web:PORT: the browser page), or null; repeat for several"
 
 
 def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = None) -> None:

@@ -1,9 +1,11 @@
 """Output sinks: `make_sink(spec)` turns a `--sink` value into a `Sink`.
 
-SINK: ``null``, ``window``, ``vcam`` (or ``vcam:/dev/videoN``) or a file path whose extension
+SINK: ``null``, ``window``, ``vcam`` (or ``vcam:/dev/videoN``), ``web`` (or ``web:PORT``: the browser page) or a file path whose extension
 picks the encoder (see `FORMATS`). Making a sink validates it (output directory writable,
 extension known, display present, virtual camera device present) and raises `UserError`
 before any frame is processed; the window / file / camera itself opens at the first frame.
+`validate_sink(spec)` runs the same checks without making the sink (nothing starts, nothing binds),
+so every output can be checked before the source is opened.
 """
 from __future__ import annotations
 
@@ -17,19 +19,39 @@ from realtime.sinks.null import NullSink
 from realtime.sinks.vcam import VcamSink
 from realtime.sinks.window import WindowSink
 
-__all__ = ["make_sink", "output_path", "Sink", "Overlay", "NullSink", "FileSink", "WindowSink", "VcamSink", "FORMATS"]
+__all__ = ["make_sink", "validate_sink", "output_path", "Sink", "Overlay", "NullSink", "FileSink", "WindowSink", "VcamSink", "FORMATS"]
 
-SINK_KINDS = "window, vcam, null or a video file path"
+SINK_KINDS = "window, vcam, web (or web:PORT), null or a video file path"
 
 
 
 def output_path(spec: str) -> Optional[Path]:
-    """The file a `--sink` value writes, or None for window / vcam / null."""
+    """The file a `--sink` value writes, or None for window / vcam / web / null."""
     text = (spec or "").strip()
     kind, _, arg = text.partition(":")
-    if not text or (kind.lower() in ("null", "window") and not arg) or kind.lower() == "vcam" or "://" in text:
+    kind = kind.lower()
+    if not text or (kind in ("null", "window") and not arg) or kind in ("vcam", "web") or "://" in text:
         return None
     return Path(text).expanduser()
+
+
+def validate_sink(spec: str) -> None:
+    """Raise `UserError` for a `--sink` value `make_sink` would refuse, without making the sink
+    (a web sink's server is not started, a window not opened)."""
+    text = (spec or "").strip()
+    kind, _, arg = text.partition(":")
+    kind = kind.lower()
+    if kind == "web":
+        from realtime.sinks.web import parse_port
+
+        parse_port(arg)
+        return
+    if kind == "window" and not arg:
+        from realtime.sinks.window import check_display
+
+        check_display()
+        return
+    make_sink(text)  # the others open nothing before their first frame
 
 
 def make_sink(spec: str, fps: Optional[float] = None, pace: bool = False) -> Sink:
@@ -47,6 +69,10 @@ def make_sink(spec: str, fps: Optional[float] = None, pace: bool = False) -> Sin
         return NullSink()
     if kind == "window" and not arg:
         return WindowSink(pace=pace)
+    if kind == "web":
+        from realtime.sinks.web import WebSink, parse_port
+
+        return WebSink(parse_port(arg))
     if kind == "vcam":
         return VcamSink(fps=fps, device=arg or None)
     if "://" in text:

@@ -1,0 +1,94 @@
+"""Look metrics (texture ratio, style distance, the half-size teacher peer) and the steadiness benchmark's
+E_warp on input flow (synthetic clips with known behaviour; the packaged real clips are the benchmark's)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="models.evaluate needs the train extra (torch)")
+
+from benchmarks.steadiness import InputFlow, read_clip  # noqa: E402
+from models.data import skimage_data_image as load_photo  # noqa: E402
+from models.evaluate import half_size  # noqa: E402
+from models.metrics import StyleMeter, texture_ratio  # noqa: E402
+from models.teachers import parse_teacher  # noqa: E402
+from genreal_errors import UserError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return np.ascontiguousarray(cv2.resize(load_photo("coffee"), (320, 240), interpolation=cv2.INTER_AREA))
+
+
+def test_texture_ratio(photo):
+    assert texture_ratio(photo, photo) == pytest.approx(1.0)
+    blurred = cv2.GaussianBlur(photo, (0, 0), 2.0)
+    assert texture_ratio(blurred, photo) < 0.7
+    assert texture_ratio(photo, blurred) > 1.4
+
+
+def test_style_distance_is_zero_for_the_teacher_and_one_for_the_photo(photo):
+    teacher = parse_teacher("builtin:19")(photo)
+    meter = StyleMeter(threads=1)
+    assert meter.distance(teacher, teacher, photo) == pytest.approx(0.0, abs=1e-9)
+    assert meter.distance(photo, teacher, photo) == pytest.approx(1.0)
+    # a blurred teacher output has lost some of its look
+    assert 0.0 < meter.distance(cv2.GaussianBlur(teacher, (0, 0), 3.0), teacher, photo) < 1.5
+
+
+def test_half_size_teacher_is_full_size_and_softer(photo):
+    teacher = parse_teacher("builtin:19")
+    full = teacher(photo)
+    half = half_size(teacher, photo)
+    assert half.shape == photo.shape and half.dtype == np.uint8
+    assert texture_ratio(half, full) < 0.9
+
+
+def _pan(n: int = 6, step: int = 2) -> list[np.ndarray]:
+    big = cv2.resize(load_photo("chelsea"), (400, 300), interpolation=cv2.INTER_AREA)
+    return [np.ascontiguousarray(big[40:200, 20 + step * i:260 + step * i]) for i in range(n)]
+
+
+def test_e_warp_on_input_flow_ranks_steady_above_flicker():
+    frames = _pan()
+    flow = InputFlow(frames)
+    assert flow.valid_fraction > 0.7
+    e_in = flow.e_warp(frames)
+    # a per-pixel recolouring of the scene moves with it: about as steady as the input
+    tinted = [np.ascontiguousarray(255 - f) for f in frames]
+    assert flow.e_warp(tinted) == pytest.approx(e_in, rel=0.05)
+    # independent noise every frame (texture that re-rolls) is far less steady
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(f.astype(np.int16) + rng.integers(-30, 31, f.shape), 0, 255).astype(np.uint8) for f in frames]
+    assert flow.e_warp(noisy) > 5 * e_in
+    # a frozen output (not following the motion) is worse than following it
+    assert flow.e_warp([frames[0]] * len(frames)) > 2 * e_in
+
+
+def test_read_clip_resizes_and_refuses_bad_files(tmp_path):
+    import av
+
+    path = tmp_path / "clip.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=10)
+        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
+        for f in _pan(4):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:120, :160]), format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    frames = read_clip(path, 3, 80)
+    assert len(frames) == 3 and frames[0].shape == (64, 80, 3)  # 60 rounded to a multiple of 8
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(UserError):
+        read_clip(bad, 3, 80)
+
+
+def test_steadiness_cli_bad_style_is_exit_2(capsys):
+    from benchmarks.steadiness import main
+
+    assert main(["--styles", "no-such-style", "--clips", "bikes"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "steadiness: error" in err[0]

