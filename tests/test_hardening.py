@@ -565,3 +565,18 @@ def test_webcam_that_never_comes_back_raises_stream_lost(flaky_camera):
     with source, pytest.raises(StreamLost, match="webcam:7 stopped delivering frames after 3 frames; 2 reopen"):
         list(source)
     assert source.reconnect_attempts == 2
+
+
+def test_validating_sinks_opens_nothing(tmp_path):
+    from realtime.sinks import validate_sink
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    validate_sink(f"web:{port}")  # checks the port number only: no server starts
+    validate_sink(str(tmp_path / "out.mp4"))
+    again = socket.socket()
+    again.bind(("127.0.0.1", port))  # still free
+    again.close()
+    assert not (tmp_path / "out.mp4").exists()
