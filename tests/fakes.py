@@ -5,7 +5,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -99,12 +99,24 @@ def assert_one_line_error(capsys, code: int, *words: str) -> None:
         assert word.lower() in err.lower(), err
 
 
-def encode_video(path: Path, images: Iterable[np.ndarray], fps: int = 10, codec: str = "ffv1",
-                 pix_fmt: str = "yuv420p") -> Path:
-    """Write uint8 RGB `images` (all one size) to `path` with PyAV, frame i at pts i / `fps`."""
+#: a child interpreter's first lines that make every `import torch` fail (the runtime path must not need it)
+NO_TORCH_PRELUDE = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def encode_video(path: Any, images: Iterable[np.ndarray], fps: int = 10, codec: str = "ffv1",
+                 pix_fmt: str = "yuv420p", fmt: Optional[str] = None) -> Any:
+    """Write uint8 RGB `images` (all one size) to `path` (a file path, or a binary file object with
+    `fmt`, e.g. "mpegts") with PyAV, frame i at pts i / `fps`."""
     import av
 
-    with av.open(str(path), "w") as container:
+    with av.open(path if fmt else str(path), "w", format=fmt) as container:
         stream = None
         for i, img in enumerate(images):
             if stream is None:

@@ -5,29 +5,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from realtime.cli import main
+from tests.fakes import encode_video
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "weights" / "genreal-v1"
 
 
 def _clip(path: Path, n: int = 6) -> None:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("ffv1", rate=10)
-        s.width, s.height, s.pix_fmt = 64, 64, "bgr0"
-        for i in range(n):
-            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 20 * i, np.uint8), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 10)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    encode_video(path, (np.full((64, 64, 3), 20 * i, np.uint8) for i in range(n)), codec="ffv1", pix_fmt="bgr0")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from realtime.histogram import LatencyHistogram
 from realtime.sources import make_source
 from realtime.sources.media import SlotClock, backoff_delay
 from realtime.stats import RunStats
+from tests.fakes import NO_TORCH_PRELUDE, encode_video
 
 ROOT = Path(__file__).resolve().parents[1]
 GENREAL = [sys.executable, "-m", "realtime.cli"]
@@ -323,16 +324,7 @@ def _ts_bytes(n: int = 10) -> bytes:
     import io
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mpegts") as out:
-        s = out.add_stream("mpeg2video", rate=10)
-        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
-        for i in range(n):
-            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 20 * i, np.uint8), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 10)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    encode_video(buf, (np.full((64, 64, 3), 20 * i, np.uint8) for i in range(n)), codec="mpeg2video", fmt="mpegts")
     return buf.getvalue()
 
 
@@ -419,13 +411,7 @@ def test_stylize_runs_without_torch(tmp_path):
 
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), (np.random.default_rng(0).random((72, 128, 3)) * 255).astype(np.uint8))
-    script = f"""
-import sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, NoTorch())
+    script = NO_TORCH_PRELUDE + f"""
 from realtime.cli import main
 code = main(["stylize", {str(img)!r}, "-o", {str(tmp_path / 'out')!r}, "--style", "cel"])
 assert code == 0, code

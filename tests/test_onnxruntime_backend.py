@@ -18,7 +18,7 @@ from realtime.cli import main
 from realtime.config import BackendConfig
 from genreal_errors import UserError
 from tests.conftest import set_index_presets as set_presets
-from tests.fakes import assert_one_line_error  # noqa: E402
+from tests.fakes import NO_TORCH_PRELUDE, assert_one_line_error  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,13 +95,7 @@ def test_refine_step_zero_and_the_cond_table(ort_backend):
 
 def test_runtime_path_never_imports_torch(tmp_path):
     """`genreal run` with the default backend and `genreal demo` in a process where importing torch fails."""
-    script = f"""
-import sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, NoTorch())
+    script = NO_TORCH_PRELUDE + f"""
 from realtime.cli import main
 code = main(["run", "--source", "demo", "--sink", "null", "--max-frames", "3", "--style", "frost"])
 assert code == 0, code
