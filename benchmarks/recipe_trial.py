@@ -1,11 +1,14 @@
 """Old recipe vs new at equal steps: two short distillation runs on the shipped model's styles.
 
     python -m benchmarks.recipe_trial --out DIR [--iters 500] [--init shipped|none] [--lr 5e-4]
-        [--threads 1] [--loss texture=1 --loss pixel_blur=2 ...]
+        [--threads 1] [--loss texture=1 --loss pixel_blur=2 ...] [--old-loss NAME=VALUE ...]
+        [--new-tex-ch N]
 
 Both runs use the cpu preset's data and crops, the same seed, the same number of steps and (by default)
 start from the shipped weights (a fine-tuning trial: from scratch, a few hundred steps say little);
-the first keeps `LossWeights()` (the shipped recipe), the second applies the `--loss` overrides. Each
+the first keeps `LossWeights()` (the shipped recipe) plus any `--old-loss` overrides, the second applies
+the `--loss` overrides and, with `--new-tex-ch N`, adds the full-resolution texture head to the decoder
+(equal recipes and `--new-tex-ch`: old decoder vs new at equal steps). Each
 run writes a model folder (DIR/old, DIR/new) to measure with `python -m benchmarks.fidelity --model`.
 The shipped weights are never written.
 """
@@ -31,6 +34,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4: fine-tuning)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
     ap.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE", help="the new recipe's LossWeights")
+    ap.add_argument("--old-loss", action="append", default=[], metavar="NAME=VALUE", help="the old arm's LossWeights")
+    ap.add_argument("--new-tex-ch", type=int, default=None, metavar="N",
+                    help="the new arm's decoder gets a full-resolution texture head of N channels")
     ap.add_argument("--only", choices=("old", "new"), default=None, help="run one arm only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -49,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         manifest = read_manifest(shipped)
         init = None if args.init == "none" else shipped if args.init == "shipped" else Path(args.init)
         new_losses = replace(LossWeights(), **parse_loss_overrides(args.loss))
+        old_losses = replace(LossWeights(), **parse_loss_overrides(args.old_loss))
     except UserError as exc:
         print(f"recipe_trial: error: {exc}", file=sys.stderr)
         return 2
@@ -59,12 +66,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preset = replace(PRESETS["cpu"], budget_min=None, lr=args.lr, threads=args.threads, ckpt_every=max(100, args.iters))
     model_cfg = ModelConfig.from_dict(manifest["config"])
     summary = {}
-    for arm, losses in (("old", LossWeights()), ("new", new_losses)):
+    for arm, losses, tex_ch in (("old", old_losses, None), ("new", new_losses, args.new_tex_ch)):
         if args.only and arm != args.only:
             continue
         t0 = time.perf_counter()
         cfg = DistillConfig(teachers=teachers, names=names, out=args.out / arm, preset=preset, model=model_cfg,
-                            losses=losses, iters=args.iters, init=init, cache_dir=args.out / "cache", progress=False)
+                            losses=losses, iters=args.iters, init=init, tex_ch=tex_ch, cache_dir=args.out / "cache", progress=False)
         m = distill(cfg)
         summary[arm] = {"losses": m["training"]["losses"], "seconds": round(time.perf_counter() - t0, 1),
                         "training_seconds": m["training"]["seconds"]["training"],
@@ -73,7 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("%s: %s", arm, json.dumps(summary[arm]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trial.json").write_text(json.dumps({"iters": args.iters, "init": str(init), "lr": args.lr,
-                                                     "threads": args.threads, "runs": summary}, indent=2) + "\n")
+                                                     "threads": args.threads, "new_tex_ch": args.new_tex_ch,
+                                                     "runs": summary}, indent=2) + "\n")
     return 0
 
 

@@ -144,6 +144,10 @@ class DistillConfig:
     #: start from this model folder's weights and architecture (same number of styles) instead of a fresh
     #: init; with `resume`, only its architecture
     init: Optional[Path] = None
+    #: the decoder's full-resolution texture head width (ModelConfig.tex_ch) for this run; None: the init
+    #: model's (with `init`) or `model`'s. With `init`, tensors that match by name and shape are copied and
+    #: the new head starts as a no-op (its last layer is zero), so step 0 computes the init model's output.
+    tex_ch: Optional[int] = None
     cache_dir: Optional[Path] = None  # default OUT/cache
     iters: Optional[int] = None  # overrides the preset
     progress: bool = True
@@ -480,6 +484,22 @@ def load_init(path: Path, num_styles: int) -> GenrealModel:
     return src
 
 
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of `state` into `model` (names and shapes must match); returns the names of the
+    model's tensors `state` did not have (a newly added module, e.g. the texture head). `UserError` when
+    `state` has a tensor the model lacks or one of another shape: that is not the same architecture plus
+    new modules."""
+    own = model.state_dict()
+    extra = sorted(set(state) - set(own))
+    wrong = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    if extra or wrong:
+        raise UserError(f"--init: the model to start from does not fit this run's architecture "
+                        f"(tensors it has that this model lacks: {extra[:3]}; of another shape: {wrong[:3]})")
+    missing = sorted(set(own) - set(state))
+    model.load_state_dict({**own, **state}, strict=True)
+    return missing
+
+
 def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("the gpu preset needs CUDA, and torch sees no CUDA device here: use --preset cpu")
@@ -520,11 +540,14 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     probe = CropSampler(data, p.crop, seed=cfg.seed + 2, align=data_cfg.crop_align).sample(max(4, p.batch))
 
     model_cfg = init_model.cfg if init_model is not None else replace(cfg.model, num_styles=len(cfg.teachers))
+    if cfg.tex_ch is not None:
+        model_cfg = replace(model_cfg, tex_ch=cfg.tex_ch)
     model = build_model(model_cfg).to(device)
     frame_stats = FrameStats(data.images, device) if model.context is not None or model.cfg.normalize else None
     if init_model is not None and not cfg.resume:
-        model.load_state_dict(init_model.state_dict(), strict=True)
-        log.info("initialized from %s", cfg.init)
+        new = load_matching(model, init_model.state_dict())
+        log.info("initialized from %s%s", cfg.init,
+                 f" ({len(new)} new tensors start fresh: {', '.join(new)})" if new else "")
     init_model = None
     texture = None
     if cfg.losses.texture > 0:

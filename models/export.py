@@ -282,7 +282,8 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
         a = coef[:, :9].reshape(b, 3, 3, hh, ww)  # (B, 3 rows, 3 cols, H, W)
         color = (a * x.unsqueeze(1)).sum(2) + coef[:, 9:]  # (B, 3, H, W)
         t = F.relu(F.pixel_shuffle(dec.up4(h), 4))  # (B, out_ch, H, W)
-        return color + dec.out(torch.cat([t, x], dim=1))
+        rgb = color + dec.out(torch.cat([t, x], dim=1))
+        return rgb if dec.texture is None else rgb + dec.texture(z, x)
 
     class Decode(nn.Module):
         def __init__(self) -> None:

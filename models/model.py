@@ -60,6 +60,10 @@ class ModelConfig:
     #: input's mean colour and contrast exactly, so their output colours do not follow the input's; a
     #: student without this learns the wrong colour for every photo unlike its training set.
     normalize: bool = True
+    #: full-resolution texture head width (`TextureHead`): 0 = none (every model saved before it existed,
+    #: the shipped one included). With N > 0 the decoder adds a residual drawn at full resolution from the
+    #: trunk features (bilinearly upsampled: no pixel-shuffle lattice) and the full-resolution input.
+    tex_ch: int = 0
 
     def __post_init__(self) -> None:
         if self.num_styles < 1:
@@ -68,6 +72,8 @@ class ModelConfig:
             raise ValueError(f"default_steps must be 1..{self.max_steps}")
         if self.dec_res not in (1, 2):
             raise ValueError(f"dec_res must be 1 or 2, got {self.dec_res}")
+        if self.tex_ch < 0:
+            raise ValueError(f"tex_ch must be >= 0, got {self.tex_ch}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -214,6 +220,40 @@ class Refiner(nn.Module):
         return z
 
 
+class TextureHead(nn.Module):
+    """A light full-resolution texture residual: the latent z (B, C, H/8, W/8) + the input x (B, 3, H, W)
+    (normalized in models with `normalize`) → (B, 3, H, W).
+
+    The latent is mapped to 3T channels at 1/8 and upsampled bilinearly (a 1x1 conv commutes with the
+    upsampling, so this is cheap): T content channels added to a 1x1 projection of x, and a per-pixel
+    FiLM (gamma, beta) that carries the style, since the latent is style-conditioned (the decoder stays
+    style-free, so latents can be reused across frames). It reads z, not the decoder trunk: the trunk's
+    1/8 → 1/4 pixel shuffle repeats every 8 px even on a flat frame, a bilinearly upsampled latent does
+    not. Then depthwise 3x3 (dilation 1 and 2) and pointwise convs at full resolution,
+    translation-equivariant in x. The last layer starts at zero, so a model that gains the head computes
+    exactly what it did without it. Reach: 1 latent cell and 3 px each side.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        t = cfg.tex_ch
+        self.feat = nn.Conv2d(cfg.latent_ch, 3 * t, 1)  # at 1/8: content, gamma, beta
+        self.pix = nn.Conv2d(3, t, 1)
+        self.dw1 = nn.Conv2d(t, t, 3, padding=1, groups=t)
+        self.pw = nn.Conv2d(t, t, 1)
+        self.dw2 = nn.Conv2d(t, t, 3, padding=2, dilation=2, groups=t)
+        self.out = nn.Conv2d(t, 3, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        f = F.interpolate(self.feat(z), size=x.shape[-2:], mode="bilinear", align_corners=False)  # (B, 3T, H, W)
+        a, g, b = f.chunk(3, dim=1)  # each (B, T, H, W)
+        u = F.relu(a + self.pix(x))
+        u = F.relu(self.pw(F.relu(self.dw1(u))) * (1 + g) + b)
+        return self.out(F.relu(self.dw2(u)))  # (B, 3, H, W)
+
+
 class Decoder(nn.Module):
     """z (B, C, H/8, W/8) + skip (B, S, H/4, W/4) + x (B, 3, H, W) → rgb (B, 3, H, W).
 
@@ -239,6 +279,7 @@ class Decoder(nn.Module):
             self.coef.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]))
             self.out.weight.mul_(0.1)
             self.out.bias.zero_()
+        self.texture = TextureHead(cfg) if cfg.tex_ch else None
 
     def trunk(self, z: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Latent + skip → decoder features (B, dec_ch, H/4, W/4)."""
@@ -256,7 +297,8 @@ class Decoder(nn.Module):
         a, b = coef[:, :9], coef[:, 9:]  # (B, 9, H, W) matrix rows, (B, 3, H, W) offset
         color = torch.cat([(a[:, 3 * i : 3 * i + 3] * x).sum(1, keepdim=True) for i in range(3)], dim=1) + b
         t = F.relu(F.pixel_shuffle(self.up4(h), 4))  # (B, out_ch, H, W)
-        return color + self.out(torch.cat([t, x], dim=1))  # (B, 3, H, W)
+        rgb = color + self.out(torch.cat([t, x], dim=1))  # (B, 3, H, W)
+        return rgb if self.texture is None else rgb + self.texture(z, x)
 
 
 class HalfResDecoder(Decoder):
@@ -298,7 +340,10 @@ class HalfResDecoder(Decoder):
         color = (a * (xh if self.dual else xc).unsqueeze(1)).sum(2) + coef[:, 9:]  # (B, 3, H/2, W/2)
         t = F.relu(F.pixel_shuffle(self.up4(h), 2))  # (B, out_ch, H/2, W/2)
         delta = color + self.out(torch.cat([t, xc], dim=1)) - xh  # (B, 3, H/2, W/2)
-        return x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 3, H, W)
+        rgb = x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 3, H, W)
+        if self.texture is None:
+            return rgb
+        return rgb + self.texture(z, x if norm is None else normalize(x, norm))  # full-resolution strokes
 
 class GenrealModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:

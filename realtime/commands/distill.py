@@ -48,6 +48,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
                    help="start from this model folder's weights and architecture (same number of styles) instead of "
                         "a fresh initialization")
+    p.add_argument("--tex-ch", type=int, default=None, metavar="N",
+                   help="width of the decoder's full-resolution texture head (0 = none, the shipped model's "
+                        "decoder); with --init the head is added to that model's decoder and starts as a no-op")
     p.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
                    help="set one loss weight or setting (models.distill.LossWeights), repeatable; e.g. "
                         "--loss texture=0.5 --loss texture_kind=sliced --loss pixel_blur=2 (texture, pixel_blur, "
@@ -115,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iters is not None and args.iters < 1:
         raise UserError(f"bad --iters {args.iters}: it must be at least 1")
+    if args.tex_ch is not None and not 0 <= args.tex_ch <= 64:
+        raise UserError(f"bad --tex-ch {args.tex_ch}: it must be 0..64")
     from models.distill import CHECKPOINT
 
     _check_writable_dir(args.out, "--out")  # before anything is created or trained
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         iters=args.iters,
         progress=not args.no_progress,
         init=args.init,
+        tex_ch=args.tex_ch,
         losses=replace(LossWeights(), **parse_loss_overrides(args.loss)),
     )
     created = not args.out.exists()
