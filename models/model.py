@@ -222,36 +222,32 @@ class Refiner(nn.Module):
 
 class TextureHead(nn.Module):
     """A light full-resolution texture residual: the latent z (B, C, H/8, W/8) + the input x (B, 3, H, W)
-    (normalized in models with `normalize`) → (B, 3, H, W).
+    (normalized in models with `normalize`) → (B, 3, H, W):  out(relu(conv3x3(x) + up8(conv1x1(z)))).
 
-    The latent is mapped to 3T channels at 1/8 and upsampled bilinearly (a 1x1 conv commutes with the
-    upsampling, so this is cheap): T content channels added to a 1x1 projection of x, and a per-pixel
-    FiLM (gamma, beta) that carries the style, since the latent is style-conditioned (the decoder stays
-    style-free, so latents can be reused across frames). It reads z, not the decoder trunk: the trunk's
-    1/8 → 1/4 pixel shuffle repeats every 8 px even on a flat frame, a bilinearly upsampled latent does
-    not. Then depthwise 3x3 (dilation 1 and 2) and pointwise convs at full resolution,
-    translation-equivariant in x. The last layer starts at zero, so a model that gains the head computes
-    exactly what it did without it. Reach: 1 latent cell and 3 px each side.
+    The latent is mapped to T channels at 1/8 and upsampled bilinearly (a 1x1 conv commutes with the
+    upsampling): a per-pixel, style-dependent threshold for T 3x3 filters of the full-resolution input
+    (the latent is style-conditioned, so each style draws its own strokes; the decoder stays style-free,
+    so latents can be reused across frames). A ReLU of a smoothly interpolated field puts edges anywhere,
+    not on the 4-px cells of a pixel shuffle. It reads z, not the decoder trunk: the trunk's 1/8 → 1/4
+    pixel shuffle repeats every 8 px even on a flat frame, a bilinearly upsampled latent does not.
+    Kept this small because every full-resolution channel costs (benchmarks/decoder_cost.py: a 24-channel
+    FiLM head with two depthwise convs made the ONNX Runtime chain 2.5x slower on this CPU). The last layer
+    starts at zero, so a model that gains the head computes exactly what it did without it. Reach: 1 latent
+    cell and 1 px each side.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         t = cfg.tex_ch
-        self.feat = nn.Conv2d(cfg.latent_ch, 3 * t, 1)  # at 1/8: content, gamma, beta
-        self.pix = nn.Conv2d(3, t, 1)
-        self.dw1 = nn.Conv2d(t, t, 3, padding=1, groups=t)
-        self.pw = nn.Conv2d(t, t, 1)
-        self.dw2 = nn.Conv2d(t, t, 3, padding=2, dilation=2, groups=t)
+        self.feat = nn.Conv2d(cfg.latent_ch, t, 1)  # at 1/8
+        self.pix = nn.Conv2d(3, t, 3, padding=1)
         self.out = nn.Conv2d(t, 3, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        f = F.interpolate(self.feat(z), size=x.shape[-2:], mode="bilinear", align_corners=False)  # (B, 3T, H, W)
-        a, g, b = f.chunk(3, dim=1)  # each (B, T, H, W)
-        u = F.relu(a + self.pix(x))
-        u = F.relu(self.pw(F.relu(self.dw1(u))) * (1 + g) + b)
-        return self.out(F.relu(self.dw2(u)))  # (B, 3, H, W)
+        f = F.interpolate(self.feat(z), size=x.shape[-2:], mode="bilinear", align_corners=False)  # (B, T, H, W)
+        return self.out(F.relu(self.pix(x) + f))  # (B, 3, H, W)
 
 
 class Decoder(nn.Module):
