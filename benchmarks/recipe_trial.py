@@ -2,7 +2,7 @@
 
     python -m benchmarks.recipe_trial --out DIR [--iters 500] [--init shipped|none] [--lr 5e-4]
         [--threads 1] [--loss texture=1 --loss pixel_blur=2 ...] [--old-loss NAME=VALUE ...]
-        [--new-tex-ch N]
+        [--new-tex-ch N] [--new-freeze PREFIX ...]
 
 Both runs use the cpu preset's data and crops, the same seed, the same number of steps and (by default)
 start from the shipped weights (a fine-tuning trial: from scratch, a few hundred steps say little);
@@ -37,6 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--old-loss", action="append", default=[], metavar="NAME=VALUE", help="the old arm's LossWeights")
     ap.add_argument("--new-tex-ch", type=int, default=None, metavar="N",
                     help="the new arm's decoder gets a full-resolution texture head of N channels")
+    ap.add_argument("--new-freeze", action="append", default=[], metavar="PREFIX",
+                    help="the new arm keeps these parameters (name prefixes) at their initial values")
     ap.add_argument("--only", choices=("old", "new"), default=None, help="run one arm only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -66,12 +68,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preset = replace(PRESETS["cpu"], budget_min=None, lr=args.lr, threads=args.threads, ckpt_every=max(100, args.iters))
     model_cfg = ModelConfig.from_dict(manifest["config"])
     summary = {}
-    for arm, losses, tex_ch in (("old", old_losses, None), ("new", new_losses, args.new_tex_ch)):
+    arms = (("old", old_losses, None, ()), ("new", new_losses, args.new_tex_ch, tuple(args.new_freeze)))
+    for arm, losses, tex_ch, freeze in arms:
         if args.only and arm != args.only:
             continue
         t0 = time.perf_counter()
         cfg = DistillConfig(teachers=teachers, names=names, out=args.out / arm, preset=preset, model=model_cfg,
-                            losses=losses, iters=args.iters, init=init, tex_ch=tex_ch, cache_dir=args.out / "cache", progress=False)
+                            losses=losses, iters=args.iters, init=init, tex_ch=tex_ch, freeze=freeze, cache_dir=args.out / "cache", progress=False)
         m = distill(cfg)
         summary[arm] = {"losses": m["training"]["losses"], "seconds": round(time.perf_counter() - t0, 1),
                         "training_seconds": m["training"]["seconds"]["training"],
@@ -80,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("%s: %s", arm, json.dumps(summary[arm]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trial.json").write_text(json.dumps({"iters": args.iters, "init": str(init), "lr": args.lr,
-                                                     "threads": args.threads, "new_tex_ch": args.new_tex_ch,
+                                                     "threads": args.threads, "new_tex_ch": args.new_tex_ch, "new_freeze": args.new_freeze,
                                                      "runs": summary}, indent=2) + "\n")
     return 0
 

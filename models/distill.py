@@ -148,6 +148,9 @@ class DistillConfig:
     #: model's (with `init`) or `model`'s. With `init`, tensors that match by name and shape are copied and
     #: the new head starts as a no-op (its last layer is zero), so step 0 computes the init model's output.
     tex_ch: Optional[int] = None
+    #: parameter-name prefixes kept at their initial values (e.g. "decoder.up4" and "decoder.out": the
+    #: pixel-shuffle texture path, so that new texture must come from the full-resolution head)
+    freeze: tuple[str, ...] = ()
     cache_dir: Optional[Path] = None  # default OUT/cache
     iters: Optional[int] = None  # overrides the preset
     progress: bool = True
@@ -565,6 +568,15 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         from models.adversary import Adversary
 
         adversary = Adversary(model.cfg.num_styles, device, lr=cfg.losses.adversarial_lr)
+    names = dict(model.named_parameters())
+    unknown = [f for f in cfg.freeze if not any(n.startswith(f) for n in names)]
+    if unknown:
+        raise UserError(f"--freeze {unknown[0]}: no model parameter starts with that name")
+    frozen = [n for n in names if any(n.startswith(f) for f in cfg.freeze)]
+    for n in frozen:
+        names[n].requires_grad_(False)  # no gradient: AdamW leaves it (and its weight decay) alone
+    if frozen:
+        log.info("frozen: %s", ", ".join(frozen))
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=1e-4, betas=(0.9, 0.99))
     step, prev_train_s = 0, 0.0
     if cfg.resume:

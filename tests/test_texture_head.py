@@ -185,3 +185,48 @@ def test_export_of_the_new_decoder_matches_torch_and_runs_in_onnxruntime(tmp_pat
         ref = m(x, m.style_embedding(torch.eye(2)[1]), m.cfg.default_steps).rgb.clamp(0, 1)[0].permute(1, 2, 0).numpy()
     assert out.shape == (64, 96, 3)
     assert np.abs(out.astype(np.float32) / 255 - ref).max() <= 2 / 255 + 1e-6
+
+
+def test_distill_init_adds_the_head_and_trains_from_the_given_weights(tmp_path):
+    from models.distill import PRESETS, DistillConfig, distill
+    from models.teachers import parse_teacher
+
+    cfg = replace(TINY, num_styles=1, tex_ch=0)
+    torch.manual_seed(3)
+    src = build_model(cfg)
+    save_model(src, tmp_path / "src", {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
+                                       "default_style": "a"})
+    preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
+    distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
+                          init=tmp_path / "src", tex_ch=3, progress=False))
+    got, manifest = load_model(tmp_path / "out")
+    assert got.cfg == replace(cfg, tex_ch=3) and manifest["config"]["tex_ch"] == 3
+    own = got.state_dict()
+    assert max(float((own[k] - v).abs().max()) for k, v in src.state_dict().items() if v.is_floating_point()) < 1e-3
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    s = src.style_embedding(torch.eye(1)[0])
+    with torch.no_grad():  # two steps at lr 1e-6: still (nearly) the model it started from
+        assert float((got(x, s).rgb - src.eval()(x, s).rgb).abs().max()) < 1e-2
+
+
+def test_distill_freeze_keeps_those_parameters_and_refuses_unknown_names(tmp_path):
+    from models.distill import PRESETS, DistillConfig, distill
+    from models.teachers import parse_teacher
+
+    cfg = replace(TINY, num_styles=1, tex_ch=0)
+    torch.manual_seed(3)
+    src = build_model(cfg)
+    save_model(src, tmp_path / "src", {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
+                                       "default_style": "a"})
+    preset = replace(PRESETS["tiny"], lr=1e-2, iters=3)
+    common = dict(teachers=(parse_teacher("builtin:1"),), names=("a",), preset=preset, init=tmp_path / "src",
+                  tex_ch=3, progress=False, cache_dir=tmp_path / "cache")
+    with pytest.raises(UserError, match="--freeze decoder.nope"):
+        distill(DistillConfig(out=tmp_path / "bad", freeze=("decoder.nope",), **common))
+    distill(DistillConfig(out=tmp_path / "out", freeze=("decoder.up4", "decoder.out"), **common))
+    got, _ = load_model(tmp_path / "out")
+    own, init = got.state_dict(), src.state_dict()
+    for k in ("decoder.up4.weight", "decoder.up4.bias", "decoder.out.weight", "decoder.out.bias"):
+        assert torch.equal(own[k], init[k]), k
+    assert not torch.equal(own["decoder.coef.weight"], init["decoder.coef.weight"])  # the rest trains
+    assert float(own["decoder.texture.out.weight"].abs().max()) > 0  # and the head leaves zero

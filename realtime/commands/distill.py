@@ -51,6 +51,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--tex-ch", type=int, default=None, metavar="N",
                    help="width of the decoder's full-resolution texture head (0 = none, the shipped model's "
                         "decoder); with --init the head is added to that model's decoder and starts as a no-op")
+    p.add_argument("--freeze", action="append", default=[], metavar="PREFIX",
+                   help="keep the parameters whose names start with PREFIX at their initial values, repeatable "
+                        "(e.g. --freeze decoder.up4 --freeze decoder.out with --tex-ch: new texture comes from the head)")
     p.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
                    help="set one loss weight or setting (models.distill.LossWeights), repeatable; e.g. "
                         "--loss texture=0.5 --loss texture_kind=sliced --loss pixel_blur=2 (texture, pixel_blur, "
@@ -140,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         init=args.init,
         tex_ch=args.tex_ch,
+        freeze=tuple(args.freeze),
         losses=replace(LossWeights(), **parse_loss_overrides(args.loss)),
     )
     created = not args.out.exists()
