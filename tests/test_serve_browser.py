@@ -89,6 +89,8 @@ def _open(browser, url: str, transport: str):
     wb.install_probe(page)
     page.goto(url)
     page.evaluate(HOOKS_JS)
+    # the style picker lists the server's styles before any camera starts (from /api/styles)
+    page.wait_for_function("() => document.getElementById('style').options.length > 0", timeout=30000)
     page.select_option("#transport", transport)
     page.click("#start")
     return page, logs

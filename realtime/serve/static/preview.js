@@ -235,4 +235,7 @@
     };
   }
   watchSource();
+  // the style picker is filled before the camera starts (the session's hello message refreshes it)
+  GR.api("/api/styles").then((r) => { if (!state.styles.length) fillStyles(r.styles, r.styles[0]); })
+    .catch((err) => showError(String(err.message)));
 })();
