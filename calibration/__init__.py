@@ -1,9 +1,9 @@
 """INT8 calibration (`genreal calibrate`): Q/DQ stage graphs from real frames, kept where fidelity allows.
 
     from calibration.calibrate import CalibrateConfig, calibrate
-    from realtime.commands.calibrate import collector   # frames from any --source (the runtime opens it)
     cfg = CalibrateConfig(model_dir=Path("my-model"), presets=("640x360",), source="demo")
-    reports = calibrate(cfg, collector(cfg))
+    reports = calibrate(cfg, collect)   # collect(size, batch) -> samples: the caller opens the source
+                                        # (the runtime's: realtime.commands.calibrate.collector(cfg))
 
 Modules, one step each:
 
