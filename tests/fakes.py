@@ -141,3 +141,12 @@ def decode_video(path: Path) -> tuple[list[np.ndarray], list[float]]:
     with av.open(str(path)) as inp:
         frames = list(inp.decode(video=0))
     return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames]
+
+
+def save_one_style_model(model: Any, folder: Path) -> Path:
+    """Save a torch model as a one-style model folder (style "a", teacher builtin:1): a `--init` source."""
+    from models.build import save_model
+
+    save_model(model, folder, {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
+                               "default_style": "a"})
+    return folder

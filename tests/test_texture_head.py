@@ -15,6 +15,7 @@ from models.distill import load_matching  # noqa: E402
 from models.manifest import default_model_dir, read_manifest  # noqa: E402
 from models.model import ModelConfig  # noqa: E402
 from genreal_errors import UserError  # noqa: E402
+from tests.fakes import save_one_style_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -194,8 +195,7 @@ def test_distill_init_adds_the_head_and_trains_from_the_given_weights(tmp_path):
     cfg = replace(TINY, num_styles=1, tex_ch=0)
     torch.manual_seed(3)
     src = build_model(cfg)
-    save_model(src, tmp_path / "src", {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
-                                       "default_style": "a"})
+    save_one_style_model(src, tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
     distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
                           init=tmp_path / "src", tex_ch=3, progress=False))
@@ -216,8 +216,7 @@ def test_distill_freeze_keeps_those_parameters_and_refuses_unknown_names(tmp_pat
     cfg = replace(TINY, num_styles=1, tex_ch=0)
     torch.manual_seed(3)
     src = build_model(cfg)
-    save_model(src, tmp_path / "src", {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
-                                       "default_style": "a"})
+    save_one_style_model(src, tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-2, iters=3)
     common = dict(teachers=(parse_teacher("builtin:1"),), names=("a",), preset=preset, init=tmp_path / "src",
                   tex_ch=3, progress=False, cache_dir=tmp_path / "cache")

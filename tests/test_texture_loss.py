@@ -17,6 +17,7 @@ from models.texture_loss import (DEFAULT_TAPS, KINDS, StyleFeatures, TextureLoss
                                  TextureLossConfig)
 from models.teacher_net import teacher_model_path  # noqa: E402
 from genreal_errors import UserError  # noqa: E402
+from tests.fakes import save_one_style_model  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -277,15 +278,14 @@ def test_cli_init_missing_folder_fails_before_any_work(tmp_path, capsys):
 def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
     from dataclasses import replace
 
-    from models.build import build_model, load_model, save_model
+    from models.build import build_model, load_model
     from models.distill import PRESETS, DistillConfig, distill
     from models.teachers import parse_teacher
 
     cfg = replace(SMALL, num_styles=1)
     torch.manual_seed(3)
     src = build_model(cfg)
-    save_model(src, tmp_path / "src", {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
-                                       "default_style": "a"})
+    save_one_style_model(src, tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
     distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
                           losses=LossWeights(texture=1.0, pixel_blur=2.0), init=tmp_path / "src", progress=False))
