@@ -101,6 +101,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--look-width", type=int, default=640, help="width in px of the look evaluation (texture ratio, "
                     "style distance, vs the half-size teacher; default 640)")
     ap.add_argument("--no-look", action="store_true", help="skip the look evaluation")
+    ap.add_argument("--look-steps", choices=("all", "ends"), default="all",
+                    help="K of the look evaluation: all (default: 1 to the model's maximum, which decides the steps "
+                         "that help) or ends (1 and the maximum, faster)")
+    ap.add_argument("--record-steps", action="store_true",
+                    help="write the steps that measurably help (evaluation.steps: per-K look, the rule, the largest "
+                         "useful K) into the model's manifest: --steps and the budget ladder then offer only those")
     ap.add_argument("--threads", type=int, default=None, help="threads for the speed measurement (default: all cores; "
                     "1 gives steadier figures on a shared machine)")
     args = ap.parse_args(argv)
@@ -108,12 +114,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from models.build import load_model
     from models.data import TeacherCache, heldout_images
-    from models.evaluate import evaluate_fidelity, evaluate_look, measure_speed
+    from models.evaluate import evaluate_fidelity, evaluate_look, measure_speed, useful_steps
+    from models.manifest import update_manifest
+    from models.metrics import describe_machine
     from models.teachers import parse_teacher
     from realtime.config import parse_size
     from genreal_errors import UserError
 
     try:
+        if args.record_steps and (args.no_look or args.look_steps != "all"):
+            raise UserError("--record-steps needs the look at every K: drop --no-look / --look-steps ends")
         model, manifest = load_model(args.model)
         names = [s["name"] for s in manifest["styles"]]
         teachers = [parse_teacher(s["teacher"]) for s in manifest["styles"]]
@@ -131,15 +141,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     speed = measure_speed(model, size, steps=args.steps, iters=args.iters, threads=args.threads)
     look = None
     if not args.no_look:
-        log.info("look at %d px wide: ours K=1 and K=%d, the half-size teacher", args.look_width, model.cfg.max_steps)
-        look = evaluate_look(model, teachers, names, heldout_images(args.look_width), cache,
-                             steps=sorted({1, model.cfg.max_steps}), progress=True)
+        ks = list(range(1, model.cfg.max_steps + 1)) if args.look_steps == "all" else sorted({1, model.cfg.max_steps})
+        log.info("look at %d px wide: ours K=%s, the half-size teacher", args.look_width, ",".join(map(str, ks)))
+        look = evaluate_look(model, teachers, names, heldout_images(args.look_width), cache, steps=ks, progress=True)
+        if args.look_steps == "all":
+            look["useful_steps"] = useful_steps(look)
     result = {"model": str(args.model or "shipped"), "fidelity": fidelity, "look": look, "speed": speed,
               "goal": {"mean_psnr_db": 25.0, "mean_ssim": 0.80},
               "met": {"psnr": bool(fidelity["mean_psnr"] is not None and fidelity["mean_psnr"] >= 25.0),
                       "ssim": bool(fidelity["mean_ssim"] is not None and fidelity["mean_ssim"] >= 0.80)}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if look is not None and "useful_steps" in look:
+        u = look["useful_steps"]
+        log.info("steps that help: K <= %d (%s)", u["useful"], u["evidence"])
+        if args.record_steps:
+            m = describe_machine()
+            record = {**u, "measured_by": f"python -m benchmarks.fidelity --record-steps ({m.get('cores')}-core "
+                                          f"{m.get('cpu')}, look at {args.look_width} px)"}
+            log.info("recorded evaluation.steps in %s", update_manifest(args.model, **{"evaluation.steps": record}))
     if args.png:
         contact_sheet(model, teachers, names, heldout_images(args.look_width)[0][1], cache, args.png)
         log.info("wrote %s", args.png)

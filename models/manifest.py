@@ -47,5 +47,24 @@ def read_manifest(path: Optional[str | Path] = None) -> dict[str, Any]:
     return manifest
 
 
+def update_manifest(path: Optional[str | Path], **sections: Any) -> Path:
+    """Set top-level keys of a model folder's manifest (a key "evaluation.steps" sets that nested key),
+    written atomically (a temporary file renamed over it). Returns the manifest's path."""
+    import os
+
+    p = resolve_model_dir(path) / MANIFEST_FILE
+    manifest = read_manifest(p.parent)
+    for key, value in sections.items():
+        parts = key.split(".")
+        node = manifest
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, p)
+    return p
+
+
 def style_names(manifest: dict[str, Any]) -> list[str]:
     return [str(s["name"]) for s in manifest["styles"]]

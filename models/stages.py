@@ -48,10 +48,21 @@ class ModelInfo:
     default_steps: int
     model_dir: str = ""
     normalize: bool = False  # encode and decode take the frame normalization `norm` (B, 4)
+    #: the largest K whose every step measurably improved the look on held-out photos (the manifest's
+    #: ``evaluation.steps``, written by ``python -m benchmarks.fidelity --record-steps``); 0: not measured,
+    #: every K up to `max_steps` is offered
+    useful_steps: int = 0
+    #: one line of the measurements behind `useful_steps` (for the error a larger --steps gets)
+    steps_evidence: str = ""
 
     @property
     def downsample(self) -> int:
         return 8
+
+    @property
+    def offered_steps(self) -> int:
+        """The largest K `--steps` and the budget ladder offer: `useful_steps` when measured, else `max_steps`."""
+        return min(self.max_steps, self.useful_steps) if self.useful_steps > 0 else self.max_steps
 
 
 class StageEncoding(NamedTuple):
@@ -183,6 +194,7 @@ def style_names_of(manifest: dict) -> tuple[str, ...]:
 def info_from_manifest(manifest: dict, model_cfg: dict, model_dir: str = "") -> ModelInfo:
     """Build `ModelInfo` from a model manifest and its `ModelConfig.to_dict()`."""
     names = style_names_of(manifest)
+    steps = (manifest.get("evaluation") or {}).get("steps") or {}
     return ModelInfo(
         style_names=names,
         default_style=str(manifest.get("default_style", names[0])),
@@ -192,6 +204,8 @@ def info_from_manifest(manifest: dict, model_cfg: dict, model_dir: str = "") -> 
         default_steps=int(model_cfg["default_steps"]),
         model_dir=model_dir,
         normalize=bool(model_cfg.get("normalize", False)),
+        useful_steps=int(steps.get("useful", 0) or 0),
+        steps_evidence=str(steps.get("evidence", "")),
     )
 
 

@@ -92,3 +92,31 @@ def test_steadiness_cli_bad_style_is_exit_2(capsys):
     assert main(["--styles", "no-such-style", "--clips", "bikes"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "steadiness: error" in err[0]
+
+
+def _look(per_k: dict[int, tuple[float, float]]) -> dict:
+    """An evaluate_look-shaped result: K → (style distance, sigma-2 PSNR)."""
+    mean = {f"ours_k{k}": {"style_distance": d, "texture": 0.9, "psnr_blurred": {"sigma2": p, "sigma8": p + 2}}
+            for k, (d, p) in per_k.items()}
+    return {"steps": sorted(per_k), "mean": mean, "images": ["skimage.data.coffee"]}
+
+
+@pytest.mark.parametrize("per_k,useful", [
+    ({1: (0.60, 21.0), 2: (0.595, 21.05), 3: (0.59, 21.1), 4: (0.58, 21.12)}, 1),  # small gains: only K=1
+    ({1: (0.60, 21.0), 2: (0.55, 21.0), 3: (0.545, 21.3), 4: (0.544, 21.33)}, 3),  # K=2 by distance, K=3 by PSNR
+    ({1: (0.60, 21.0), 2: (0.60, 21.0), 3: (0.40, 23.0)}, 1),  # a step that does nothing ends the run of useful ones
+    ({1: (0.60, 21.0)}, 1),
+])
+def test_useful_steps_offers_only_steps_that_each_help(per_k, useful):
+    from models.evaluate import useful_steps
+
+    u = useful_steps(_look(per_k))
+    assert u["useful"] == useful and set(u["per_k"]) == {str(k) for k in per_k}
+    assert "style distance 0.600" in u["evidence"] and "rule" in u
+
+
+def test_useful_steps_needs_every_k_from_one():
+    from models.evaluate import useful_steps
+
+    with pytest.raises(ValueError, match="K = 1, 2"):
+        useful_steps(_look({1: (0.6, 21.0), 4: (0.5, 22.0)}))

@@ -285,3 +285,22 @@ def test_frame_normalization_from_the_camera_images_matches_the_frame(ort_backen
     assert np.array_equal(ort_backend._norm_of(prep), images_norm([img]))  # read from the camera image
     flat = images_norm([np.full((64, 64, 3), 90, np.uint8)])
     assert np.allclose(flat[0], [90 / 255] * 3 + [0.02])  # a flat frame: the spread floor
+
+
+def test_steps_past_the_measured_useful_ones_are_refused_and_the_ladder_stops_there(model_copy, capsys):
+    from models.manifest import update_manifest
+
+    evidence = "K=1 → K=4: style distance 0.600 → 0.580"
+    update_manifest(model_copy, **{"evaluation.steps": {"useful": 2, "evidence": evidence}})
+    ok = OnnxRuntimeBackend(BackendConfig(name="onnxruntime", model_dir=model_copy, steps=2))
+    try:
+        assert ok.info.useful_steps == 2 and ok.info.offered_steps == 2 and ok.info.max_steps == 4
+        from realtime.budget import Choice
+
+        ok.apply_choice(Choice(4))  # the controller cannot climb past the useful steps either
+        assert ok.steps == 2
+    finally:
+        ok.close()
+    rc = main(["run", "--source", "demo", "--sink", "null", "--max-frames", "2", "--model", str(model_copy),
+               "--steps", "3"])
+    assert_one_line_error(capsys, rc, "--steps 3", "past K=2", evidence, "use --steps 1 to 2")

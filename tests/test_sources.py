@@ -499,3 +499,10 @@ def test_close_before_iterating_and_reader_errors():
         list(failing)
     failing.close()
     assert failing.releases == 1
+
+
+def test_video_up_to_1080p_decodes_on_the_capture_thread_alone():
+    from realtime.sources.media import decoder_threading
+
+    assert decoder_threading(640, 360) == "NONE" and decoder_threading(1920, 1080) == "NONE"
+    assert decoder_threading(3840, 2160) == "AUTO" and decoder_threading(0, 0) == "AUTO"

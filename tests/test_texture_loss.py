@@ -313,6 +313,37 @@ def test_warm_temporal_term_is_off_by_default_and_trains_the_warm_path():
     assert sum(float(p.grad.abs().sum()) for p in model.refiner.parameters() if p.grad is not None) > 0
 
 
+def test_lattice_energy_sees_a_decoder_grid_not_photo_content():
+    from models.distill import lattice_energy
+
+    photo = torch.from_numpy(cv2.resize(load_photo("coffee"), (128, 128))).permute(2, 0, 1)[None].float() / 255.0
+    yy, xx = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+    grid = 0.05 * (((yy % 4) < 2) ^ ((xx % 4) < 2)).float()  # a 4-px checker, +-0.025 around its mean
+    assert float(lattice_energy(photo)) < 1e-4
+    assert float(lattice_energy(photo + grid)) > 10 * float(lattice_energy(photo))
+    assert float(lattice_energy(torch.full((1, 3, 64, 64), 0.3) + grid[:64, :64])) == pytest.approx(0.025 ** 2, rel=1e-4)
+    assert float(lattice_energy(photo + grid, period=3)) < float(lattice_energy(photo + grid))  # off its period
+
+
+def test_lattice_term_is_off_by_default_and_pushes_the_grid_down():
+    from models.build import build_model
+
+    assert LossWeights().lattice == 0.0
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x, t, s = _batch()
+    base, parts0 = training_step(model, x, t, s, 8, LossWeights(), np.random.default_rng(0))
+    assert "lattice" not in parts0
+    loss, parts = training_step(model, x, t, s, 8, LossWeights(lattice=100.0), np.random.default_rng(0))
+    assert parts["lattice"] > 0
+    assert float(loss.detach()) == pytest.approx(float(base.detach()) + 100.0 * parts["lattice"], rel=1e-5)
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.decoder.parameters() if p.grad is not None) > 0
+    for bad in (dict(lattice=-1.0), dict(lattice_period=1.0), dict(lattice_period=4.5)):
+        with pytest.raises(UserError):
+            LossWeights(**bad)
+
+
 # -- the teacher's own layers as features ----------------------------------------------------------
 
 def test_whole_teacher_in_torch_matches_onnxruntime():

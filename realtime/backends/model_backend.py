@@ -105,7 +105,12 @@ class ModelBackend(Backend):
         self.ops = kernels.get_ops(stages.kernel_device)
         if config.steps is not None and not 1 <= config.steps <= self.info.max_steps:
             raise UserError(f"bad --steps {config.steps}: this model runs 1 to {self.info.max_steps} steps")
-        self.steps = config.steps or self.info.default_steps
+        if config.steps is not None and config.steps > self.info.offered_steps:
+            k = self.info.offered_steps
+            raise UserError(f"--steps {config.steps}: on held-out photos this model's steps past K={k} add nothing "
+                            f"measurable ({self.info.steps_evidence or 'its manifest, evaluation.steps'}); use --steps "
+                            + ("1" if k == 1 else f"1 to {k}"))
+        self.steps = config.steps or min(self.info.default_steps, self.info.offered_steps)
         self._base_steps = self.steps
         self.temporal = bool(config.temporal)
         self.scale = 1.0  # internal resolution scale (budget controller)
@@ -142,7 +147,7 @@ class ModelBackend(Backend):
 
     def apply_choice(self, choice: Any) -> None:
         """Take the budget controller's per-frame choice (steps K, internal scale, reuse multiplier)."""
-        self.steps = max(1, min(int(choice.steps), self.info.max_steps))
+        self.steps = max(1, min(int(choice.steps), self.info.offered_steps))
         self.scale = float(choice.scale)
         self.cache.reuse = float(choice.reuse)
 

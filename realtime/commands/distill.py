@@ -43,6 +43,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--iters", type=int, default=None, metavar="N", help="training iterations (default: the preset's)")
+    p.add_argument("--lr", type=float, default=None, metavar="LR",
+                   help="peak learning rate (default: the preset's, 2e-3 for cpu; about 5e-4..1e-3 suits --init "
+                        "fine-tuning)")
     p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="teacher output cache (default DIR/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
@@ -121,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iters is not None and args.iters < 1:
         raise UserError(f"bad --iters {args.iters}: it must be at least 1")
+    if args.lr is not None and not 0 < args.lr <= 0.1:
+        raise UserError(f"bad --lr {args.lr}: it must be in (0, 0.1]")
     if args.tex_ch is not None and not 0 <= args.tex_ch <= 64:
         raise UserError(f"bad --tex-ch {args.tex_ch}: it must be 0..64")
     from models.distill import CHECKPOINT
@@ -131,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     named = [split_named_spec(t) for t in args.teacher]
     teachers = tuple(parse_teacher(spec) for _, spec in named)
     preset = PRESETS[args.preset]
+    if args.lr is not None:
+        preset = replace(preset, lr=args.lr)
     cfg = DistillConfig(
         teachers=teachers,
         names=tuple(n for n, _ in named),

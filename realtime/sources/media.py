@@ -93,6 +93,19 @@ def open_interruptibly(opener: Callable[[], Any], closer: Callable[[Any], None],
     return box["result"]
 
 
+#: up to this many pixels a frame, video is decoded on the capture thread alone (see `decoder_threading`)
+SERIAL_DECODE_MAX_PIXELS = 1920 * 1088
+
+
+def decoder_threading(width: int, height: int) -> str:
+    """FFmpeg's thread_type for a video stream of this size: "NONE" (decode on the capture thread) up to
+    1080p, "AUTO" (frame + slice threads) above. Frame threads hold frames back (one per thread) and wake
+    in bursts that take the cores from the model's intra-op threads: on our 2-core machine
+    `python -m benchmarks.run_speed` measured our stylize stage 17.9 → 14.5 ms p50 at 640×360 with
+    "NONE" (bikes.mp4, H.264 out). Above 1080p a single thread may not keep up with the source's rate."""
+    return "NONE" if 0 < width * height <= SERIAL_DECODE_MAX_PIXELS else "AUTO"
+
+
 class SlotClock:
     """Presentation times for containers that time packets by frame slot (AVI).
 
@@ -200,7 +213,7 @@ class MediaSource(ThreadedSource):
             container.close()
             raise UserError(f"{self._name()} has no video stream: use a file with video in it")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = decoder_threading(stream.codec_context.width, stream.codec_context.height)
         rate = stream.average_rate or stream.guessed_rate
         if self._fps is None:
             self._fps = float(rate) if rate else None
