@@ -352,7 +352,7 @@ def _measure_backend(name: str, cfg: BenchConfig, frames: dict[str, list[list[np
         if cfg.steps:
             step_list = list(cfg.steps)
         elif is_model and not cfg.quick:
-            step_list = list(range(1, backend.info.max_steps + 1))
+            step_list = list(range(1, backend.info.offered_steps + 1))  # the steps its manifest says help
         else:
             step_list = [getattr(backend, "steps", None)]
         for k in step_list:

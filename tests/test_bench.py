@@ -289,3 +289,36 @@ def test_teacher_probe_bad_model_is_exit_2(tmp_path, capsys):
     assert probe_main(["--model", str(tmp_path / "missing"), "--json", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("teacher_probe: error:") and "\n" not in err and not (tmp_path / "p.json").exists()
+
+
+# -- benchmarks/run_speed.py: genreal run on a file, ours vs the teacher -------------------------------
+def test_run_speed_sums_the_work_stages_and_takes_the_median_over_rounds():
+    from benchmarks.run_speed import summarize, work_p50
+
+    stats = {"stages": {"capture": {"p50_ms": 9.0}, "queue": {"p50_ms": 50.0}, "preprocess": {"p50_ms": 1.0},
+                        "stylize": {"p50_ms": 12.0}, "postprocess": {"p50_ms": 0.5}, "output": {"p50_ms": 3.0}}}
+    assert work_p50(stats) == pytest.approx(13.5)  # capture, queue and output are not the frame's work
+    row = lambda w, s: {"work_p50_ms": w, "stylize_p50_ms": s, "fps": 10.0, "command": "genreal run ..."}  # noqa: E731
+    rounds = [{"ours_no_reuse": row(10.0, 9.0), "ours_reuse": row(8.0, 7.0), "teacher": row(60.0, 55.0)},
+              {"ours_no_reuse": row(30.0, 29.0), "ours_reuse": row(9.0, 8.0), "teacher": row(50.0, 45.0)},
+              {"ours_no_reuse": row(12.0, 11.0), "ours_reuse": row(10.0, 9.0), "teacher": row(55.0, 50.0)}]
+    got = summarize(rounds)
+    assert got["arms"]["ours_no_reuse"]["work_p50_ms"] == 12.0  # the median: one noisy round does not move it
+    assert got["arms"]["ours_no_reuse"]["per_round_work_p50_ms"] == [10.0, 30.0, 12.0]
+    assert got["teacher_over_ours_no_reuse"] == pytest.approx(55.0 / 12.0, abs=0.01)
+    assert got["teacher_over_ours_reuse"] == pytest.approx(55.0 / 9.0, abs=0.01)
+
+
+@pytest.mark.slow
+def test_run_speed_runs_genreal_run_per_arm_and_writes_json(tmp_path):
+    from benchmarks.run_speed import main as run_speed
+
+    out = tmp_path / "run_speed.json"
+    assert run_speed(["--clip", "demo", "--frames", "6", "--rounds", "1", "--size", "320x180", "--sink", "null",
+                      "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert set(got["arms"]) == {"ours_no_reuse", "ours_reuse", "teacher"}
+    for arm in got["arms"].values():
+        assert arm["work_p50_ms"] > 0 and arm["fps"] > 0 and arm["command"].startswith("genreal run --source demo")
+    assert got["teacher_over_ours_no_reuse"] > 0 and got["machine"]["cores"] >= 1
+    assert run_speed(["--clip", str(tmp_path / "missing.mp4")]) == 2

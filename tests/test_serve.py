@@ -20,6 +20,7 @@ import pytest
 
 
 from benchmarks.bench_pattern import decode_index, draw_index
+from genreal_errors import UserError
 from realtime.cli import main
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
@@ -125,7 +126,7 @@ def test_roundtrip_echoes_tag_and_image(server):
                 await asyncio.sleep(0.05)
             async with http.get(server.url("/api/styles")) as r:
                 styles = await r.json()
-        assert styles["styles"] == ["identity", "invert", "gray"]
+        assert styles["styles"] == ["identity", "invert", "gray"] and styles["steps"] == []  # no refine steps
         return body
 
     body = run(go())
@@ -628,3 +629,24 @@ def test_the_latency_benchmark_imports_and_tabulates():
     local = [[1, 0.0], [2, 33.0], [1, 2000.0]]  # frame 1 again one loop later
     remote = [[1, 20.0], [1, 25.0], [2, 60.0], [1, 2030.0]]  # the repeat of frame 1 counts once
     assert latencies_by_pattern(local, remote, loop_frames=60) == [20.0, 27.0, 30.0]
+
+
+def test_a_page_is_offered_only_the_refine_steps_the_model_measured_as_helping(model_copy):
+    from models.manifest import update_manifest
+    from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from realtime.config import BackendConfig
+    from realtime.serve.session import Session, offered_steps
+
+    update_manifest(model_copy, **{"evaluation.steps": {"useful": 2, "evidence": "K=1 → K=4: ..."}})
+    session = Session("websocket", OnnxRuntimeBackend(BackendConfig(name="onnxruntime", model_dir=model_copy)))
+    try:
+        assert offered_steps(session.backend) == [1, 2]
+        assert session.configure({"steps": 2}).steps == 2
+        with pytest.raises(UserError, match="offers 1 to 2"):
+            session.configure({"steps": 3, "style": "cel"})
+        assert session.settings.steps == 2 and session.backend.style != "cel"  # the bad message changed nothing
+    finally:
+        session.close()
+    from realtime.backends.identity import IdentityBackend
+
+    assert offered_steps(IdentityBackend(BackendConfig(name="identity"))) == []  # no refine steps to offer

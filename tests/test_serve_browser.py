@@ -129,6 +129,7 @@ def test_preview_websocket_frames_come_back_tagged(browser, transport):
     try:
         page, logs = _open(browser, server.url("/"), transport)
         outs = _wait_outputs(page, 30, logs)
+        assert page.evaluate("() => document.getElementById('steps').disabled")  # identity: no steps to pick
         sent = page.evaluate("() => window.__sent")
         codes = [o["code"] for o in outs]
         assert sum(c is not None for c in codes) >= 0.9 * len(codes), codes
@@ -249,6 +250,11 @@ def test_preview_restyles_with_our_model_and_switches_style(playwright, tmp_path
         steady = image()
         styles = page.evaluate("() => genreal.state.styles")
         assert "starry" in styles and page.input_value("#style") != "starry"
+        from models.manifest import read_manifest
+
+        useful = (read_manifest(None).get("evaluation", {}).get("steps") or {}).get("useful", 4)
+        steps = page.evaluate("() => [...document.getElementById('steps').options].map((o) => o.value)")
+        assert steps == [""] + [str(k) for k in range(1, useful + 1)]  # only the steps that help
         page.select_option("#style", "starry")
         n = page.evaluate("() => window.__out.length")
         page.wait_for_function(f"() => window.__out.length >= {n + 6}", timeout=60000)

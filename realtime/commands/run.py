@@ -46,8 +46,8 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = Non
     p.add_argument("--model", type=Path, default=None, metavar="DIR",
                    help="a model folder from 'genreal distill' (default: the shipped model)")
     p.add_argument("--steps", type=int, default=None, metavar="K",
-                   help="refine steps of our model: 1 to the model's maximum (4 for the shipped model; "
-                        "default: the model's own)")
+                   help="refine steps of our model: 1 up to the steps its manifest measured as helping "
+                        "(evaluation.steps; a model without that record runs 1 to its maximum; default: the model's own)")
     p.add_argument("--no-temporal", action="store_true", help="turn temporal latent reuse off")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--stats-json", type=Path, default=None, metavar="PATH",

@@ -24,7 +24,7 @@ from realtime.serve import security
 from realtime.serve.broadcast import Broadcast
 from realtime.serve.protocol import Limits
 from realtime.serve.keys import STATE_KEY
-from realtime.serve.session import Sessions, backend_factory
+from realtime.serve.session import Sessions, backend_factory, offered_steps
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class State:
         self.peers: set[Any] = set()  # WebRTC peer connections
         self.sockets: set[web.WebSocketResponse] = set()  # open camera WebSockets
         self.styles: Optional[list[str]] = None
+        self.steps: list[int] = []  # the refine steps the page offers (the model's useful ones)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,15 +106,15 @@ async def _styles(request: web.Request) -> web.Response:
     if state.styles is None:
         loop = asyncio.get_running_loop()
 
-        def probe() -> list[str]:
+        def probe() -> tuple[list[str], list[int]]:
             backend = state.sessions.make_backend()
             try:
-                return [*backend.styles()]
+                return [*backend.styles()], offered_steps(backend)
             finally:
                 backend.close()
 
-        state.styles = await loop.run_in_executor(state.executor, probe)
-    return web.json_response({"styles": state.styles, "backend": state.config.backend.name})
+        state.styles, state.steps = await loop.run_in_executor(state.executor, probe)
+    return web.json_response({"styles": state.styles, "steps": state.steps, "backend": state.config.backend.name})
 
 
 async def _stats(request: web.Request) -> web.Response:

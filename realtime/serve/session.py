@@ -25,6 +25,13 @@ _WINDOW = 600  # latency samples kept per session (the last ~20 s at 30 fps)
 _ids = itertools.count(1)
 
 
+def offered_steps(backend: Any) -> list[int]:
+    """The refine steps K a client may pick for this backend: 1 to the model's useful steps
+    (`ModelInfo.offered_steps`); none for backends without refine steps (the teacher, identity)."""
+    info = getattr(backend, "info", None)
+    return list(range(1, info.offered_steps + 1)) if info is not None and hasattr(info, "offered_steps") else []
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a page may change at run time (a `config` control message)."""
@@ -88,6 +95,10 @@ class Session:
         with self._lock:
             new = self.settings.updated(msg)
             old = self.settings
+            offered = offered_steps(self.backend)
+            if new.steps is not None and offered and new.steps not in offered:
+                raise UserError(f"steps {new.steps}: this model offers {offered[0]} to {offered[-1]} (its manifest "
+                                f"measured no gain past K={offered[-1]})")
             if new.style != old.style and new.style is not None:
                 self.backend.set_style(new.style)  # raises UserError for an unknown style
             if new.temporal != old.temporal:

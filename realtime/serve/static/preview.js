@@ -236,6 +236,11 @@
   }
   watchSource();
   // the style picker is filled before the camera starts (the session's hello message refreshes it)
-  GR.api("/api/styles").then((r) => { if (!state.styles.length) fillStyles(r.styles, r.styles[0]); })
+  GR.api("/api/styles").then((r) => {
+    if (!state.styles.length) fillStyles(r.styles, r.styles[0]);
+    // only the refine steps the model's manifest measured as helping (none for the teacher or identity)
+    ui.steps.replaceChildren(new Option("default", ""), ...(r.steps || []).map((k) => new Option(String(k), String(k))));
+    ui.steps.disabled = !(r.steps || []).length;
+  })
     .catch((err) => showError(String(err.message)));
 })();
