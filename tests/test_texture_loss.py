@@ -297,20 +297,24 @@ def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
     assert manifest["training"]["losses"]["texture"] == 1.0 and manifest["training"]["init"] == str(tmp_path / "src")
 
 
-def test_warm_temporal_term_is_off_by_default_and_trains_the_warm_path():
+@pytest.mark.parametrize("term,weight,trained", [
+    ("warm_temporal", 1.0, "refiner"),  # the warm start keeps frame 1's strokes where they moved
+    ("lattice", 100.0, "decoder"),  # the periodic part of the outputs is pushed down
+])
+def test_optional_terms_are_off_by_default_and_add_their_weighted_part(term, weight, trained):
     from models.build import build_model
 
-    assert LossWeights().warm_temporal == 0.0
+    assert getattr(LossWeights(), term) == 0.0
     torch.manual_seed(0)
     model = build_model(SMALL)
     x, t, s = _batch()
     base, parts0 = training_step(model, x, t, s, 8, LossWeights(), np.random.default_rng(0))
-    assert "warm_temporal" not in parts0
-    loss, parts = training_step(model, x, t, s, 8, LossWeights(warm_temporal=1.0), np.random.default_rng(0))
-    assert parts["warm_temporal"] > 0
-    assert float(loss.detach()) == pytest.approx(float(base.detach()) + parts["warm_temporal"], rel=1e-5)
+    assert term not in parts0
+    loss, parts = training_step(model, x, t, s, 8, LossWeights(**{term: weight}), np.random.default_rng(0))
+    assert parts[term] > 0
+    assert float(loss.detach()) == pytest.approx(float(base.detach()) + weight * parts[term], rel=1e-5)
     loss.backward()
-    assert sum(float(p.grad.abs().sum()) for p in model.refiner.parameters() if p.grad is not None) > 0
+    assert sum(float(p.grad.abs().sum()) for p in getattr(model, trained).parameters() if p.grad is not None) > 0
 
 
 def test_lattice_energy_sees_a_decoder_grid_not_photo_content():
@@ -325,20 +329,7 @@ def test_lattice_energy_sees_a_decoder_grid_not_photo_content():
     assert float(lattice_energy(photo + grid, period=3)) < float(lattice_energy(photo + grid))  # off its period
 
 
-def test_lattice_term_is_off_by_default_and_pushes_the_grid_down():
-    from models.build import build_model
-
-    assert LossWeights().lattice == 0.0
-    torch.manual_seed(0)
-    model = build_model(SMALL)
-    x, t, s = _batch()
-    base, parts0 = training_step(model, x, t, s, 8, LossWeights(), np.random.default_rng(0))
-    assert "lattice" not in parts0
-    loss, parts = training_step(model, x, t, s, 8, LossWeights(lattice=100.0), np.random.default_rng(0))
-    assert parts["lattice"] > 0
-    assert float(loss.detach()) == pytest.approx(float(base.detach()) + 100.0 * parts["lattice"], rel=1e-5)
-    loss.backward()
-    assert sum(float(p.grad.abs().sum()) for p in model.decoder.parameters() if p.grad is not None) > 0
+def test_lattice_settings_are_checked():
     for bad in (dict(lattice=-1.0), dict(lattice_period=1.0), dict(lattice_period=4.5)):
         with pytest.raises(UserError):
             LossWeights(**bad)
