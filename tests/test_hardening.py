@@ -455,7 +455,7 @@ def test_help_texts_agree_with_the_checks(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "1-4)" not in text and "4 for the shipped model" in text
+    assert "1-4)" not in text and "measured as helping (evaluation.steps" in text
     assert "blend of styles" in text and "--stall-s" in text and "--reconnect" in text
 
 

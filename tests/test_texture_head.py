@@ -47,12 +47,14 @@ def grid_ratio(img: np.ndarray, border: int = 16) -> float:
 
 
 # -- saved models -----------------------------------------------------------------------------------------
-def test_saved_configs_have_no_texture_head_and_load_strictly():
+def test_the_shipped_model_has_a_trained_head_and_older_configs_load_without_one():
     cfg = ModelConfig.from_dict(read_manifest(SHIPPED)["config"])
-    assert cfg.tex_ch == 0
+    assert cfg.tex_ch == 6  # the fourth weights (issue 16)
     model, _ = load_model(SHIPPED)  # strict: no missing or unexpected tensors
-    assert model.decoder.texture is None
-    assert not [k for k in model.state_dict() if "texture" in k]
+    assert model.decoder.texture is not None and float(model.decoder.texture.out.weight.abs().max()) > 0
+    older = {k: v for k, v in cfg.to_dict().items() if k != "tex_ch"}  # a manifest written before the head
+    assert ModelConfig.from_dict(older).tex_ch == 0
+    assert build_model(ModelConfig.from_dict(older)).decoder.texture is None
     with pytest.raises(ValueError, match="tex_ch"):
         ModelConfig(tex_ch=-1)
 
@@ -72,8 +74,8 @@ def test_a_saved_head_round_trips_and_strict_loading_stays_strict(tmp_path):
 
 
 # -- --init: the head starts as a no-op -------------------------------------------------------------------
-def test_init_into_the_new_decoder_gives_the_shipped_output_at_step_0():
-    old, _ = load_model(SHIPPED)
+def test_init_into_the_new_decoder_gives_the_old_output_at_step_0():
+    old = _active(replace(TINY, tex_ch=0, num_styles=8))  # a headless model (the third weights' decoder)
     new = build_model(replace(old.cfg, tex_ch=8)).eval()
     fresh = load_matching(new, old.state_dict())
     assert fresh and all(k.startswith("decoder.texture.") for k in fresh)
