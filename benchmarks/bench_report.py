@@ -325,6 +325,10 @@ def machine_label(result: dict[str, Any]) -> str:
     return "gpu" if "cuda" in devices else "cpu"
 
 
+#: the line after which benchmarks/README.md holds hand-written sections that `update_readme` keeps
+HAND_WRITTEN = "<!-- hand-written sections below: `genreal bench --update-readme` keeps them as they are -->"
+
+
 def update_readme(result: dict[str, Any], bench_dir: Path = BENCH_DIR) -> Path:
     """Write `result` and its charts (re-drawn from it) to bench_dir/latest/<label>/ and rewrite
     bench_dir/README.md from every result under bench_dir/latest/."""
@@ -342,7 +346,10 @@ def update_readme(result: dict[str, Any], bench_dir: Path = BENCH_DIR) -> Path:
         if path.is_file():
             found.append((lab, json.loads(path.read_text())))
     readme = bench_dir / "README.md"
-    readme.write_text(render_readme(found))
+    kept = ""
+    if readme.is_file() and HAND_WRITTEN in (old := readme.read_text()):
+        kept = old[old.index(HAND_WRITTEN):]  # the sections other benchmarks wrote by hand
+    readme.write_text(render_readme(found).rstrip("\n") + "\n\n" + kept if kept else render_readme(found))
     return readme
 
 

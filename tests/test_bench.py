@@ -161,6 +161,12 @@ def test_update_readme_writes_tables_and_copies_charts(tiny_result, tmp_path):
         assert (tmp_path / "latest" / "cpu" / name).is_file() and f"latest/cpu/{name}" in text
     assert load_results(tmp_path / "latest" / "cpu")["schema"] == "genreal-bench/1"
     assert "No results yet" in render_readme([])
+    from benchmarks.bench_report import HAND_WRITTEN
+
+    hand = f"{HAND_WRITTEN}\n\n## Browser round trip\n\nmeasured by hand\n"
+    readme.write_text(text + "\n" + hand)  # another benchmark's section, written by hand below the marker
+    again = update_readme(result, bench_dir=tmp_path).read_text()
+    assert again.endswith(hand) and again.count("CPU results") == 1 and again.count(HAND_WRITTEN) == 1
 
 
 # -- arguments -------------------------------------------------------------------------------------------

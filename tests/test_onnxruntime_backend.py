@@ -304,3 +304,12 @@ def test_steps_past_the_measured_useful_ones_are_refused_and_the_ladder_stops_th
     rc = main(["run", "--source", "demo", "--sink", "null", "--max-frames", "2", "--model", str(model_copy),
                "--steps", "3"])
     assert_one_line_error(capsys, rc, "--steps 3", "past K=2", evidence, "use --steps 1 to 2")
+
+
+def test_the_cpu_decode_session_skips_the_blocked_layout_the_others_keep_it(ort_backend):
+    import onnxruntime as ort
+
+    ort_backend([image(640, 360, seed=5)])
+    level = lambda stage: ort_backend.stages.session(stage).get_session_options().graph_optimization_level  # noqa: E731
+    assert level("decode") == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    assert level("encode") == level("refine_step") == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
