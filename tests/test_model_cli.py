@@ -66,12 +66,18 @@ def test_styles_json_lists_the_shipped_styles(cli):
     out = json.loads(r.out)
     manifest = read_manifest()
     assert [s["name"] for s in out["styles"]] == [s["name"] for s in manifest["styles"]]
-    assert set(out["styles"][0]) == {"name", "teacher", "psnr", "ssim"}
+    assert set(out["styles"][0]) == {"name", "teacher", "psnr", "ssim", "style_distance", "texture"}
+    look = {s["name"]: s["ours_k1"] for s in manifest["evaluation"]["look"]["styles"]}
+    assert all(s["style_distance"] == look[s["name"]]["style_distance"] for s in out["styles"] if s["name"] in look)
+    assert out["steps"] == list(range(1, manifest["evaluation"]["steps"]["useful"] + 1))
 
 
 def test_styles_table_and_bad_model(small_model_dir, tmp_path, cli):
     r = cli("styles", "--model", str(small_model_dir))
     assert r.code == 0 and all(n in r.out for n in NAMES) and "builtin:2" in r.out
+    assert "--steps offers" not in r.out  # a model without evaluation.steps: no claim about its steps
+    r = cli("styles")
+    assert r.code == 0 and "style dist" in r.out and "--steps offers 1 to " in r.out
     cli("styles", "--model", str(tmp_path / "nothing")).assert_user_error("no model")
 
 

@@ -13,8 +13,11 @@ from genreal_errors import UserError
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("styles", help="list the model's styles with their teachers and fidelity",
                        description="List the styles of the model (default: the shipped one), the teacher "
-                                   "each was distilled from and its PSNR / SSIM against that teacher.")
-    p.add_argument("--json", action="store_true", help='print {"styles": [{"name", "teacher", "psnr", "ssim"}, ...]}')
+                                   "each was distilled from, its PSNR / SSIM against that teacher and, where the "
+                                   "manifest has the look evaluation, its style distance (0 = the teacher's look, "
+                                   "1 = no style) and texture ratio at K=1, and the refine steps --steps offers.")
+    p.add_argument("--json", action="store_true", help='print {"styles": [{"name", "teacher", "psnr", "ssim", '
+                   '"style_distance", "texture"}, ...], "steps": [...]}')
     p.add_argument("--model", type=Path, default=None, metavar="DIR", help="a model folder (default: the shipped model)")
     return p
 
@@ -23,22 +26,30 @@ def run(args: argparse.Namespace) -> int:
     from models.manifest import read_manifest
 
     manifest = read_manifest(args.model)
+    evaluation = manifest.get("evaluation", {}) or {}
+    look = {s.get("name"): s.get("ours_k1", {}) for s in (evaluation.get("look") or {}).get("styles", [])}
     styles = []
     for s in manifest["styles"]:
         if not isinstance(s, dict) or "name" not in s:
             raise UserError("corrupt model manifest: every style needs a name")
-        styles.append({"name": s["name"], "teacher": s.get("teacher"), "psnr": s.get("psnr"), "ssim": s.get("ssim")})
+        k1 = look.get(s["name"], {})
+        styles.append({"name": s["name"], "teacher": s.get("teacher"), "psnr": s.get("psnr"), "ssim": s.get("ssim"),
+                       "style_distance": k1.get("style_distance"), "texture": k1.get("texture")})
+    useful = (evaluation.get("steps") or {}).get("useful")
+    steps = list(range(1, int(useful) + 1)) if useful else None
     if args.json:
-        print(json.dumps({"styles": styles}, indent=2), file=sys.stdout)
+        print(json.dumps({"styles": styles, "steps": steps}, indent=2), file=sys.stdout)
         return 0
-    fid = manifest.get("evaluation", {}).get("fidelity", {}) or {}
+    fid = evaluation.get("fidelity", {}) or {}
     width = max((len(s["name"]) for s in styles), default=4)
-    print(f"{'style':<{width}}  {'teacher':<22}  {'PSNR dB':>7}  {'SSIM':>6}")
+    fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+    print(f"{'style':<{width}}  {'teacher':<22}  {'PSNR dB':>7}  {'SSIM':>6}  {'style dist':>10}  {'texture':>7}")
     for s in styles:
-        psnr = f"{s['psnr']:.2f}" if s["psnr"] is not None else "-"
-        ssim = f"{s['ssim']:.3f}" if s["ssim"] is not None else "-"
-        print(f"{s['name']:<{width}}  {str(s['teacher']):<22}  {psnr:>7}  {ssim:>6}")
+        print(f"{s['name']:<{width}}  {str(s['teacher']):<22}  {fmt(s['psnr'], '.2f'):>7}  {fmt(s['ssim'], '.3f'):>6}  "
+              f"{fmt(s['style_distance'], '.2f'):>10}  {fmt(s['texture'], '.2f'):>7}")
     if fid.get("images"):
         print(f"(student vs teacher on held-out {', '.join(fid['images'])}; mean {fid.get('mean_psnr')} dB, "
-              f"SSIM {fid.get('mean_ssim')})")
+              f"SSIM {fid.get('mean_ssim')}; style distance 0 = the teacher's look, 1 = no style, at K=1)")
+    if steps:
+        print(f"--steps offers {steps[0]} to {steps[-1]}: {(evaluation.get('steps') or {}).get('evidence', '')}")
     return 0
