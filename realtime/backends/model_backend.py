@@ -107,8 +107,9 @@ class ModelBackend(Backend):
             raise UserError(f"bad --steps {config.steps}: this model runs 1 to {self.info.max_steps} steps")
         if config.steps is not None and config.steps > self.info.offered_steps:
             k = self.info.offered_steps
-            raise UserError(f"--steps {config.steps}: on held-out photos this model's steps past K={k} add nothing "
-                            f"measurable ({self.info.steps_evidence or 'its manifest, evaluation.steps'}); use --steps "
+            raise UserError(f"--steps {config.steps}: on held-out photos this model's steps past K={k} add less than "
+                            f"its manifest's rule asks (evaluation.steps: {self.info.steps_evidence or 'measured'}); "
+                            "use --steps "
                             + ("1" if k == 1 else f"1 to {k}"))
         self.steps = config.steps or min(self.info.default_steps, self.info.offered_steps)
         self._base_steps = self.steps

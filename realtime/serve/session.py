@@ -98,7 +98,7 @@ class Session:
             offered = offered_steps(self.backend)
             if new.steps is not None and offered and new.steps not in offered:
                 raise UserError(f"steps {new.steps}: this model offers {offered[0]} to {offered[-1]} (its manifest "
-                                f"measured no gain past K={offered[-1]})")
+                                f"measured too little gain past K={offered[-1]})")
             if new.style != old.style and new.style is not None:
                 self.backend.set_style(new.style)  # raises UserError for an unknown style
             if new.temporal != old.temporal:
