@@ -94,7 +94,7 @@ class BackendConfig:
             raise UserError(f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}")
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise UserError(f"bad --steps {self.steps}: use 1 to {MAX_STEPS} (a model offers the steps its manifest "
-                            "measured as helping: the shipped one 1 to 3)")
+                            "measured as helping: the shipped one 1 to 4)")
         if self.style is not None:
             check_style_weights(self.style)
 
