@@ -349,7 +349,8 @@ def update_readme(result: dict[str, Any], bench_dir: Path = BENCH_DIR) -> Path:
     kept = ""
     if readme.is_file() and HAND_WRITTEN in (old := readme.read_text()):
         kept = old[old.index(HAND_WRITTEN):]  # the sections other benchmarks wrote by hand
-    readme.write_text(render_readme(found).rstrip("\n") + "\n\n" + kept if kept else render_readme(found))
+    text = render_readme(found)
+    readme.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text)
     return readme
 
 

@@ -59,7 +59,7 @@ def run_arm(clip: str, size: str, sink: str, options: Sequence[str], max_frames:
             "fps": stats["fps"], "frames": stats["frames_out"], "command": " ".join(["genreal", *cmd[3:]])}
 
 
-def resolve_clip(name: str, tmp: Path, frames: int) -> tuple[str, str]:
+def resolve_clip(name: str) -> tuple[str, str]:
     """(path or source spec, description) for --clip."""
     if name in ("bikes", "carphone"):
         from benchmarks.steadiness import packaged_clip
@@ -115,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"--style {args.style}: its teacher {teacher_spec} is not a builtin network")
         with tempfile.TemporaryDirectory(prefix="genreal-run-speed-") as d:
             tmp = Path(d)
-            clip, described = resolve_clip(args.clip, tmp, args.frames)
+            clip, described = resolve_clip(args.clip)
             plan = arms(args.style, teacher_spec.split(":", 1)[1])
             rounds: list[dict[str, dict[str, Any]]] = []
             for r in range(args.rounds):

@@ -200,7 +200,7 @@ class OrtStages:
             if self.precision == "fp16" and not self.plan.tensorrt:
                 model_path = self._fp16_graph(path, meta)
             providers = self.plan.providers(str(meta.get("metadata_hash", "nohash")))
-        sess = self._session(model_path, providers)
+        sess = self._session(model_path, providers, stage=stage)
         if meta is None:
             self._checked_metadata(path, sess)
         if self.plan.gpu and "CUDAExecutionProvider" not in sess.get_providers():
@@ -210,12 +210,12 @@ class OrtStages:
             log.debug("opened %s/%s", preset, stage)
         return sess
 
-    def _session(self, path: Path, providers: list[Any], optimize: bool = True) -> Any:
+    def _session(self, path: Path, providers: list[Any], optimize: bool = True, stage: str = "") -> Any:
         ort = self._ort
         opts = self._options()
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        elif path.name == "decode.onnx" and providers == ["CPUExecutionProvider"]:
+        elif stage == "decode" and not path.name.endswith(INT8_SUFFIX) and providers == ["CPUExecutionProvider"]:
             # the decoder's full-resolution layers run faster without the CPU provider's blocked (NCHWc)
             # layout, whose reorders back to NCHW cost more than it saves there: the shipped 640x360 decode
             # 8.9 -> 8.1 ms p50 on our 2-core CPU, outputs within 3e-7 (the other stages gain from it)

@@ -190,14 +190,20 @@ def test_export_of_the_new_decoder_matches_torch_and_runs_in_onnxruntime(tmp_pat
     assert np.abs(out.astype(np.float32) / 255 - ref).max() <= 2 / 255 + 1e-6
 
 
+def _headless_source(path):
+    """A one-style TINY model without the head, saved at `path` as an --init source: (its config, the model)."""
+    cfg = replace(TINY, num_styles=1, tex_ch=0)
+    torch.manual_seed(3)
+    src = build_model(cfg)
+    save_one_style_model(src, path)
+    return cfg, src
+
+
 def test_distill_init_adds_the_head_and_trains_from_the_given_weights(tmp_path):
     from models.distill import PRESETS, DistillConfig, distill
     from models.teachers import parse_teacher
 
-    cfg = replace(TINY, num_styles=1, tex_ch=0)
-    torch.manual_seed(3)
-    src = build_model(cfg)
-    save_one_style_model(src, tmp_path / "src")
+    cfg, src = _headless_source(tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
     distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
                           init=tmp_path / "src", tex_ch=3, progress=False))
@@ -215,10 +221,7 @@ def test_distill_freeze_keeps_those_parameters_and_refuses_unknown_names(tmp_pat
     from models.distill import PRESETS, DistillConfig, distill
     from models.teachers import parse_teacher
 
-    cfg = replace(TINY, num_styles=1, tex_ch=0)
-    torch.manual_seed(3)
-    src = build_model(cfg)
-    save_one_style_model(src, tmp_path / "src")
+    _, src = _headless_source(tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-2, iters=3)
     common = dict(teachers=(parse_teacher("builtin:1"),), names=("a",), preset=preset, init=tmp_path / "src",
                   tex_ch=3, progress=False, cache_dir=tmp_path / "cache")

@@ -29,7 +29,7 @@ def offered_steps(backend: Any) -> list[int]:
     """The refine steps K a client may pick for this backend: 1 to the model's useful steps
     (`ModelInfo.offered_steps`); none for backends without refine steps (the teacher, identity)."""
     info = getattr(backend, "info", None)
-    return list(range(1, info.offered_steps + 1)) if info is not None and hasattr(info, "offered_steps") else []
+    return list(range(1, info.offered_steps + 1)) if info is not None else []
 
 
 @dataclass(frozen=True)
