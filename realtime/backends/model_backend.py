@@ -228,11 +228,14 @@ class ModelBackend(Backend):
         """Still camera, a few tiles changed: run the stages on each padded crop, paste its inner part."""
         cache = self.cache
         recomputed = 0
+        done: dict[tuple[int, int, int, int], FrameResult] = {}  # regions may share a box (a "large" plan)
         for box, inner in plan.regions:
             ty0, ty1, tx0, tx1 = box
-            crop = self._crop(p, box, cache.levels[:, :, ty0:ty1, tx0:tx1])
+            crop = done.get(box)
+            if crop is None:
+                crop = done[box] = self._crop(p, box, cache.levels[:, :, ty0:ty1, tx0:tx1])
+                recomputed += p.x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
             cache.paste(inner, box, crop.levels, crop.z, crop.rgb, sigs)
-            recomputed += p.x.shape[0] * (ty1 - ty0) * (tx1 - tx0)
         cache.record(plan, recomputed, ntok)
         return Inferred(cache.y, p.valid_hw, _rects(plan.regions))
 
@@ -242,12 +245,9 @@ class ModelBackend(Backend):
         the reason the caller computes a new key frame instead ("cut" or "rekey")."""
         cache, cfg = self.cache, self.cache.config
         masks = plan.masks or motion_change(p.greys, cache.key_greys, sigs, plan.affine, cfg.change_thresh * cache.reuse)
-        if masks[0].mean() > cfg.cut_frac:  # most of what stayed in view changed: not motion, a new scene
-            return "cut"
-        unexplained = np.logical_or.reduce(masks)
-        regions = cache.regions_for(*masks) if unexplained.mean() <= cfg.rekey_frac else None
-        if regions is None:
-            return "rekey"
+        regions = cache.motion_regions(masks)
+        if isinstance(regions, str):
+            return regions  # "cut" or "rekey"
         y = self.ops.warp_affine(cache.key_y, plan.affine, border="replicate")  # (B, 3, Hp, Wp)
         recomputed = 0
         for (ty0, ty1, tx0, tx1), (iy0, iy1, ix0, ix1) in regions:
