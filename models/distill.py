@@ -125,6 +125,10 @@ class LossWeights:
     #: photos a 600-step run raised starry's to 3x the teacher's own grid and 60x the photo's
     lattice: float = 0.0
     lattice_period: float = 8.0
+    #: sensor noise on the moved frame 2, off by default: Gaussian noise of this sigma (0..1 units; 0.01 is
+    #: 2.6 grey levels) added to frame 2's input, so the temporal, warm-start and teacher terms on frame 2
+    #: ask for the same strokes through a camera's noise (real footage: strokes re-drawn on noise shimmer)
+    temporal_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pixel_kind not in ("l1", "l2"):
@@ -133,8 +137,10 @@ class LossWeights:
             raise UserError(f"texture_features must be predictor or teacher, got {self.texture_features!r}")
         if self.texture_kind not in ("gram", "moments", "sliced"):
             raise UserError(f"texture_kind must be gram, moments or sliced, got {self.texture_kind!r}")
-        if min(self.texture, self.pixel_blur, self.adversarial, self.warm_temporal, self.lattice) < 0:
-            raise UserError("texture, pixel_blur, adversarial, warm_temporal and lattice must not be negative")
+        if min(self.texture, self.pixel_blur, self.adversarial, self.warm_temporal, self.lattice,
+               self.temporal_noise) < 0:
+            raise UserError("texture, pixel_blur, adversarial, warm_temporal, lattice and temporal_noise must not "
+                            "be negative")
         if self.lattice_period < 2 or self.lattice_period != int(self.lattice_period):
             raise UserError(f"lattice_period must be a whole number of pixels >= 2, got {self.lattice_period:g}")
 
@@ -312,6 +318,9 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     inner = (slice(None), slice(None), slice(margin, margin + c), slice(margin, margin + c))
     x1, t1 = x_big[inner], t_big[inner]  # (B, 3, c, c)
     x2, t2 = warp(x_big, theta_big)[inner], warp(t_big, theta_big)[inner]  # the moved camera
+    if w.temporal_noise > 0:  # ... through a noisy sensor (the targets stay the teacher's clean output)
+        noise = torch.from_numpy(rng.standard_normal(x2.shape).astype(np.float32)).to(x2.device)
+        x2 = (x2 + w.temporal_noise * noise).clamp(0.0, 1.0)
     onehot = F.one_hot(styles, model.cfg.num_styles).float()
     svec = model.style_embedding(onehot)  # (B, E)
 

@@ -317,6 +317,30 @@ def test_optional_terms_are_off_by_default_and_add_their_weighted_part(term, wei
     assert sum(float(p.grad.abs().sum()) for p in getattr(model, trained).parameters() if p.grad is not None) > 0
 
 
+def test_temporal_noise_perturbs_only_frame_2_and_is_off_by_default(monkeypatch):
+    """`temporal_noise` adds sensor noise to the moved frame 2's input: the temporal term then compares a
+    noisy frame's output with the clean frame's (frame 1 and the teacher targets stay clean)."""
+    import models.distill as distill_mod
+    from models.build import build_model
+
+    assert LossWeights().temporal_noise == 0.0
+    with pytest.raises(UserError):
+        LossWeights(temporal_noise=-0.01)
+    torch.manual_seed(0)
+    model = build_model(SMALL)
+    x, t, s = _batch()
+    seen: list[torch.Tensor] = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda xx, norm=None: (seen.append(xx.detach().clone()), encode(xx, norm))[1])
+    _, clean = training_step(model, x, t, s, 8, LossWeights(), np.random.default_rng(0))
+    frames_clean, seen[:] = list(seen), []
+    _, noisy = training_step(model, x, t, s, 8, LossWeights(temporal_noise=0.05), np.random.default_rng(0))
+    assert torch.equal(seen[0], frames_clean[0])  # frame 1: the same clean crop
+    d = (seen[1] - frames_clean[1]).abs()
+    assert 0.01 < float(d.mean()) < 0.05 and float(seen[1].min()) >= 0.0 and float(seen[1].max()) <= 1.0
+    assert noisy["temporal"] > clean["temporal"]  # outputs of a noisy frame differ more from the clean one's
+
+
 def test_lattice_energy_sees_a_decoder_grid_not_photo_content():
     from models.distill import lattice_energy
 
