@@ -450,12 +450,15 @@ class TemporalCache:
         if self.empty or self.key != key:
             return Plan("full", reason="cold"), sigs, small
         h, w = greys[0].shape
-        init = self.last_affine if self.last_mode == "motion" else None
-        a = global_motion(self.key_small, small, w, cfg.motion_conf, init, cfg.motion_min_px)
-        self._affine = IDENTITY.copy() if a is None else a
         thresh = cfg.change_thresh * self.reuse
         changed = np.stack([tile_change(sigs[b], self.sig_ref[b], thresh) for b in range(len(greys))]).any(0)
         frac = float(changed.mean())  # tiles a still camera cannot explain
+        if frac == 0.0 and self.last_mode != "motion":  # nothing changed: no motion to look for (a webcam at rest)
+            self._affine = IDENTITY.copy()
+            return Plan("skip"), sigs, small
+        init = self.last_affine if self.last_mode == "motion" else None
+        a = global_motion(self.key_small, small, w, cfg.motion_conf, init, cfg.motion_min_px)
+        self._affine = IDENTITY.copy() if a is None else a
         rejected = False  # a camera motion was estimated, and the still camera explains the frame better
         if a is not None and motion_px(a, IDENTITY, w, h) >= cfg.motion_min_px:
             step = motion_px(a, self.last_affine, w, h)  # previous frame → now
