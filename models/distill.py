@@ -129,6 +129,11 @@ class LossWeights:
     #: 2.6 grey levels) added to frame 2's input, so the temporal, warm-start and teacher terms on frame 2
     #: ask for the same strokes through a camera's noise (real footage: strokes re-drawn on noise shimmer)
     temporal_noise: float = 0.0
+    #: no grid on flat frames, off by default: `lattice_energy` of the cold output on flat, noisy frames (two
+    #: a step: a crop's mean colour darkened by a random factor, plus noise of `temporal_noise`'s sigma or
+    #: 0.01). A model trained to ignore sensor noise can show its own decoder grid where a flat frame gives
+    #: it nothing else to draw (the sixth run's first 1,500 steps: starry's flat-dark lattice peak 60 -> 1,263)
+    lattice_flat: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pixel_kind not in ("l1", "l2"):
@@ -138,9 +143,9 @@ class LossWeights:
         if self.texture_kind not in ("gram", "moments", "sliced"):
             raise UserError(f"texture_kind must be gram, moments or sliced, got {self.texture_kind!r}")
         if min(self.texture, self.pixel_blur, self.adversarial, self.warm_temporal, self.lattice,
-               self.temporal_noise) < 0:
-            raise UserError("texture, pixel_blur, adversarial, warm_temporal, lattice and temporal_noise must not "
-                            "be negative")
+               self.temporal_noise, self.lattice_flat) < 0:
+            raise UserError("texture, pixel_blur, adversarial, warm_temporal, lattice, temporal_noise and "
+                            "lattice_flat must not be negative")
         if self.lattice_period < 2 or self.lattice_period != int(self.lattice_period):
             raise UserError(f"lattice_period must be a whole number of pixels >= 2, got {self.lattice_period:g}")
 
@@ -368,6 +373,15 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
         period = int(w.lattice_period)
         l_lat = sum(lattice_energy(y, period) for y in (y1, y2, y_w)) / 3
         loss = loss + w.lattice * l_lat
+    l_flat = None
+    if w.lattice_flat > 0:
+        n = min(2, x1.shape[0])
+        dark = torch.from_numpy(rng.uniform(0.1, 1.0, (n, 1, 1, 1)).astype(np.float32)).to(x1.device)
+        sigma = w.temporal_noise if w.temporal_noise > 0 else 0.01
+        noise = torch.from_numpy(rng.standard_normal((n, 3, c, c)).astype(np.float32)).to(x1.device)
+        x_flat = (x1[:n].mean((2, 3), keepdim=True) * dark + sigma * noise).clamp(0.0, 1.0)  # (n, 3, c, c)
+        l_flat = lattice_energy(model(x_flat, svec[:n], kmax).rgb, int(w.lattice_period))
+        loss = loss + w.lattice_flat * l_flat
     l_adv = None
     if w.adversarial > 0:
         l_adv = adversary.generator_loss(y1, t1, onehot)
@@ -385,6 +399,8 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
             parts["warm_temporal"] = float(l_warm)
         if l_lat is not None:
             parts["lattice"] = float(l_lat)
+        if l_flat is not None:
+            parts["lattice_flat"] = float(l_flat)
     return loss, parts
 
 

@@ -300,6 +300,7 @@ def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
 @pytest.mark.parametrize("term,weight,trained", [
     ("warm_temporal", 1.0, "refiner"),  # the warm start keeps frame 1's strokes where they moved
     ("lattice", 100.0, "decoder"),  # the periodic part of the outputs is pushed down
+    ("lattice_flat", 100.0, "decoder"),  # ... and of outputs on flat, noisy frames
 ])
 def test_optional_terms_are_off_by_default_and_add_their_weighted_part(term, weight, trained):
     from models.build import build_model
