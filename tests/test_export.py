@@ -212,6 +212,18 @@ def test_shipped_640x360_graphs_reproduce_the_torch_model():
     assert np.max(np.abs(np.clip(rgb, 0, 1) - np.clip(ref, 0, 1))) <= 1e-3
 
 
+def test_half_resolution_decoder_is_exported_without_pixel_shuffles(exported):
+    """The half-resolution decoder's pixel shuffles are exported as transposed convolutions (ONNX Runtime's
+    DepthToSpace is a full reorder pass on the CPU), in the module's graphs and in the shipped ones."""
+    import onnx
+
+    out, _ = exported
+    for path in (out / DYNAMIC / "decode.onnx", SHIPPED / "onnx" / "640x360" / "decode.onnx",
+                 SHIPPED / "onnx" / DYNAMIC / "decode.onnx"):
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert "DepthToSpace" not in ops and "ConvTranspose" in ops, path
+
+
 def test_shipped_model_folder_is_at_most_20_mb():
     total = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert total <= 20 * 2**20, total
