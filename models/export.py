@@ -227,7 +227,9 @@ class _ShuffleConvT:
         import torch
         import torch.nn.functional as F
 
-        return F.conv_transpose2d(torch.cat([x, torch.ones_like(x[:, :1])], 1), self.weight, stride=self.r)
+        # the 1s channel computed from x, not `ones_like`: a static-shape export would fold that into a stored
+        # constant per preset (3 MB over the shipped presets)
+        return F.conv_transpose2d(torch.cat([x, x[:, :1] * 0.0 + 1.0], 1), self.weight, stride=self.r)
 
 
 def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any]:
