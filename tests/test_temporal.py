@@ -227,6 +227,8 @@ def test_scattered_changes_too_many_for_crops_compute_the_frame_once_and_paste_o
     for y, x in spots:
         kept[max(0, (y // 8 - 1) * 8):((y + 7) // 8 + 2) * 8, max(0, (x // 8 - 1) * 8):((x + 7) // 8 + 2) * 8] = False
     assert kept.mean() > 0.2 and np.array_equal(outs[1][kept], outs[0][kept])  # unchanged: the key output
+    from realtime.temporal import grey_of, small_grey  # the motion reference moved to this frame (`rebase`)
+    assert np.array_equal(tmp.cache.key_small, small_grey(grey_of(moved), tmp.cache.config.grey_width))
     for y, x in spots[:2]:  # each spot as a crop around it alone would have styled it (the key frame's statistics)
         one = base.copy()
         one[y:y + 8, x:x + 8] = moved[y:y + 8, x:x + 8]

@@ -198,7 +198,10 @@ class ModelBackend(Backend):
             cache.record(plan, 0, ntok)
             return Inferred(cache.y, p.valid_hw, ())
         if plan.mode == "crop":
-            return self._infer_crop(p, plan, sigs, ntok)
+            out = self._infer_crop(p, plan, sigs, ntok)
+            if plan.reason == "large":  # the whole frame was computed: the motion reference moves to it
+                cache.rebase(p.greys, small)
+            return out
         if plan.mode == "motion":
             if cache.config.motion == "output":
                 out = self._infer_motion_output(p, plan, sigs, ntok)
