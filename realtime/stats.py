@@ -124,9 +124,11 @@ class RunStats:
             lines.append(f"{key}: {value}")
         if self.temporal:
             t = self.temporal
-            lines.append(f"temporal: {100 * t.get('tokens_recomputed_frac', 0):.1f}% of tokens recomputed, "
-                         f"previous output reused for {t.get('skips', 0)} of {t.get('frames', 0)} frames, "
-                         f"scene resets: {t.get('resets', 0)}")
+            lines.append(f"temporal: {100 * t.get('tokens_recomputed_frac', 0):.1f}% of tokens recomputed; of "
+                         f"{t.get('frames', 0)} frames {t.get('skips', 0)} reused, {t.get('crop_frames', 0)} crops "
+                         f"({t.get('large_crop_frames', 0)} computed whole, pasted where they changed), "
+                         f"{t.get('motion_frames', 0)} camera motion, {t.get('full_frames', 0)} full "
+                         f"({t.get('resets', 0)} scene resets)")
         if self.budget:
             b = self.budget
             lines.append(f"budget choices: {', '.join(f'{k} ×{v}' for k, v in b.get('choices', {}).items())}")

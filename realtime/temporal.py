@@ -330,6 +330,7 @@ class TemporalStats:
     skips: int = 0
     resets: int = 0
     crops: int = 0
+    large: int = 0  # of the crop frames: computed whole, pasted only over what changed
     motion: int = 0
     full: int = 0
     tokens_recomputed: int = 0
@@ -338,8 +339,8 @@ class TemporalStats:
     def to_dict(self) -> dict[str, Any]:
         frac = self.tokens_recomputed / self.tokens_total if self.tokens_total else 0.0
         return {"frames": self.frames, "tokens_recomputed_frac": round(frac, 4), "skips": self.skips,
-                "resets": self.resets, "crop_frames": self.crops, "motion_frames": self.motion,
-                "full_frames": self.full}
+                "resets": self.resets, "crop_frames": self.crops, "large_crop_frames": self.large,
+                "motion_frames": self.motion, "full_frames": self.full}
 
 
 def _clone(a: Any) -> Any:
@@ -558,6 +559,7 @@ class TemporalCache:
             s.skips += 1
         elif plan.mode == "crop":
             s.crops += 1
+            s.large += plan.reason == "large"
         elif plan.mode == "motion":
             s.motion += 1
         else:

@@ -222,7 +222,8 @@ def test_scattered_changes_too_many_for_crops_compute_the_frame_once_and_paste_o
     outs, modes = run(tmp, [base, moved])
     assert modes == ["full", "crop"]
     d = delta(before, counters(tmp))
-    assert d["crops"] == 1 and d["full"] == 1 and d["tokens_recomputed"] == 2 * 24 * 14  # once, not per spot
+    assert d["crops"] == 1 and d["large"] == 1 and d["full"] == 1
+    assert d["tokens_recomputed"] == 2 * 24 * 14  # the whole frame once, not once per spot
     kept = np.ones((H, W), bool)  # pixels farther than a token from every changed spot (the paste's dilation)
     for y, x in spots:
         kept[max(0, (y // 8 - 1) * 8):((y + 7) // 8 + 2) * 8, max(0, (x // 8 - 1) * 8):((x + 7) // 8 + 2) * 8] = False
@@ -358,7 +359,7 @@ def test_run_stats_report_tokens_recomputed_skips_and_resets(tmp_path, capsys):
     assert rc == 0
     t = json.loads(out.read_text())["temporal"]
     assert t["frames"] == 12 and 0 < t["tokens_recomputed_frac"] <= 1
-    assert {"skips", "resets", "crop_frames", "motion_frames", "full_frames"} <= set(t)
+    assert {"skips", "resets", "crop_frames", "large_crop_frames", "motion_frames", "full_frames"} <= set(t)
     assert "tokens recomputed" in capsys.readouterr().out
     rc = main(["run", "--source", "demo", "--sink", "null", "--max-frames", "4", "--size", "160x96",
                "--no-temporal", "--stats-json", str(out)])
