@@ -509,14 +509,13 @@ class TemporalCache:
         """A still camera with `changed` token tiles: crops around them; when those would cover too much of
         the frame, one whole-frame computation pasted only over the changed groups (reason "large": the
         cost of a full frame, but the tiles that did not change keep their output, so they stay steady)."""
-        dilated = self._dilated(changed)
-        # the crops cover at least the dilated tiles: do not look for them when those alone are too many
-        regions = self.regions_for(changed) if dilated.mean() <= self.config.max_crop_frac else None
+        regions = self.regions_for(changed)
         if regions is not None:
             return Plan("crop", regions=regions)
         h, w = changed.shape
         whole = (0, h, 0, w)  # computed once; the groups' boxes are pasted from it (overlaps paste the same values)
-        return Plan("crop", regions=tuple((whole, tuple(int(v) for v in b)) for b in groups(dilated)), reason="large")
+        inners = groups(self._dilated(changed))
+        return Plan("crop", regions=tuple((whole, tuple(int(v) for v in b)) for b in inners), reason="large")
 
     def motion_regions(self, masks: Sequence[np.ndarray]) -> Union[tuple[tuple[Box, Box], ...], str]:
         """`motion_change`'s masks → the crops a motion frame recomputes, or why it cannot: "cut" (most of
@@ -533,11 +532,15 @@ class TemporalCache:
         would cover more than `max_crop_frac` of the frame (computing everything is cheaper)."""
         cfg = self.config
         h, w = masks[0].shape
-        regions: tuple[tuple[Box, Box], ...] = ()
-        for changed in masks:
-            regions += crop_regions(self._dilated(changed), cfg.crop_margin, cfg.min_crop, cfg.crop_overhead)
-        if sum((b[1] - b[0]) * (b[3] - b[2]) for b, _ in regions) > cfg.max_crop_frac * h * w:
+        dilated = [self._dilated(m) for m in masks]
+        limit = cfg.max_crop_frac * h * w
+        if np.logical_or.reduce(dilated).sum() > limit:  # the crops cover at least these tiles: too many already
             return None
+        regions: tuple[tuple[Box, Box], ...] = ()
+        for changed in dilated:
+            regions += crop_regions(changed, cfg.crop_margin, cfg.min_crop, cfg.crop_overhead)
+            if sum((b[1] - b[0]) * (b[3] - b[2]) for b, _ in regions) > limit:
+                return None
         return regions
 
     def _dilated(self, changed: np.ndarray) -> np.ndarray:
