@@ -479,8 +479,7 @@ class TemporalCache:
                 # a large object moving in front of a still camera fakes camera motion (the estimate locks
                 # onto it): keep the still camera when it explains more of the frame than the motion does
                 masks = motion_change(greys, self.key_greys, sigs, a, thresh)
-                if (float(np.logical_or.reduce(masks).mean()) > frac
-                        or isinstance(self.motion_regions(masks), str)):
+                if not self._motion_beats_still(masks, frac):
                     masks, a, rejected = (), None, True
                     self._affine = IDENTITY.copy()
             if a is not None:
@@ -499,11 +498,15 @@ class TemporalCache:
         a = None if rejected else global_motion(self.key_small, small, w, cfg.motion_conf, None, still_px=0.0)
         if a is not None and motion_px(a, IDENTITY, w, h) >= cfg.motion_min_px:
             masks = () if still is None else motion_change(greys, self.key_greys, sigs, a, thresh)
-            if still is None or (float(np.logical_or.reduce(masks).mean()) <= frac
-                                 and not isinstance(self.motion_regions(masks), str)):
+            if still is None or self._motion_beats_still(masks, frac):
                 self._affine = a
                 return Plan("motion", affine=a, masks=masks), sigs, small
         return (still, sigs, small) if still is not None else (Plan("full", reason="cut"), sigs, small)
+
+    def _motion_beats_still(self, masks: Sequence[np.ndarray], frac: float) -> bool:
+        """A camera motion (`motion_change`'s masks) is taken over a still camera that cannot explain `frac` of
+        the tiles when it explains at least as much and would not need a new key frame."""
+        return float(np.logical_or.reduce(masks).mean()) <= frac and not isinstance(self.motion_regions(masks), str)
 
     def _still_plan(self, changed: np.ndarray) -> Plan:
         """A still camera with `changed` token tiles: crops around them; when those would cover too much of
