@@ -343,6 +343,28 @@ def test_texture_by_content_bad_arguments_are_exit_2(tmp_path, capsys):
     assert not (tmp_path / "t.json").exists()
 
 
+def test_stage_cost_times_every_stage_of_a_frame_and_counts_its_macs(tmp_path):
+    from benchmarks.stage_cost import main as stage_main
+
+    out = tmp_path / "s.json"
+    assert stage_main(["--size", "640x360", "--iters", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["ms"]) == {"frame_norm", "encode", "embed", "initial", "refine_step", "decode"}
+    assert all(t["p50_ms"] > 0 and t["n"] == 2 for t in r["ms"].values())
+    assert sum(r["share_of_time"].values()) == pytest.approx(1.0, abs=0.01)
+    assert r["gmac_by_part"]["encoder"] > r["gmac_by_part"]["decoder"] > 0
+
+
+def test_stage_cost_bad_arguments_are_exit_2(tmp_path, capsys):
+    from benchmarks.stage_cost import main as stage_main
+
+    assert stage_main(["--iters", "0", "--json", str(tmp_path / "s.json")]) == 2
+    assert stage_main(["--model", str(tmp_path / "missing"), "--json", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("stage_cost: error:") for e in err)
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_teacher_probe_bad_model_is_exit_2(tmp_path, capsys):
     from benchmarks.teacher_probe import main as probe_main
 
