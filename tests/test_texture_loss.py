@@ -302,6 +302,7 @@ def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
     ("lattice", 100.0, "decoder"),  # the periodic part of the outputs is pushed down
     ("lattice_flat", 100.0, "decoder"),  # ... and of outputs on flat, noisy frames
     ("grain", 1.0, "decoder"),  # each crop's fine grain is pulled to its teacher's
+    ("warm_chain", 1.0, "refiner"),  # a warm start from a warm start keeps the strokes too
 ])
 def test_optional_terms_are_off_by_default_and_add_their_weighted_part(term, weight, trained):
     from models.build import build_model
@@ -461,3 +462,18 @@ def test_grain_energy_is_the_texture_ratio_statistic_and_the_loss_its_relative_e
     y = x.clone().requires_grad_(True)
     grain_loss(y, half).backward()
     assert float((y.grad * (x - 0.5)).sum()) > 0  # too grainy: the gradient points to less contrast
+
+
+def test_compose_affine_is_one_warp_for_two():
+    from models.distill import compose_affine, warp
+
+    c, s_ = np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))
+    shift = torch.tensor([[[1.0, 0, 0.2], [0, 1.0, -0.1]]])
+    turn = torch.tensor([[[c, -s_, 0.0], [s_, c, 0.0]]], dtype=torch.float32)  # order matters for these two
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8), size=(64, 64), mode="bilinear", align_corners=False)
+    inner = (slice(None), slice(None), slice(20, 44), slice(20, 44))  # away from the replicated border
+    twice = warp(warp(x, shift), turn)[inner]
+    assert float((twice - warp(x, compose_affine(shift, turn))[inner]).abs().mean()) < 0.003  # one resampling
+    assert float((twice - warp(x, compose_affine(turn, shift))[inner]).abs().mean()) > 0.01  # the other order
+    ident = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]])
+    assert torch.allclose(compose_affine(shift, ident), shift) and torch.allclose(compose_affine(ident, turn), turn)
