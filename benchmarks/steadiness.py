@@ -126,20 +126,20 @@ class InputFlow:
 
     def e_warp(self, frames: Sequence[np.ndarray]) -> float:
         """Mean over pairs of the masked squared error between frame t and frame t−1 warped to t."""
-        return float(np.mean([float(d[ok].mean()) if ok.any() else 0.0
-                              for d, ok in zip(self._errors(frames), self.masks)]))
+        return self.e_warp_split(frames)["all"]
 
     def e_warp_split(self, frames: Sequence[np.ndarray]) -> dict[str, float]:
-        """E_warp apart on the input's still pixels and on its moving or changing ones (`moving`), each the
-        mean over pairs of the masked mean there, and the moving pixels' share of the summed error."""
-        still, moving, on_moving, total = [], [], 0.0, 0.0
+        """E_warp (``all``) and apart on the input's still pixels and on its moving or changing ones
+        (`moving`), each the mean over pairs of the masked mean there, and the moving pixels' share of the
+        summed error; one warp of the frames for all of them."""
+        rows: dict[str, list[float]] = {"all": [], "still": [], "moving": []}
+        on_moving, total = 0.0, 0.0
         for d, ok, mv in zip(self._errors(frames), self.masks, self.moving):
-            st = ok & ~mv
-            still.append(float(d[st].mean()) if st.any() else 0.0)
-            moving.append(float(d[mv].mean()) if mv.any() else 0.0)
+            for key, m in (("all", ok), ("still", ok & ~mv), ("moving", mv)):
+                rows[key].append(float(d[m].mean()) if m.any() else 0.0)
             on_moving += float(d[mv].sum())
             total += float(d[ok].sum())
-        return {"still": float(np.mean(still)), "moving": float(np.mean(moving)),
+        return {**{k: float(np.mean(v)) for k, v in rows.items()},
                 "moving_share": on_moving / total if total > 0 else 0.0}
 
     @property
@@ -202,12 +202,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "clips": {}}
     for cname, (path, frames) in clips.items():
         flow = InputFlow(frames)
-        e_in = flow.e_warp(frames)
         split_in = flow.e_warp_split(frames)
+        e_in = split_in["all"]
 
-        def split(outs: Sequence[np.ndarray]) -> dict[str, float]:
+        def steadiness(outs: Sequence[np.ndarray]) -> dict[str, float]:
+            """E_warp of `outs` and its still / moving parts over the input's own there."""
             sp = flow.e_warp_split(outs)
-            return {"still_ratio": round(sp["still"] / max(split_in["still"], 1e-12), 3),
+            return {"e_warp": sp["all"], "still_ratio": round(sp["still"] / max(split_in["still"], 1e-12), 3),
                     "moving_ratio": round(sp["moving"] / max(split_in["moving"], 1e-12), 3),
                     "moving_share": round(sp["moving_share"], 3)}
 
@@ -227,14 +228,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             reuse = {k: v - before.get(k, 0) for k, v in after.items() if isinstance(v, int)}
             ours.set_temporal(False)
             off, ms_off = run_backend(ours, frames)
-            row["ours_temporal"] = {"e_warp": flow.e_warp(on), "ms_per_frame": round(ms_on, 1), "reuse": reuse,
-                                    "identical_to_no_temporal": all(np.array_equal(a, b) for a, b in zip(on, off)),
-                                    **split(on)}
-            row["ours_no_temporal"] = {"e_warp": flow.e_warp(off), "ms_per_frame": round(ms_off, 1), **split(off)}
+            row["ours_temporal"] = {**steadiness(on), "ms_per_frame": round(ms_on, 1), "reuse": reuse,
+                                    "identical_to_no_temporal": all(np.array_equal(a, b) for a, b in zip(on, off))}
+            row["ours_no_temporal"] = {**steadiness(off), "ms_per_frame": round(ms_off, 1)}
             if teacher is not None and spec.startswith("builtin:"):
                 teacher.set_style(spec.partition(":")[2])
                 tout, ms_t = run_backend(teacher, frames)
-                row["teacher"] = {"e_warp": flow.e_warp(tout), "ms_per_frame": round(ms_t, 1), **split(tout)}
+                row["teacher"] = {**steadiness(tout), "ms_per_frame": round(ms_t, 1)}
                 row["texture_temporal"] = round(float(np.mean([texture_ratio(a, b) for a, b in zip(on, tout)])), 3)
                 row["texture_no_temporal"] = round(float(np.mean([texture_ratio(a, b) for a, b in zip(off, tout)])), 3)
             for k in ("ours_temporal", "ours_no_temporal", "teacher"):
@@ -252,7 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["clips"][cname] = {"file": path.name, "size": [frames[0].shape[1], frames[0].shape[0]],
                                   "input_e_warp": round(e_in, 6), "flow_valid_fraction": round(flow.valid_fraction, 3),
                                   "moving_fraction": round(flow.moving_fraction, 3),
-                                  "input_e_warp_split": {k: round(v, 6) for k, v in split_in.items()},
+                                  "input_e_warp_split": {k: round(v, 6) for k, v in split_in.items() if k != "all"},
                                   "styles": rows}
     ours.close()
     if teacher is not None:
