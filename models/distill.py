@@ -142,7 +142,8 @@ class LossWeights:
     #: chained warm starts, off by default: a frame 3 (the camera moves on by the same motion) warm-started
     #: from frame 2's *warm* latent, warped: L1 to frame 2's warm output warped (as `warm_temporal`) plus
     #: the teacher terms on frame 3, with this weight. At run time a tile's warm start follows the one before
-    #: it; trained only from cold latents, chained warm starts drifted (starry on bikes 26.5 -> 67.3x E_warp)
+    #: it; trained only from cold latents, chained warm starts drifted (starry on bikes 26.5 -> 67.3x E_warp);
+    #: an 800-step trial with this term (README) left that about as it was (66.2x)
     warm_chain: float = 0.0
 
     def __post_init__(self) -> None:
@@ -340,7 +341,13 @@ def grain_loss(y: torch.Tensor, t: torch.Tensor, eps: float = 0.01) -> torch.Ten
     (A squared log ratio instead weights a crop by 1 / the student's grain: too-smooth crops then dominate
     and, through the style's shared texture head, the grain rose everywhere: texture ratio 1.16 -> 2.52 in a
     1,500-step trial with the adversarial term.) `eps` is about 2.5 grey levels of Laplacian."""
-    return ((grain_energy(y) - grain_energy(t)).abs() / (grain_energy(t) + eps)).mean()
+    g_t = grain_energy(t)
+    return ((grain_energy(y) - g_t).abs() / (g_t + eps)).mean()
+
+
+def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean |a − b| (B, 3, H, W) over the pixels where `mask` (B, 1, H, W) is 1."""
+    return ((a - b).abs() * mask).sum() / (3 * mask.sum() + 1e-6)
 
 
 def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor, styles: torch.Tensor,
@@ -375,14 +382,17 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     onehot = F.one_hot(styles, model.cfg.num_styles).float()
     svec = model.style_embedding(onehot)  # (B, E)
 
-    def cold(x: torch.Tensor, k_extra: Optional[int]):
-        """K_max steps from the learned start → (rgb, rgb after step k_extra or None, z, emb, skip, cond, norm)."""
+    def inputs(x: torch.Tensor):
+        """A frame's encoding → (norm, enc, skip, cond): style + frame context (B, E)."""
         norm = frame_norms if frame_norms is not None else model.frame_norm(x)
         enc = model.encode(x, norm)
-        zc.append(enc.z_cont)
-        skip = model.skip(x, norm)
         ctx = model.context.proj(frame_stats) if frame_stats is not None and model.context is not None else enc.ctx
-        cond = model.condition(svec, ctx)  # (B, E) style + frame context
+        return norm, enc, model.skip(x, norm), model.condition(svec, ctx)
+
+    def cold(x: torch.Tensor, k_extra: Optional[int]):
+        """K_max steps from the learned start → (rgb, rgb after step k_extra or None, z, emb, skip, cond, norm)."""
+        norm, enc, skip, cond = inputs(x)
+        zc.append(enc.z_cont)
         z = model.initial_latent(enc.emb)
         mid = None
         for k in range(kmax):
@@ -402,7 +412,7 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     if y1_mid is not None:
         l_teacher = l_teacher + w.intermediate * image_loss(y1_mid, t1, w)
     mask = valid_mask(theta, y2)
-    l_temp = ((y2 - warp(y1, theta)).abs() * mask).sum() / (3 * mask.sum() + 1e-6)
+    l_temp = masked_l1(y2, warp(y1, theta), mask)
     l_step = (y_w - y2.detach()).abs().mean() + w.moved_teacher * image_loss(y_w, t2, w)
     l_bound = sum(F.relu(z.abs() - w.bound).square().mean() for z in zc) / len(zc)
     loss = l_teacher + w.temporal * l_temp + w.step * l_step + w.latent_bound * l_bound
@@ -412,7 +422,7 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
         loss = loss + w.texture * l_tex
     l_warm = None
     if w.warm_temporal > 0:
-        l_warm = ((y_w - warp(y1, theta).detach()).abs() * mask).sum() / (3 * mask.sum() + 1e-6)
+        l_warm = masked_l1(y_w, warp(y1, theta).detach(), mask)
         loss = loss + w.warm_temporal * l_warm
     l_lat = None
     if w.lattice > 0:
@@ -430,13 +440,10 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
         loss = loss + w.lattice_flat * l_flat
     l_chain = None
     if w.warm_chain > 0:
-        norm3 = frame_norms if frame_norms is not None else model.frame_norm(x3)
-        enc3 = model.encode(x3, norm3)
-        ctx3 = model.context.proj(frame_stats) if frame_stats is not None and model.context is not None else enc3.ctx
-        cond3 = model.condition(svec, ctx3)
+        norm3, enc3, skip3, cond3 = inputs(x3)
         z_w3 = model.refine(warp(z_w, theta), enc3.emb, cond3, 1, first_step=kmax - 1)  # chained: from the warm z
-        y_w3 = model.decode(z_w3, model.skip(x3, norm3), x3, norm3)
-        l_chain = ((y_w3 - warp(y_w, theta).detach()).abs() * mask).sum() / (3 * mask.sum() + 1e-6)
+        y_w3 = model.decode(z_w3, skip3, x3, norm3)
+        l_chain = masked_l1(y_w3, warp(y_w, theta).detach(), mask)
         l_chain = l_chain + w.moved_teacher * image_loss(y_w3, t3, w)
         if w.texture > 0:
             l_chain = l_chain + w.texture * w.moved_teacher * texture(y_w3, t3, styles)
