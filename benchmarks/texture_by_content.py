@@ -4,12 +4,13 @@ of grey, ours / teacher; `models.metrics.texture_ratio`) per style on three kind
     python -m benchmarks.texture_by_content [--model DIR] [--width 640] [--steps K] [--json OUT.json]
 
 - ``train_photos``: the first `--train-photos` of the scikit-image photographs the model trained on
-  (`models.data.TRAIN_PHOTOS`: brick, grass, gravel … fine texture everywhere);
+  (`models.data.TRAIN_PHOTOS`; six by default: astronaut, chelsea, immunohistochemistry,
+  hubble_deep_field, retina, camera: fur, stars, tissue, busy detail over most of the frame);
 - ``procedural``: the procedural training images (`models.data.procedural_image`, seeds 0..2);
 - ``held_out``: the held-out photographs `benchmarks.fidelity` scores (smooth walls, sky, a table).
 
 A student whose grain follows the content as the teacher's does reads about the same on all three; one
-that lays down about the same grain everywhere reads low on the textured training pictures and high on
+that lays down about the same grain everywhere reads low on the busier training pictures and high on
 the smoother held-out ones. A loss on the ratio per training crop then pulls the grain *up* (the
 training crops are where the student is too smooth), which is what the `grain` term did (README).
 """
