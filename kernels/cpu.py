@@ -99,6 +99,9 @@ def postprocess(x: np.ndarray, valid_hw: tuple[int, int], out_size: Optional[tup
     origs = None
     if original is not None and s < 1.0:
         origs = reference.original_batch(original, b, wo, ho, stereo_pack)  # (B, Ho, Wo, 3) view
+    # OpenCV >= 5.1's binding reads a one-element array as a scalar (scalar x scalar: a (4, 1) result); a
+    # one-element scale array keeps a one-pixel plane an image
+    scale: Any = 255.0 if h * w > 1 else np.full((1, 1), 255.0, np.float32)
     eyes = []
     for i in range(b):
         if origs is not None and s == 0.0:
@@ -107,7 +110,7 @@ def postprocess(x: np.ndarray, valid_hw: tuple[int, int], out_size: Optional[tup
         crop = x[i, :, :h, :w]  # (3, h, w) view
         if crop.dtype != np.float32:
             crop = crop.astype(np.float32)
-        planes = [cv2.multiply(crop[c], 255.0, dtype=cv2.CV_8U) for c in range(3)]  # clip + round
+        planes = [cv2.multiply(crop[c], scale, dtype=cv2.CV_8U) for c in range(3)]  # clip + round
         styled = cv2.merge(planes)  # (h, w, 3) uint8
         if (wo, ho) != (w, h):
             styled = cv2.resize(styled, (wo, ho), interpolation=cv2.INTER_LINEAR)  # (Ho, Wo, 3)
