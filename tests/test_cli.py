@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from realtime.cli import main
+from realtime.sinks._partial import partial_path
 from tests.fakes import assert_one_line_error, decode_video, encode_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +167,8 @@ def test_ctrl_c_finalizes_the_output_and_prints_the_summary(tmp_path):
          "teacher", "--size", "128x72"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not out.exists():
+    partial = partial_path(out)  # the run writes here until it ends, then renames it to `out`
+    while time.time() < deadline and not (partial.exists() and partial.stat().st_size > 0):
         time.sleep(0.1)
     time.sleep(1.0)
     t0 = time.time()
