@@ -180,3 +180,23 @@ def test_ctrl_c_finalizes_the_output_and_prints_the_summary(tmp_path):
     assert "capture→display" in stdout
     frames, _ = read_clip(out)
     assert 0 < len(frames) < 150, "the partial file is finalized and playable"
+
+
+def test_ice_connectivity_lines_only_with_verbose():
+    """Issue 29: aioice logs every ICE candidate pair's state change at INFO (dozens per WebRTC session);
+    at normal verbosity only its warnings show, with -v all of them."""
+    import logging
+
+    from realtime.cli import _setup_logging
+
+    ice = logging.getLogger("aioice.ice")
+    saved = {name: logging.getLogger(name).level for name in ("aioice", "aiortc")}
+    try:
+        _setup_logging(0, False)
+        assert ice.getEffectiveLevel() == logging.WARNING
+        assert logging.getLogger("aiortc.rtcpeerconnection").getEffectiveLevel() == logging.WARNING
+        _setup_logging(1, False)
+        assert logging.getLogger("aioice").level == logging.NOTSET  # follows the root again
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
