@@ -188,6 +188,17 @@ def test_a_target_another_run_is_writing_is_refused(tmp_path):
     assert len(read_video(path)[0]) == 1, "a run that wrote nothing leaves the earlier output alone"
 
 
+def test_a_partial_file_left_by_a_killed_run_is_named_and_replaced(tmp_path, caplog):
+    from realtime.sinks._partial import partial_path
+
+    path = tmp_path / "out.mkv"
+    partial_path(path).write_bytes(b"frames of a run that was killed")
+    with caplog.at_level(logging.WARNING), make_sink(str(path)) as sink:
+        sink.write(frame(smooth(32, 24, 0), 0, pts=0.0), OVERLAY)
+    assert any("out.partial.mkv" in r.getMessage() and "killed" in r.getMessage() for r in caplog.records)
+    assert len(read_video(path)[0]) == 1 and not partial_path(path).exists()
+
+
 def test_a_symlinked_target_stays_a_link(tmp_path):
     real = tmp_path / "real.mkv"
     link = tmp_path / "link.mkv"

@@ -305,9 +305,11 @@ def _disk_hint(exc: BaseException) -> str:
     import errno
 
     code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT):
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return " (the disk is full: free space or write elsewhere)"
-    return " (check free disk space)"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
+        return " (the folder no longer takes this file: write elsewhere)"
+    return " (check free disk space)" if code in (None, errno.EIO) else ""
 
 
 def _tag_bt601(codec_context: Any, full_range: bool) -> None:
