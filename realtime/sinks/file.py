@@ -11,7 +11,8 @@ One output per run (`realtime.sinks._partial`): frames go to ``<stem>.partial<ex
 locked against other runs, and `close()` renames it onto the target, so the target is never half-written
 and a second run writing the same target is refused.
 
-Files stay playable even when `close()` never runs (SIGKILL, a crash, a full disk): MP4 / MOV /
+Files stay playable even when `close()` never runs (SIGKILL, a crash; then the frames are in the
+partial file, which the next run on that target replaces) or a disk fills up: MP4 / MOV /
 M4V are written fragmented (``movflags=frag_keyframe+empty_moov``, a keyframe every second, so at
 most about a second is lost), Matroska / WebM get a cluster every second and AVI is readable without
 its index; every packet goes to the OS as it is muxed (``flush_packets``), not when a buffer fills.
