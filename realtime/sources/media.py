@@ -228,8 +228,8 @@ class MediaSource(ThreadedSource):
             if self.target.lower().endswith(_INDEXED_EXTENSIONS):
                 not_media = _not_iso_media(self.target)
                 if not_media:
-                    raise UserError(f"cannot read {self.target}: it is not a video ({not_media}): "
-                                    "check that it is the file you meant") from None
+                    raise UserError(f"cannot read {self.target}: not a readable video file ({not_media}, so it is "
+                                    "not a video at all): check that it is the file you meant") from None
                 hint = f"if its recording was interrupted it has no index: {_UNTRUNC_HINT}"
             else:
                 hint = "check the file, or convert it with ffmpeg"
