@@ -69,7 +69,8 @@ def check_stats_path(path: Path) -> None:
 
 def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], None]] = None,
                  pace_files: bool = True) -> RunStats:
-    """Open the source, sinks and backend (failing fast with `UserError`), run, and report.
+    """Check every output, make the backend, open the source and sinks (failing fast with `UserError`,
+    before any output file exists), run, and report.
 
     `report` is called with the final stats whether the run ended normally, by Ctrl-C or
     with an error; `--stats-json` is written in every case too. `pace_files`: a window shows a
@@ -82,6 +83,8 @@ def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], N
         check_outputs(config, source)
         if config.stats_json is not None:
             check_stats_path(config.stats_json)
+        backend = create_backend(config.backend)  # a bad style or model is refused before any output exists
+        stack.callback(backend.close)
         source.open()
         stack.callback(source.close)
         sinks = []
@@ -89,8 +92,6 @@ def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], N
             sink = make_sink(spec, fps=source.fps, pace=pace_files and not source.live)
             stack.callback(sink.close)
             sinks.append(sink)
-        backend = create_backend(config.backend)
-        stack.callback(backend.close)
         log.info("source %s → backend %s (%s, style %s) → %s", config.source.spec, backend.name,
                   backend.device, backend.style, ", ".join(config.sinks))
         pipeline = Pipeline(source, backend, sinks, budget_ms=config.budget_ms, queue_size=config.queue_size)

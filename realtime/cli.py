@@ -107,14 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: libraries whose INFO lines are a developer's (aioice logs every ICE candidate pair's state change)
+CHATTY_LIBRARIES: tuple[str, ...] = ("aioice", "aiortc")
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    """Default: our INFO lines. -q: warnings and errors. -v: our DEBUG lines too. -vv: everyone's DEBUG."""
+    """Default: our INFO lines (aioice's and aiortc's only from WARNING). -q: warnings and errors. -v: our
+    DEBUG lines and the libraries' INFO lines too. -vv: everyone's DEBUG."""
     root_level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=root_level,
                         format="%(message)s" if verbose == 0 else "%(levelname)s %(name)s: %(message)s")
     if verbose == 1 and not quiet:
         for name in ("realtime", "models", "calibration", "kernels", "benchmarks"):
             logging.getLogger(name).setLevel(logging.DEBUG)
+    for name in CHATTY_LIBRARIES:  # dozens of ICE connectivity-check lines per WebRTC session: shown with -v
+        logging.getLogger(name).setLevel(logging.WARNING if not verbose else logging.NOTSET)
 
 
 def _quiet_stdout() -> None:

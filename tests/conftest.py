@@ -17,7 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -144,3 +144,34 @@ def cli(capsys: pytest.CaptureFixture) -> Callable[..., CliResult]:
         return CliResult(int(code or 0), captured.out, captured.err)
 
     return run
+
+
+# -- skipped tests say why and what they need ----------------------------------------------------------
+#: (words in a skip reason, what to install or have) — pyproject's addopts "-rs" prints each reason
+SKIP_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("chromium",), "Chromium: apt-get install chromium fonts-dejavu-core"),
+    (("npm ci", "iwer"), "the WebXR emulator: (cd tests/web && npm ci)"),
+    (("playwright",), "playwright: pip install -e '.[dev]'"),
+    (("xvfb", "xdotool", "gui"), "a virtual display: apt-get install xvfb xdotool (and opencv-python, not -headless)"),
+    (("cuda", "gpu"), "an NVIDIA GPU with CUDA (none on the CI machines)"),
+    (("tensorrt",), "TensorRT (no wheel is reachable from the CI machines)"),
+    (("triton", "torch", "train extra"), "pip install -e '.[dev,train,kernels]' torch==2.13.0"),
+)
+
+
+def skip_hints(reasons: Sequence[str]) -> list[str]:
+    """What the skipped tests need, one entry per kind, in `SKIP_HINTS` order."""
+    low = [r.lower() for r in reasons]
+    return [hint for words, hint in SKIP_HINTS if any(w in r for r in low for w in words)]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons = [str(r.longrepr[2]) if isinstance(r.longrepr, tuple) else str(r.longrepr) for r in skipped]
+    hints = skip_hints(reasons)
+    terminalreporter.write_line(
+        f"{len(skipped)} skipped (each reason is in the short test summary)"
+        + (f"; to run them: {'; '.join(hints)}" if hints else "")
+        + ". `.ci/run` sets up Chromium, Xvfb and tests/web and makes a missing browser fail, not skip.")

@@ -32,6 +32,9 @@ def world(tmp_path_factory):
     (d / "folder").mkdir()
     (d / "notvideo.mp4").write_text("hello, not a video\n")
     (d / "empty.mp4").write_bytes(b"")
+    encode_video(d / "whole.mp4", (np.full((64, 64, 3), 20 * i, np.uint8) for i in range(6)), codec="mpeg4")
+    whole = (d / "whole.mp4").read_bytes()
+    (d / "cut.mp4").write_bytes(whole[: whole.index(b"moov") - 4])  # a recording cut before its index (moov)
     models = {}
     for name, damage in (("trunc", "truncate"), ("garbage", "manifest"), ("noint8", None)):
         m = d / f"model-{name}"
@@ -107,10 +110,14 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("sink-is-folder", RUN + IDENT + ["--sink", "{dir}/folder"], ["directory"]),
     ("sink-stream-url", RUN + IDENT + ["--sink", "rtmp://127.0.0.1/live"], ["not supported"]),
     ("sink-empty", RUN + IDENT + ["--sink", ""], ["empty --sink"]),
+    ("sink-unknown-kind", RUN + IDENT + ["--sink", "foo"], ["unknown --sink", "window", "null", "vcam", "web", ".mp4"]),
+    ("sink-folder-takes-no-files", RUN + IDENT + ["--sink", "/proc/genreal-test.mp4"], ["/proc", "cannot be created"]),
     # sources
     ("source-missing", ["run", "--source", "{dir}/nope.mp4", "--sink", "{keep}"] + IDENT, ["no such video file"]),
     ("source-folder", ["run", "--source", "{dir}/folder", "--sink", "{keep}"] + IDENT, ["folder"]),
-    ("source-not-video", ["run", "--source", "{dir}/notvideo.mp4", "--sink", "{keep}"] + IDENT, ["notvideo"]),
+    ("source-not-video", ["run", "--source", "{dir}/notvideo.mp4", "--sink", "{keep}"] + IDENT,
+     ["notvideo", "not a video", "text"]),
+    ("source-cut-mp4", ["run", "--source", "{dir}/cut.mp4", "--sink", "{keep}"] + IDENT, ["cut.mp4", "untrunc"]),
     ("source-empty-file", ["run", "--source", "{dir}/empty.mp4", "--sink", "{keep}"] + IDENT, ["empty.mp4"]),
     ("source-bad-scheme", ["run", "--source", "gopher://x/y", "--sink", "{keep}"] + IDENT, ["not supported"]),
     ("source-bad-camera", ["run", "--source", "webcam:abc", "--sink", "{keep}"] + IDENT, ["camera index"]),
@@ -164,5 +171,17 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(world, capsys, case, arg
     if case.startswith("auto-"):
         assert "teacher" not in err.lower() and "no backend can run" not in err, "auto names the model's own error"
     assert _snapshot(world) == before, "an input or an earlier output was changed"
+    assert not list(world.glob("*.partial.*")), "a refused run left its partial output file"
     assert not (world / "cal").exists() and not (world / "fresh").exists(), "a failed command left a folder"
     assert json.loads((world / "stats.json").read_text()) == {"earlier": True}
+
+
+def test_a_bad_style_is_refused_before_any_output_is_made(world, caplog, capsys):
+    """The backend (which checks the style) is made before the sinks: no 'no frames were written' line first."""
+    out = world / "styled.mp4"
+    code = main(["run", "--source", str(world / "in.mkv"), "--sink", str(out), "--style", "vangogh"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "unknown style" in err, err
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= 30]
+    assert not logged, f"lines before the error: {logged}"
+    assert not out.exists() and not list(world.glob("styled*"))

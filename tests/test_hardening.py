@@ -25,6 +25,7 @@ from benchmarks.loopback_stream import LoopbackStream
 from realtime.cli import main
 from realtime.config import SourceConfig
 from realtime.histogram import LatencyHistogram
+from realtime.sinks._partial import partial_path
 from realtime.sources import make_source
 from realtime.sources.media import SlotClock, backoff_delay
 from realtime.stats import RunStats
@@ -69,7 +70,8 @@ def start_live_run(tmp_path: Path, out: Path, *extra: str) -> subprocess.Popen:
 def test_sigterm_sighup_sigint_finalize_and_report(tmp_path, sig, code):
     out = tmp_path / "live.mp4"
     proc = start_live_run(tmp_path, out)
-    wait_for_size(out, 20_000)  # a few fragments are on disk
+    wait_for_size(partial_path(out), 20_000)  # a few fragments are on disk, in the partial file
+    assert not out.exists(), "the target is never half-written"
     t0 = time.time()
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
@@ -89,13 +91,36 @@ def test_sigterm_sighup_sigint_finalize_and_report(tmp_path, sig, code):
 def test_sigkill_leaves_a_playable_file_missing_at_most_a_second_or_so(tmp_path, ext):
     out = tmp_path / f"killed{ext}"
     proc = start_live_run(tmp_path, out)
-    wait_for_size(out, 1)  # the first frame is being written
+    partial = partial_path(out)  # SIGKILL cannot be caught: the frames stay in the partial file beside the target
+    wait_for_size(partial, 1)  # the first frame is being written
     time.sleep(3.0)  # about 90 more frames at 30 fps
     proc.kill()
     proc.communicate(timeout=30)
-    times = decode_times(out)
+    assert not out.exists(), "the target is never half-written"
+    times = decode_times(partial)
     assert len(times) >= 45, f"only {len(times)} frames play: more than ~1.5 s of the ~3 s written were lost"
     assert times == sorted(times) and times[0] == 0.0
+
+
+@pytest.mark.timeout(120)
+def test_two_runs_writing_one_output_the_second_is_refused(tmp_path):
+    """Issue 29: one output per run. The second run exits 2 with one line; the file is the first run's alone."""
+    out = tmp_path / "shared.mp4"
+    first = start_live_run(tmp_path, out)
+    try:
+        wait_for_size(partial_path(out), 1)
+        second = subprocess.run(GENREAL + ["run", "--source", "demo", "--sink", str(out), "--max-frames", "5",
+                                           "--size", "128x72", *IDENT], capture_output=True, text=True, timeout=60)
+        err = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and len(err) == 1, second.stderr
+        assert "being written by another genreal run" in err[0] and str(out) in err[0], err
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+    assert first.returncode == 130
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert len(decode_times(out)) == stats["frames_out"] > 0, "the output holds the first run's frames only"
+    assert not partial_path(out).exists()
 
 
 def test_full_disk_names_the_file_and_the_frame(tmp_path, capsys):

@@ -272,6 +272,48 @@ def test_preview_restyles_with_our_model_and_switches_style(playwright, tmp_path
         browser.close()
 
 
+@pytest.mark.parametrize("transport", ["ws-jpeg", "webrtc"])
+def test_preview_keeps_the_style_chosen_before_start(browser, transport):
+    """Issue 29: a style picked before "Start camera" is the one the session runs, and the picker keeps it."""
+    server = _server()
+    try:
+        page = browser.new_page()
+        page.goto(server.url("/"))
+        page.wait_for_function("() => document.getElementById('style').options.length > 1", timeout=30000)
+        assert page.input_value("#style") == "identity"
+        page.select_option("#style", "invert")
+        page.select_option("#transport", transport)
+        page.click("#start")
+        page.wait_for_function("() => genreal.state.rate.fps > 0", timeout=60000)
+        page.wait_for_timeout(500)
+        assert page.input_value("#style") == "invert"
+        (s,) = _stats(server)["sessions"]
+        assert s["style"] == "invert", s
+        page.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("path", ["/", "/xr"])
+def test_pages_have_an_icon_and_no_request_fails(browser, path):
+    """Issue 29: no favicon 404 on every load: the pages link a small icon the server serves."""
+    server = _server()
+    try:
+        page = browser.new_page()
+        failed: list[str] = []
+        page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"))
+        page.goto(server.url(path))
+        page.wait_for_load_state("networkidle")
+        icon = page.evaluate("() => document.querySelector('link[rel=icon]').href")
+        with urllib.request.urlopen(icon, timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("image/svg+xml")
+            assert b"<svg" in r.read()
+        assert not failed, failed
+        page.close()
+    finally:
+        server.stop()
+
+
 def test_preview_shows_the_server_source(browser):
     """`genreal serve --source` / `genreal run --sink web`: the pipeline's frames reach every page."""
     import threading

@@ -258,3 +258,30 @@ def test_xr_ar_session_without_camera_images_uses_the_media_camera(playwright, t
     finally:
         browser.close()
         server.stop()
+
+
+def test_xr_without_webxr_offers_the_browser_camera_flat(playwright, tmp_path):
+    """Issue 29: a desktop browser (no WebXR) on /xr of a server without --source is offered the browser
+    camera, restyled flat on the page, not told to watch a server source there is none of."""
+    y4m = wb.write_y4m(tmp_path / "cam.y4m", wb.pattern_frames((320, 180), 10))
+    server = ServerThread(ServeConfig(port=0, backend=BackendConfig(name="identity"))).start()
+    browser = wb.launch(playwright, y4m)
+    page = browser.new_page()  # no WebXR emulator: Chromium offers no immersive session
+    logs: list[str] = []
+    page.on("console", lambda m: logs.append(m.text))
+    page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    try:
+        page.goto(server.url("/xr"))
+        _wait(page, "() => !document.getElementById('enter-vr').disabled", logs, 30)
+        status = page.inner_text("#status")
+        assert "no WebXR" in status and "browser camera" in status and "server source" not in status, status
+        assert page.evaluate("() => document.getElementById('enter-watch').disabled")  # no --source
+        page.click("#enter-vr")
+        _wait(page, "() => genrealXR.rtt.values.length >= 5", logs, 60)
+        assert page.evaluate("() => genrealXR.mode") == "camera-flat"
+        assert not page.is_hidden("#flat")
+        (s,) = _stats(server)["sessions"]
+        assert s["transport"] == "websocket" and s["frames_out"] >= 5
+    finally:
+        browser.close()
+        server.stop()

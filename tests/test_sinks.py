@@ -150,6 +150,81 @@ def test_close_without_frames_is_harmless(tmp_path):
     assert not path.exists()
 
 
+# -- one output per run (issue 29) --------------------------------------------------------------------
+def test_target_is_never_half_written(tmp_path):
+    """Frames go to the partial file beside the target; the target is replaced only when the sink closes."""
+    from realtime.sinks._partial import partial_path
+
+    path = tmp_path / "out.mp4"
+    with make_sink(str(path)) as sink:
+        for i in range(3):
+            sink.write(frame(smooth(64, 48, i), i, pts=i / 30), OVERLAY)
+    earlier = path.read_bytes()
+    sink = make_sink(str(path))
+    partial = partial_path(path)
+    assert partial == tmp_path / "out.partial.mp4"
+    for i in range(7):
+        sink.write(frame(smooth(64, 48, i), i, pts=i / 30), OVERLAY)
+    assert path.read_bytes() == earlier, "the earlier output is untouched while the run writes"
+    assert partial.stat().st_size > 0
+    sink.close()
+    assert not partial.exists()
+    assert len(read_video(path)[0]) == 7
+
+
+def test_a_target_another_run_is_writing_is_refused(tmp_path):
+    from realtime.sinks import validate_sink
+
+    path = tmp_path / "out.mkv"
+    first = make_sink(str(path))
+    first.write(frame(smooth(32, 24, 0), 0, pts=0.0), OVERLAY)
+    for check in (make_sink, validate_sink):
+        with pytest.raises(UserError, match="being written by another genreal run"):
+            check(str(path))
+    first.close()
+    assert len(read_video(path)[0]) == 1
+    second = make_sink(str(path))  # free again once the first has finished
+    second.close()
+    assert len(read_video(path)[0]) == 1, "a run that wrote nothing leaves the earlier output alone"
+
+
+def test_a_partial_file_left_by_a_killed_run_is_named_and_replaced(tmp_path, caplog):
+    from realtime.sinks._partial import partial_path
+
+    path = tmp_path / "out.mkv"
+    partial_path(path).write_bytes(b"frames of a run that was killed")
+    with caplog.at_level(logging.WARNING), make_sink(str(path)) as sink:
+        sink.write(frame(smooth(32, 24, 0), 0, pts=0.0), OVERLAY)
+    assert any("out.partial.mkv" in r.getMessage() and "killed" in r.getMessage() for r in caplog.records)
+    assert len(read_video(path)[0]) == 1 and not partial_path(path).exists()
+
+
+def test_a_symlinked_target_stays_a_link(tmp_path):
+    real = tmp_path / "real.mkv"
+    link = tmp_path / "link.mkv"
+    link.symlink_to(real)
+    with make_sink(str(link)) as sink:
+        sink.write(frame(smooth(32, 24, 0), 0, pts=0.0), OVERLAY)
+    assert link.is_symlink() and len(read_video(real)[0]) == 1
+    assert not (tmp_path / "real.partial.mkv").exists()
+
+
+def test_a_folder_that_takes_no_files_is_refused_before_the_first_frame():
+    from realtime.sinks import validate_sink
+
+    for check in (make_sink, validate_sink):
+        with pytest.raises(UserError, match="files cannot be created in /proc"):
+            check("/proc/x.mp4")
+
+
+@pytest.mark.parametrize("spec", ["foo", "{tmp}/out.xyz"])
+def test_an_unknown_sink_lists_every_kind(tmp_path, spec):
+    with pytest.raises(UserError) as err:
+        make_sink(spec.format(tmp=tmp_path))
+    for kind in ("window", "null", "vcam", "web", ".mp4", ".mkv"):
+        assert kind in str(err.value), err.value
+
+
 def test_size_change_is_resized_to_first_size(tmp_path, caplog):
     path = tmp_path / "sizes.mkv"
     with caplog.at_level(logging.WARNING, logger="realtime.sinks"):

@@ -1,7 +1,8 @@
 """Output sinks: `make_sink(spec)` turns a `--sink` value into a `Sink`.
 
 SINK: ``null``, ``window``, ``vcam`` (or ``vcam:/dev/videoN``), ``web`` (or ``web:PORT``: the browser page) or a file path whose extension
-picks the encoder (see `FORMATS`). Making a sink validates it (output directory writable,
+picks the encoder (see `FORMATS`; written into ``<stem>.partial<ext>`` and renamed onto the target when the
+run ends, locked against a second run on the same target). Making a sink validates it (output directory writable,
 extension known, display present, virtual camera device present) and raises `UserError`
 before any frame is processed; the window / file / camera itself opens at the first frame.
 `validate_sink(spec)` runs the same checks without making the sink (nothing starts, nothing binds),
@@ -14,14 +15,14 @@ from typing import Optional
 
 from genreal_errors import UserError
 from realtime.sinks.base import Overlay, Sink
-from realtime.sinks.file import FORMATS, FileSink, supported_extensions
+from realtime.sinks.file import FORMATS, OTHER_SINKS, FileSink, check_file_sink, supported_extensions
 from realtime.sinks.null import NullSink
 from realtime.sinks.vcam import VcamSink
 from realtime.sinks.window import WindowSink
 
 __all__ = ["make_sink", "validate_sink", "output_path", "Sink", "Overlay", "NullSink", "FileSink", "WindowSink", "VcamSink", "FORMATS"]
 
-SINK_KINDS = "window, vcam, web (or web:PORT), null or a video file path"
+SINK_KINDS = f"{OTHER_SINKS} or a video file path"
 
 
 
@@ -51,7 +52,10 @@ def validate_sink(spec: str) -> None:
 
         check_display()
         return
-    make_sink(text)  # the others open nothing before their first frame
+    if output_path(text) is None:  # null, vcam or a refused URL: nothing opens before the first frame
+        make_sink(text)
+        return
+    check_file_sink(text)  # a file sink would create and lock its partial file
 
 
 def make_sink(spec: str, fps: Optional[float] = None, pace: bool = False) -> Sink:

@@ -7,7 +7,12 @@ relative to the first frame: every recording starts at t=0; timestamps are force
 strictly. `close()` flushes the encoder and writes the container trailer, so the file is playable
 with every frame written so far, also after an error; it is idempotent.
 
-Files stay playable even when `close()` never runs (SIGKILL, a crash, a full disk): MP4 / MOV /
+One output per run (`realtime.sinks._partial`): frames go to ``<stem>.partial<ext>`` beside the target,
+locked against other runs, and `close()` renames it onto the target, so the target is never half-written
+and a second run writing the same target is refused.
+
+Files stay playable even when `close()` never runs (SIGKILL, a crash; then the frames are in the
+partial file, which the next run on that target replaces) or a disk fills up: MP4 / MOV /
 M4V are written fragmented (``movflags=frag_keyframe+empty_moov``, a keyframe every second, so at
 most about a second is lost), Matroska / WebM get a cluster every second and AVI is readable without
 its index; every packet goes to the OS as it is muxed (``flush_packets``), not when a buffer fills.
@@ -27,6 +32,7 @@ import numpy as np
 from genreal_errors import UserError
 from realtime import _xlibs
 from realtime.frame import Item
+from realtime.sinks._partial import PartialFile, check_partial
 from realtime.sinks._size import SizeKeeper
 from realtime.sinks.base import Overlay, Sink
 
@@ -79,8 +85,35 @@ FORMATS: dict[str, FileFormat] = {
 }
 
 
+#: every kind of --sink, for messages that list them
+OTHER_SINKS = "window, null, vcam (or vcam:/dev/videoN), web (or web:PORT)"
+
+
 def supported_extensions() -> str:
     return ", ".join(f"{ext} ({fmt.label})" for ext, fmt in FORMATS.items())
+
+
+def check_file_sink(spec: str) -> tuple[Path, FileFormat, str]:
+    """Raise `UserError` unless a file sink can write `spec`; (path, format, encoder) when it can.
+
+    Opens nothing that stays: a trial file beside the target shows the folder takes new files, and a
+    partial file another run holds is refused (see `realtime.sinks._partial`).
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        raise UserError(f"--sink {spec} is a directory: give a file name such as {path / 'out.mp4'}")
+    ext = path.suffix.lower()
+    if not ext:
+        raise UserError(f"unknown --sink {spec!r}: use {OTHER_SINKS}, or a video file path ending in "
+                        f"{supported_extensions()}")
+    if ext not in FORMATS:
+        raise UserError(f"unknown output file type {ext!r} for --sink {spec}: a video file ends in "
+                        f"{supported_extensions()}; the other sinks are {OTHER_SINKS}")
+    check_output_path(path)
+    fmt = FORMATS[ext]
+    codec = _pick_encoder(ext, fmt)
+    check_partial(spec, path)
+    return path, fmt, codec
 
 
 def check_output_path(path: Path) -> None:
@@ -129,16 +162,7 @@ class FileSink(Sink):
     name = "file"
 
     def __init__(self, path: str | os.PathLike[str], fps: Optional[float] = None) -> None:
-        self.path = Path(path).expanduser()
-        if self.path.is_dir():
-            raise UserError(f"--sink {path} is a directory: give a file name such as {self.path / 'out.mp4'}")
-        ext = self.path.suffix.lower()
-        if ext not in FORMATS:
-            raise UserError(f"unknown output file type {ext or '(none)'!r} for --sink {path}: "
-                            f"use one of {supported_extensions()}")
-        check_output_path(self.path)
-        self.format = FORMATS[ext]
-        self.codec = _pick_encoder(ext, self.format)
+        self.path, self.format, self.codec = check_file_sink(str(path))
         self.fps = float(fps) if fps and fps > 0 else DEFAULT_FPS
         self.rate = Fraction(self.fps).limit_denominator(1001)
         self.time_base = self.format.time_base or 1 / self.rate
@@ -153,6 +177,7 @@ class FileSink(Sink):
         self._last_ticks: Optional[int] = None
         self._t0_ns = 0  # first frame's capture time
         self._t0 = 0.0  # first frame's pts (seconds), 0 when it had none
+        self._partial = PartialFile(str(path), self.path)  # locked: a second run on this target is refused
 
     # -- writing ---------------------------------------------------------------------
     def write(self, item: Item, overlay: Overlay) -> None:
@@ -187,7 +212,7 @@ class FileSink(Sink):
                      self.name, w, h, w + w % 2, h + h % 2, self.format.label)
             w, h = w + w % 2, h + h % 2
         try:
-            container = av.open(str(self.path), mode="w", format=self.format.container,
+            container = av.open(str(self._partial.path), mode="w", format=self.format.container,
                                 container_options={**ALWAYS_FLUSH, **self.format.container_options})
         except (av.FFmpegError, OSError) as exc:
             raise UserError(f"cannot create --sink {self.path}: {_reason(exc)}") from None
@@ -208,7 +233,8 @@ class FileSink(Sink):
             container.close()
             raise
         self._container, self._stream = container, stream
-        log.info("writing %s: %dx%d %s, %.3g fps", self.path, w, h, self.codec, self.fps)
+        log.info("writing %s: %dx%d %s, %.3g fps%s", self.path, w, h, self.codec, self.fps,
+                 "" if self._partial.direct else f" (into {self._partial.path.name} until the run ends)")
 
     def _kept_hint(self) -> str:
         if self.format.keyframe_s:
@@ -228,33 +254,48 @@ class FileSink(Sink):
 
     # -- closing ---------------------------------------------------------------------
     def close(self) -> None:
-        av = _xlibs.import_av()
-
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            container, stream = self._container, self._stream
-            self._container = self._stream = None
-            if container is None:
-                log.warning("%s: no frames were written; the file was not created or touched", self.name)
-                return
             try:
-                try:
-                    if not self._failed:
-                        for packet in stream.encode(None):  # flush the encoder's delayed frames
-                            container.mux(packet)
-                finally:
-                    container.close()  # writes the trailer even if flushing failed
-            except (av.FFmpegError, OSError) as exc:
-                if self._failed:  # the write error already said what happened
-                    log.debug("%s: closing after a failed write: %s", self.name, exc)
-                    return
-                raise UserError(f"finalizing --sink {self.path} failed after {self.frames} frames: {_reason(exc)}"
-                                f"{_disk_hint(exc)}") from None
-            if self._failed:
-                return
-            log.info("wrote %d frames to %s", self.frames, self.path)
+                finalized = self._finalize()
+            finally:  # the frames written so far replace the target, whatever happened while finalizing
+                self._finish_partial()
+            if finalized:
+                log.info("wrote %d frames to %s", self.frames, self.path)
+
+    def _finalize(self) -> bool:
+        """Flush the encoder and write the trailer; True when the file is complete."""
+        av = _xlibs.import_av()
+
+        container, stream = self._container, self._stream
+        self._container = self._stream = None
+        if container is None:
+            log.warning("%s: no frames were written; the file was not created or touched", self.name)
+            return False
+        try:
+            try:
+                if not self._failed:
+                    for packet in stream.encode(None):  # flush the encoder's delayed frames
+                        container.mux(packet)
+            finally:
+                container.close()  # writes the trailer even if flushing failed
+        except (av.FFmpegError, OSError) as exc:
+            if self._failed:  # the write error already said what happened
+                log.debug("%s: closing after a failed write: %s", self.name, exc)
+                return False
+            raise UserError(f"finalizing --sink {self.path} failed after {self.frames} frames: {_reason(exc)}"
+                            f"{_disk_hint(exc)}") from None
+        return not self._failed
+
+    def _finish_partial(self) -> None:
+        """Rename the partial file onto the target when it holds a frame, else remove it."""
+        try:
+            self._partial.finish(keep=self.frames > 0)
+        except OSError as exc:
+            raise UserError(f"cannot rename {self._partial.path} to --sink {self.path}: {_reason(exc)} "
+                            f"(the frames are in {self._partial.path})") from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -265,9 +306,11 @@ def _disk_hint(exc: BaseException) -> str:
     import errno
 
     code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT):
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return " (the disk is full: free space or write elsewhere)"
-    return " (check free disk space)"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
+        return " (the folder no longer takes this file: write elsewhere)"
+    return " (check free disk space)" if code in (None, errno.EIO) else ""
 
 
 def _tag_bt601(codec_context: Any, full_range: bool) -> None:

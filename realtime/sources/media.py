@@ -54,6 +54,30 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
+#: files whose index (moov) a cut recording lacks
+_INDEXED_EXTENSIONS = (".mp4", ".mov", ".m4v")
+_UNTRUNC_HINT = "repair it with a tool such as untrunc, or record to .mkv next time"
+#: the box types an MP4 / MOV file can start with (ISO base media: a 4-byte size, then the type)
+_ISO_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"styp", b"moof")
+
+
+def _not_iso_media(path: str) -> str:
+    """Why the file at `path` cannot be MP4 / MOV data ("" when it may be, e.g. a cut recording)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return ""
+    if not head:
+        return "the file is empty"
+    if head[4:8] in _ISO_FIRST_BOXES:
+        return ""
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    if printable == len(head):
+        return "it holds text, not MP4/MOV data"
+    return "its first bytes are not MP4/MOV data"
+
+
 def open_interruptibly(opener: Callable[[], Any], closer: Callable[[Any], None], poll_s: float = 0.1) -> Any:
     """Run the blocking `opener()` in a helper thread and wait for it in `poll_s` slices, so a signal
     (KeyboardInterrupt) reaches the calling thread at once. If the caller is interrupted, whatever the
@@ -201,9 +225,14 @@ class MediaSource(ThreadedSource):
             if self.stdin:
                 raise UserError(f"cannot read a video from standard input: {_reason(e)}: pipe in a streamable "
                                 "format (MPEG-TS, Matroska, raw H.264) or pass the file path") from None
-            hint = ("if its recording was interrupted it has no index: repair it with a tool such as untrunc, "
-                    "or record to .mkv next time" if self.target.lower().endswith((".mp4", ".mov", ".m4v"))
-                    else "check the file, or convert it with ffmpeg")
+            if self.target.lower().endswith(_INDEXED_EXTENSIONS):
+                not_media = _not_iso_media(self.target)
+                if not_media:
+                    raise UserError(f"cannot read {self.target}: not a readable video file ({not_media}, so it is "
+                                    "not a video at all): check that it is the file you meant") from None
+                hint = f"if its recording was interrupted it has no index: {_UNTRUNC_HINT}"
+            else:
+                hint = "check the file, or convert it with ffmpeg"
             raise UserError(f"cannot read {self.target}: not a readable video file ({_reason(e)}): {hint}") from None
         except OSError as e:
             raise UserError(f"cannot open {self._name()}: {e.strerror or e}") from None

@@ -13,7 +13,7 @@
   const state = {
     running: false, transport: null, ws: null, pc: null, dc: null, stream: null, nextId: 0, inFlight: 0,
     rtt: new GR.Rolling(), server: new GR.Rolling(), rate: new GR.Rate(), drops: 0, lastOutput: null,
-    rttBatch: [], backend: "–", styles: [],
+    rttBatch: [], backend: "–", styles: [], chosenStyle: null,  // a style or blend the user picked, kept across starts
   };
   const hooks = {};
   window.genreal = { state, hooks, ui };
@@ -31,9 +31,13 @@
 
   function settings() {
     const steps = ui.steps.value ? Number(ui.steps.value) : null;
-    return { type: "config", strength: Number(ui.strength.value), steps, temporal: ui.temporal.checked,
-             budget: ui.budget.value };
+    const msg = { type: "config", strength: Number(ui.strength.value), steps, temporal: ui.temporal.checked,
+                  budget: ui.budget.value };
+    if (state.chosenStyle) msg.style = state.chosenStyle;  // picked before the session started: keep it
+    return msg;
   }
+  // the picker shows the user's choice when it is one of the server's styles, else the session's own
+  const shownStyle = (styles, active) => (state.chosenStyle && styles.includes(state.chosenStyle) ? state.chosenStyle : active);
   function sendControl(msg) {
     const text = JSON.stringify(msg);
     if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(text);
@@ -42,7 +46,7 @@
   function onControl(msg) {
     if (msg.type === "hello") {
       state.backend = `${msg.backend} (${msg.device})`;
-      fillStyles(msg.styles, msg.style);
+      fillStyles(msg.styles, shownStyle(msg.styles, msg.style));
       sendControl(settings());
     } else if (msg.type === "config") {
       if (state.styles.includes(msg.style)) ui.style.value = msg.style;
@@ -159,7 +163,7 @@
     const answer = await GR.api("/api/offer", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }) });
     state.backend = answer.backend;
-    fillStyles(answer.styles, answer.style);
+    fillStyles(answer.styles, shownStyle(answer.styles, answer.style));
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     ui.out.hidden = true; ui.remote.hidden = false;
   }
@@ -196,8 +200,12 @@
 
   ui.start.onclick = start;
   ui.stop.onclick = stop;
-  ui.style.onchange = () => sendControl({ type: "config", style: ui.style.value });
-  ui.blend.onchange = () => ui.blend.value && sendControl({ type: "config", style: ui.blend.value.trim() });
+  ui.style.onchange = () => { state.chosenStyle = ui.style.value; sendControl({ type: "config", style: ui.style.value }); };
+  ui.blend.onchange = () => {
+    if (!ui.blend.value.trim()) return;
+    state.chosenStyle = ui.blend.value.trim();
+    sendControl({ type: "config", style: state.chosenStyle });
+  };
   for (const el of [ui.strength, ui.steps, ui.temporal, ui.budget]) el.onchange = () => sendControl(settings());
 
   // -- the live panel ------------------------------------------------------------------------
@@ -237,7 +245,7 @@
   watchSource();
   // the style picker is filled before the camera starts (the session's hello message refreshes it)
   GR.api("/api/styles").then((r) => {
-    if (!state.styles.length) fillStyles(r.styles, r.styles[0]);
+    if (!state.styles.length) fillStyles(r.styles, shownStyle(r.styles, r.styles[0]));
     // only the refine steps the model's manifest measured as helping (none for the teacher or identity)
     ui.steps.replaceChildren(new Option("default", ""), ...(r.steps || []).map((k) => new Option(String(k), String(k))));
     ui.steps.disabled = !(r.steps || []).length;

@@ -2,7 +2,8 @@
 //   immersive-ar + camera-access (Quest Browser's Raw Camera Access): each eye's camera image is read back,
 //     packed side by side and sent up (stereo);
 //   immersive-vr + getUserMedia: the browser's camera (?stereo=sbs: a side-by-side stereo camera);
-//   the server's own source (genreal serve --source sbs:...), in a headset or on this page.
+//   the server's own source (genreal serve --source sbs:...), in a headset or on this page;
+//   without WebXR (a desktop browser): the browser's camera, restyled flat on this page.
 // Every frame goes up tagged with the head pose (each eye's transform and projection) and capture time and
 // comes back with the same tag. The restyled picture is drawn on a quad placed DIST metres inside the frustum
 // it was captured from (a camera other than the headset's keeps its aspect, letterboxed), in world space: the
@@ -71,8 +72,9 @@
     const t = performance.now(), id = state.nextId++;
     const blob = await new Promise((r) => up.toBlob(r, "image/jpeg", 0.85));
     if (!state.ws || state.ws.readyState !== WebSocket.OPEN) { state.inFlight = 0; return; }
-    state.sentPoses[id] = pose;
-    state.ws.send(GR.pack({ id, t, fmt: "jpeg", w: up.width, h: up.height, stereo, pose }, await blob.arrayBuffer()));
+    const header = { id, t, fmt: "jpeg", w: up.width, h: up.height, stereo };
+    if (pose) { state.sentPoses[id] = pose; header.pose = pose; }  // flat (no WebXR): no head pose
+    state.ws.send(GR.pack(header, await blob.arrayBuffer()));
   }
   function captureVideo(pose) {  // immersive-vr: the browser camera
     const v = state.video;
@@ -239,6 +241,25 @@
     }
   }
 
+  // No WebXR: the browser's camera goes up and the restyled picture is drawn on the flat canvas.
+  async function flatCamera() {
+    error("");
+    try { await startVideo(); } catch (err) {
+      error(`no camera: ${err.message} (cameras need https:// or localhost)`); return;
+    }
+    await connect();
+    $("enter-vr").disabled = true;
+    state.mode = "camera-flat";
+    $("mode").textContent = "browser camera (flat)";
+    status("browser camera, restyled flat on this page (no WebXR here)");
+    const loop = () => {
+      if (!state.ws || state.ws.readyState > WebSocket.OPEN) return;
+      if (state.inFlight === 0 && captureVideo(null)) state.inFlight = 1;
+      requestAnimationFrame(loop);
+    };
+    requestAnimationFrame(loop);
+  }
+
   async function init() {
     let info = { source: false };
     try { info = await GR.api("/api/info"); } catch (err) { error(String(err.message)); }
@@ -246,13 +267,15 @@
     const ar = xr ? await xr.isSessionSupported("immersive-ar").catch(() => false) : false;
     const vr = xr ? await xr.isSessionSupported("immersive-vr").catch(() => false) : false;
     $("enter-ar").disabled = !ar || !info.camera;
-    $("enter-vr").disabled = !vr || !info.camera;
+    $("enter-vr").disabled = !info.camera;  // without immersive-vr: the browser camera, flat on this page
+    if (!vr) $("enter-vr").textContent = "Browser camera · flat (no WebXR)";
     $("enter-watch").disabled = !info.source;
     $("enter-ar").onclick = () => enter("ar-camera");
-    $("enter-vr").onclick = () => enter("vr-camera");
+    $("enter-vr").onclick = () => (vr ? enter("vr-camera") : flatCamera());
     $("enter-watch").onclick = () => (vr ? enter("watch") : connect("?mode=watch").then(() => { $("mode").textContent = "watch (flat)"; }));
+    const flat = [info.camera && "the browser camera", info.source && "the server source"].filter(Boolean);
     status(ar || vr ? `WebXR: ${[ar && "immersive-ar", vr && "immersive-vr"].filter(Boolean).join(", ")}`
-                    : "no WebXR here: the server source can be watched on this page");
+                    : `no WebXR here${flat.length ? `: ${flat.join(" or ")} can be watched flat on this page` : ""}`);
     setInterval(() => {
       $("rtt50").textContent = GR.fmt(state.rtt.pct(50)); $("rtt95").textContent = GR.fmt(state.rtt.pct(95));
       $("fps").textContent = String(state.rate.fps);
