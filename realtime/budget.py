@@ -14,9 +14,9 @@ between them: the average of the rung it left against the first `ratio_frames` f
 it moved to (load slows every rung alike, so ratios outlive absolute costs; averages, because with
 temporal reuse single frames vary several-fold). After a move the new rung's average starts afresh;
 the first frame at a rung (and of a run) is not part of it, nor can it move the controller: it
-restarts the temporal cache with a full frame and may meet new tensor shapes. Per-stage costs are
-kept as moving averages too, so the pipeline can predict whether a live frame can still make its
-deadline (`should_drop`). A climb that has to step back down within ``2 × patience`` frames doubles
+restarts the temporal cache with a full frame and may meet new tensor shapes. The cost of the output
+stage (outside the start/end span) is kept as a moving average and counted in every frame's latency.
+The controller lowers quality; it never drops a frame (realtime/driver.py). A climb that has to step back down within ``2 × patience`` frames doubles
 the patience before that rung is tried again (up to 16×), so a rung that fits on average but not in
 its peaks (full frames among cheap temporal ones) is not probed over and over.
 
@@ -108,17 +108,6 @@ class BudgetController:
         """The cost of a stage outside the start/end span (the output stage): part of every prediction."""
         old = self.stage_ema.get(stage)
         self.stage_ema[stage] = ms if old is None else old + self.alpha * (ms - old)
-
-    def predicted_ms(self) -> float:
-        """Expected work of one frame at the current rung, from start to display (0 until measured)."""
-        return self.rung_ema.get(self.level, 0.0)
-
-    def should_drop(self, age_ms: float) -> bool:
-        """Live input: drop a frame already `age_ms` old that cannot make the budget but a fresher one
-        could. When even a fresh frame cannot (the cheapest rung costs more than the budget), only frames
-        already older than the budget are dropped: showing late frames beats showing none."""
-        cost = self.predicted_ms() + sum(self.stage_ema.values())
-        return age_ms > self.budget_ms or (cost <= self.budget_ms and age_ms + cost > self.budget_ms)
 
     def end_frame(self, extra_ms: float = 0.0) -> float:
         """Record the frame started by `start_frame`; `extra_ms` is time outside the clock span (the

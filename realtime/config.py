@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from genreal_errors import UserError
+from models.style_blend import blend_terms
 
 Size = tuple[int, int]  # (width, height)
 
@@ -32,29 +33,6 @@ def parse_size(text: str) -> Size:
     if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
         raise UserError(f"bad --size {text!r}: each side must be between {MIN_SIDE} and {MAX_SIDE} pixels")
     return w, h
-
-
-def check_style_weights(spec: str) -> None:
-    """Raise `UserError` unless every weight in a blend like 'cel:0.5,frost:0.5' is a finite positive
-    number and their sum is finite (NaN or overflowing weights would turn the picture black).
-
-    Only the weights are checked here; whether the names exist is the backend's to say."""
-    total = 0.0
-    for part in (p.strip() for p in str(spec).split(",")):
-        name, sep, text = part.rpartition(":")
-        if not sep or not name:
-            continue  # a plain style name (or index)
-        try:
-            weight = float(text)
-        except ValueError:
-            continue  # not a weight: the backend names the problem
-        if not math.isfinite(weight) or weight <= 0:
-            raise UserError(f"bad --style weight {text!r} for {name!r} in {spec!r}: weights must be finite positive "
-                            f"numbers, e.g. {name}:0.5")
-        total += weight
-    if not math.isfinite(total):
-        raise UserError(f"bad --style {spec!r}: the weights add up to more than a float can hold; "
-                        "use weights like 0.5 (they are normalized)")
 
 
 @dataclass(frozen=True)
@@ -96,7 +74,7 @@ class BackendConfig:
             raise UserError(f"bad --steps {self.steps}: use 1 to {MAX_STEPS} (a model offers the steps its manifest "
                             "measured as helping: the shipped one 1 to 4)")
         if self.style is not None:
-            check_style_weights(self.style)
+            blend_terms(self.style)  # the blend's form and weights; whether the names exist is the backend's to say
 
 
 @dataclass(frozen=True)
@@ -107,8 +85,11 @@ class PipelineConfig:
     budget_ms: Optional[float] = None  # capture→display budget; None = no deadline
     stats_json: Optional[Path] = None
     queue_size: int = 2  # bounded queues between threads (1–2)
+    strength: float = 1.0  # 0 = the input, 1 = fully restyled (realtime/driver.py blends the two images)
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
+            raise UserError(f"bad --strength {self.strength:g}: give a number from 0 (the input) to 1 (fully restyled)")
         if not self.sinks:
             raise UserError("no --sink given: use e.g. --sink window, --sink out.mp4 or --sink null")
         if self.budget_ms is not None and not self.budget_ms > 0:

@@ -77,20 +77,13 @@ def test_a_rung_predicted_not_to_fit_is_not_tried_and_nothing_oscillates():
     assert ctl.choice == Choice(1, 1.0, 1.0) and ctl.changes == changes + 1 and ctl.misses == misses
 
 
-def test_drop_prediction_uses_the_measured_cost_and_the_output_stage():
+def test_the_output_stage_counts_in_every_frames_latency():
     clock = FakeClock()
     ctl = BudgetController(33.3, 1, scales=(1.0,), clock=clock)
-    assert not ctl.should_drop(30.0)  # nothing measured yet: only the age counts
-    assert ctl.should_drop(34.0)
-    frame(ctl, clock, {"K=1,scale=1": 20.0})
-    assert not ctl.should_drop(30.0)  # the first frame of a run says nothing about the cost
-    frame(ctl, clock, {"K=1,scale=1": 20.0})
     ctl.observe_stage("output", 5.0)
-    assert ctl.should_drop(10.0) and not ctl.should_drop(8.0)
-    # a budget no frame can make (60 ms of work for 33.3): keep showing frames, drop only stale ones
-    for _ in range(5):
-        frame(ctl, clock, {"K=1,scale=1": 60.0})
-    assert not ctl.should_drop(10.0) and ctl.should_drop(34.0)
+    assert ctl.stage_ema == {"output": 5.0}
+    ctl.observe_stage("output", 10.0)
+    assert ctl.stage_ema["output"] == pytest.approx(6.0)  # a moving average (alpha 0.2)
 
 
 def test_misses_and_bad_use():

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from realtime.backends import create_backend
-    from realtime.config import BackendConfig
+    from realtime.commands.run import backend_config
 
     for path in args.images:
         if not path.is_file():
@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--backend {args.backend!r} cannot stylize images: use auto, onnxruntime or torch")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"-o {args.out} is a file: give a folder")
-    backend = create_backend(BackendConfig(name=args.backend, device=args.device, style=args.style,
-                                           steps=args.steps, temporal=False, model_dir=args.model))
+    backend = create_backend(backend_config(args, temporal=False))
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

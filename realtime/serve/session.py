@@ -15,8 +15,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from realtime.backends.base import Backend
-from realtime.budget import BUDGET_PRESETS, BudgetController, Choice
+from realtime.budget import BUDGET_PRESETS, Choice
 from realtime.config import BackendConfig
+from realtime.driver import FrameDriver
 from genreal_errors import UserError
 from realtime.frame import pack_side_by_side, split_side_by_side
 from models.metrics import percentiles
@@ -86,7 +87,7 @@ class Session:
         self.started = time.time()
         self._server_ms: list[float] = []
         self._page_rtt_ms: list[float] = []
-        self._budget: Optional[BudgetController] = None
+        self._driver = FrameDriver(backend)  # the frame path `genreal run` uses too
         self._lock = threading.Lock()
 
     # -- settings -----------------------------------------------------------------------
@@ -104,9 +105,8 @@ class Session:
             if new.temporal != old.temporal:
                 self.backend.set_temporal(new.temporal)
             if new.budget != old.budget:
-                self._budget = None if new.budget is None else BudgetController(
-                    BUDGET_PRESETS[new.budget], self.backend.budget_steps(),
-                    scales=(1.0, 0.75, 0.5) if self.backend.supports_choices else (1.0,))
+                self._driver.set_budget(None if new.budget is None else BUDGET_PRESETS[new.budget])
+            self._driver.set_strength(new.strength)
             if new.steps != old.steps or new.budget != old.budget:
                 self.backend.apply_choice(Choice(steps=new.steps or self.backend.budget_steps()))
             self.settings = new
@@ -118,15 +118,7 @@ class Session:
         so they share one temporal decision). Returns an image of the same size."""
         with self._lock:
             images = list(split_side_by_side(image)) if stereo else [image]
-            if self._budget is not None:
-                self.backend.apply_choice(self._budget.start_frame())
-            out = self.backend(images)
-            if self._budget is not None:
-                self._budget.end_frame()
-            s = self.settings.strength
-            if s < 1.0:
-                out = [(o.astype(np.float32) * s + i.astype(np.float32) * (1.0 - s) + 0.5).astype(np.uint8)
-                       for o, i in zip(out, images)]
+            out = self._driver.process(images).images
             return pack_side_by_side(*out) if stereo else out[0]
 
     def record(self, server_ms: float) -> None:
