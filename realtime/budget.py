@@ -4,6 +4,9 @@ reuse thresholds so that capture→display stays within ``--budget-ms`` (DESIGN.
 It walks a quality ladder, best first::
 
     (K=default, scale 1) … (K=1, scale 1) → (K=1, scale 0.75, reuse ×1.5) → (K=1, scale 0.5, reuse ×2)
+    → (K=1, scale 0.35, reuse ×2.3) → (K=1, scale 0.25, reuse ×2.5)
+
+(the last two rungs: on a busy machine a blurrier frame beats a dropped one, issue 29)
 
 from the moving average of the measured frame latency: above ``headroom × budget`` (or on a deadline
 miss) it steps one rung cheaper at once; below ``raise_below × budget`` for ``patience`` frames in a
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 #: --budget-ms presets (ms): 30 fps video and VR refresh rates
 BUDGET_PRESETS: dict[str, float] = {"30fps": 33.3, "vr72": 13.9, "vr90": 11.1, "vr120": 8.3}
 
+#: the internal resolution scales the ladder walks through after the steps (backends that can change it)
+SCALES: tuple[float, ...] = (1.0, 0.75, 0.5, 0.35, 0.25)
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -49,7 +55,7 @@ class Choice:
         return f"K={self.steps},scale={self.scale:g}"
 
 
-def ladder(default_steps: int, scales: tuple[float, ...] = (1.0, 0.75, 0.5)) -> list[Choice]:
+def ladder(default_steps: int, scales: tuple[float, ...] = SCALES) -> list[Choice]:
     """The quality ladder, best first."""
     rungs = [Choice(k, scales[0], 1.0) for k in range(max(1, default_steps), 0, -1)]
     rungs += [Choice(1, s, 1.0 + 2.0 * (1.0 - s)) for s in scales[1:]]
@@ -66,7 +72,7 @@ class BudgetController:
         ctl.end_frame(extra_ms=age_ms)    # after it was shown: clock time since start + extra
     """
 
-    def __init__(self, budget_ms: float, default_steps: int, scales: tuple[float, ...] = (1.0, 0.75, 0.5),
+    def __init__(self, budget_ms: float, default_steps: int, scales: tuple[float, ...] = SCALES,
                  alpha: float = 0.2, headroom: float = 0.85, raise_below: float = 0.6, patience: int = 15,
                  ratio_frames: int = 5, clock: Callable[[], float] = time.perf_counter) -> None:
         if not budget_ms > 0:
@@ -185,4 +191,4 @@ class BudgetController:
                 "stage_ema_ms": {k: round(v, 3) for k, v in self.stage_ema.items()}}
 
 
-__all__ = ["BudgetController", "Choice", "ladder", "BUDGET_PRESETS"]
+__all__ = ["BudgetController", "Choice", "ladder", "BUDGET_PRESETS", "SCALES"]

@@ -20,7 +20,6 @@ MIN_SIDE = 64
 MAX_SIDE = 3840
 DEFAULT_STALL_S = 5.0  # --stall-s
 DEFAULT_RECONNECTS = 5  # --reconnect for live URLs (files: 0)
-MAX_STEPS = 8  # the most refine steps any model folder may declare; each model says its own limit
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
@@ -60,7 +59,7 @@ class BackendConfig:
     name: str = "auto"  # a registry name or "auto"
     device: str = "auto"  # auto | cpu | cuda
     style: Optional[str] = None  # None = the backend's default style
-    steps: Optional[int] = None  # refine steps K (our model); None = the model's default
+    steps: Optional[int] = None  # refine steps K (our model; its manifest's range, `ModelInfo.check_steps`); None = the model's default
     temporal: bool = True
     precision: str = "auto"  # auto | fp32 | fp16 | int8 (our model's engines; auto = the engine's best)
     model_dir: Optional[Path] = None  # None = the shipped model
@@ -70,9 +69,6 @@ class BackendConfig:
             raise UserError(f"unknown --device {self.device!r}: use auto, cpu or cuda")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}")
-        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
-            raise UserError(f"bad --steps {self.steps}: use 1 to {MAX_STEPS} (a model offers the steps its manifest "
-                            "measured as helping: the shipped one 1 to 4)")
         if self.style is not None:
             blend_terms(self.style)  # the blend's form and weights; whether the names exist is the backend's to say
 

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from realtime.backends.base import Backend
-from realtime.budget import BudgetController, Choice
+from realtime.budget import SCALES, BudgetController, Choice
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,7 @@ def make_budget(backend: Backend, budget_ms: Optional[float]) -> Optional[Budget
     from the backend's own, then the internal scale where the backend can change it."""
     if budget_ms is None:
         return None
-    scales = (1.0, 0.75, 0.5) if backend.supports_choices else (1.0,)
-    return BudgetController(budget_ms, backend.budget_steps(), scales=scales)
+    return BudgetController(budget_ms, backend.budget_steps(), scales=SCALES if backend.supports_choices else (1.0,))
 
 
 class FrameDriver:

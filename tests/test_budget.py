@@ -32,8 +32,9 @@ COST = {"K=2,scale=1": 40.0, "K=1,scale=1": 30.0, "K=1,scale=0.75": 20.0, "K=1,s
 
 
 def test_the_ladder_lowers_steps_first_then_resolution_with_more_reuse():
-    assert ladder(2) == [Choice(2, 1.0, 1.0), Choice(1, 1.0, 1.0), Choice(1, 0.75, 1.5), Choice(1, 0.5, 2.0)]
-    assert [c.steps for c in ladder(4)] == [4, 3, 2, 1, 1, 1]
+    assert ladder(2) == [Choice(2, 1.0, 1.0), Choice(1, 1.0, 1.0), Choice(1, 0.75, 1.5), Choice(1, 0.5, 2.0),
+                         Choice(1, 0.35, 2.3), Choice(1, 0.25, 2.5)]
+    assert [c.steps for c in ladder(4)] == [4, 3, 2, 1, 1, 1, 1, 1]
     assert ladder(1, scales=(1.0,)) == [Choice(1, 1.0, 1.0)]
 
 
@@ -110,13 +111,13 @@ def test_pipeline_with_an_impossible_budget_runs_our_model_at_its_cheapest_rung(
     backend = OnnxRuntimeBackend(BackendConfig(name="onnxruntime", style="cel", temporal=False))
     sink = RecordingSink()
     try:
-        stats = Pipeline(_PhotoSource(8), backend, [sink], budget_ms=0.01).run()
+        stats = Pipeline(_PhotoSource(10), backend, [sink], budget_ms=0.01).run()  # 2 frames per rung
     finally:
         backend.close()
     b = stats.to_dict()["budget"]
-    assert b["final"] == "K=1,scale=0.5" and b["misses"] == 8
+    assert b["final"] == "K=1,scale=0.25" and b["misses"] == 10
     assert set(b["choices"]) == {c.label for c in ladder(backend.budget_steps())}  # every rung, best to cheapest
-    assert len(sink.items) == 8 and all(item.image.shape == (96, 160, 3) for item in sink.items)
+    assert len(sink.items) == 10 and all(item.image.shape == (96, 160, 3) for item in sink.items)
     assert "budget choices" in stats.summary()
 
 

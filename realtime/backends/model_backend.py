@@ -78,14 +78,8 @@ class ModelBackend(Backend):
         self.info = stages.info
         self.device = stages.kernel_device
         self.ops = kernels.get_ops(stages.kernel_device)
-        if config.steps is not None and not 1 <= config.steps <= self.info.max_steps:
-            raise UserError(f"bad --steps {config.steps}: this model runs 1 to {self.info.max_steps} steps")
-        if config.steps is not None and config.steps > self.info.offered_steps:
-            k = self.info.offered_steps
-            raise UserError(f"--steps {config.steps}: on held-out photos this model's steps past K={k} add less than "
-                            f"its manifest's rule asks (evaluation.steps: {self.info.steps_evidence or 'measured'}); "
-                            "use --steps "
-                            + ("1" if k == 1 else f"1 to {k}"))
+        if config.steps is not None:
+            self.info.check_steps(config.steps)
         self.steps = config.steps or min(self.info.default_steps, self.info.offered_steps)
         self._base_steps = self.steps
         self.temporal = bool(config.temporal)
