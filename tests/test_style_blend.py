@@ -42,3 +42,20 @@ def test_unknown_names_get_a_hint():
         blend_weights("forst:1", NAMES)
     with pytest.raises(UserError, match="0-25"):
         parse_blend("26")
+
+
+def test_serve_refuses_an_overflowing_blend_and_keeps_its_style():
+    """The browser's style box went straight to the backend: 'cel:1e308,frost:1e308' was taken and the
+    picture turned white. The page is told; the session keeps its style."""
+    from realtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from realtime.serve.session import Session
+
+    session = Session("websocket", OnnxRuntimeBackend(BackendConfig(name="onnxruntime", style="cel")))
+    try:
+        with pytest.raises(UserError, match="add up"):
+            session.configure({"style": "cel:1e308,frost:1e308"})
+        assert session.backend.style == "cel" and session.settings.style == "cel"
+        with pytest.raises(UserError, match="this model offers 1 to "):
+            session.configure({"steps": 99})
+    finally:
+        session.close()

@@ -35,8 +35,11 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = Non
                         "ends the run instead of switching), onnxruntime, torch, tensorrt, teacher or identity")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     p.add_argument("--budget-ms", default=None, metavar="MS",
-                   help="capture→display budget in ms, or a preset: " + ", ".join(
-                       f"{k} ({v:g} ms)" for k, v in BUDGET_PRESETS.items()))
+                   help="latency budget in ms, or a preset: " + ", ".join(
+                       f"{k} ({v:g} ms)" for k, v in BUDGET_PRESETS.items()) + ". Over budget, the model runs "
+                        "fewer steps, then at a lower internal resolution; no frame is dropped for being late (a "
+                        "live source drops only frames a newer one replaced). Live sources count capture→display; "
+                        "a file (read ahead, every frame kept) counts each frame's own processing and output")
     p.add_argument("--size", type=str, default=None, metavar="WxH",
                    help=f"processing size per eye, e.g. 640x360, each side {MIN_SIDE}-{MAX_SIDE} (default: the "
                         "source's own size; video files pad odd sides to even)")
