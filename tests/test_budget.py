@@ -1,6 +1,8 @@
 """The latency-budget controller (realtime/budget.py) with a fake clock, and in the pipeline with our model."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,16 @@ def test_a_climb_that_does_not_hold_doubles_the_wait_before_the_next_try():
     assert len(tries) >= 5 and all(b > a for a, b in zip(gaps[:4], gaps[1:4]))  # ever longer waits...
     assert all(b >= a for a, b in zip(gaps, gaps[1:]))  # ...up to the cap (16 x patience)
     assert ctl.stats()["backoff"]["K=1,scale=1"] == 16
+
+
+@pytest.mark.timeout(120)
+def test_budget_load_benchmark_runs_the_cli_with_busy_processes(tmp_path):
+    from benchmarks.budget_load import main as budget_load
+
+    out = tmp_path / "budget_load.json"
+    assert budget_load(["--busy", "1", "--runs", "1", "--frames", "15", "--size", "160x90", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    run = result["runs"]["this"][0]
+    assert run["frames_in"] == 15 and run["frames_out"] + sum(run["drops"].values()) == 15
+    assert set(run["drops"]) == {"superseded", "superseded_output"} and run["frames_out"] >= 1
+    assert result["summary"]["this"]["delivered"] == [run["frames_out"]] and "goal_met" in result
