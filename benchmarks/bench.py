@@ -110,9 +110,14 @@ class BenchConfig:
         for p in self.precisions:
             if p not in PRECISIONS:
                 raise UserError(f"unknown precision {p!r}: use {', '.join(PRECISIONS)}")
-        for k in self.steps or ():
-            if not 1 <= k <= 8:
-                raise UserError(f"bad --steps {k}: use 1 to 8")
+        if self.steps:  # the model's offered range, the one steps check of every command
+            from models.manifest import read_manifest
+            from models.stages import info_from_manifest
+
+            manifest = read_manifest(self.model_dir)
+            info = info_from_manifest(manifest, manifest["config"])
+            for k in self.steps:
+                info.check_steps(k)
         for s in self.sizes:
             size_spec(s)
 

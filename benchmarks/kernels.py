@@ -5,7 +5,7 @@
 CPU: the chosen CPU path (`kernels.get_ops("cpu")`) vs the naive numpy path (`kernels.reference`:
 unfused float64 numpy, the obviously-correct version the tests compare against) at camera frames
 of 640×360, 1280×720 and 1920×1080; the model runs at `--model-scale` of the frame
-(preprocess: frame → model size, postprocess: model size → frame with a 0.8 blend; the cache
+(preprocess: frame → model size, postprocess: model size → frame; the cache
 kernels on the 1/8 latent grid). Unless ``--quick``, also the candidate CPU paths that
 `kernels/cpu.py` chose between, so the static choice stays backed by a figure.
 
@@ -38,7 +38,6 @@ CPU_SIZES = ((640, 360), (1280, 720), (1920, 1080))
 LATENT_CHANNELS = 8
 LEVELS = (5,) * LATENT_CHANNELS
 MARGIN = 0.25
-STRENGTH = 0.8
 # A small camera motion on the latent grid (output → input pixels)
 MOTION = np.array([[0.998, 0.01, 0.6], [-0.01, 0.998, -0.4]])
 
@@ -96,7 +95,7 @@ def _cpu_cases(ops: Any, d: dict[str, Any], frame_wh: tuple[int, int]) -> dict[s
     return {
         "preprocess_rgb_f32": lambda: ops.preprocess(d["rgb"], "rgb", (mw, mh), "float32"),
         "preprocess_nv12_f16": lambda: ops.preprocess(d["nv12"], "nv12", (mw, mh), "float16"),
-        "postprocess_blend": lambda: ops.postprocess(d["styled"], (mh, mw), frame_wh, d["rgb"], STRENGTH),
+        "postprocess": lambda: ops.postprocess(d["styled"], (mh, mw), frame_wh),
         "fsq_hysteresis": lambda: ops.fsq_hysteresis(d["z"], d["prev"], LEVELS, MARGIN),
         "dilate_mask_r1": lambda: ops.dilate_mask(d["mask"], 1),
         "warp_and_blend": lambda: ops.warp_and_blend(d["lat_prev"], MOTION, d["lat_new"], d["mask"]),
@@ -133,8 +132,7 @@ def _cpu_candidates(d: dict[str, Any], frame_wh: tuple[int, int]) -> dict[str, d
         x = d["styled"][0, :, :mh, :mw]
         f = cv2.merge([np.ascontiguousarray(np.clip(p, 0, 1)) for p in x])
         f = cv2.resize(f, frame_wh, interpolation=cv2.INTER_LINEAR)
-        f = f * np.float32(255 * STRENGTH) + img * np.float32(1 - STRENGTH) + np.float32(0.5)
-        return f.astype(np.uint8)
+        return (f * np.float32(255) + np.float32(0.5)).astype(np.uint8)
 
     lat, mats = d["lat_prev"][0], np.ascontiguousarray(MOTION)
     lh, lw = d["latent_hw"]
@@ -149,10 +147,9 @@ def _cpu_candidates(d: dict[str, Any], frame_wh: tuple[int, int]) -> dict[str, d
             "split+LUT (chosen)": lambda: cpu_ops.preprocess(img, "rgb", (mw, mh), "float16"),
             "transposing np.multiply": lambda: pre_transpose_multiply(np.float16),
         },
-        "postprocess_blend": {
-            "uint8 resize + addWeighted (chosen)": lambda: cpu_ops.postprocess(d["styled"], (mh, mw), frame_wh,
-                                                                              img, STRENGTH),
-            "float32 resize + numpy blend": post_float,
+        "postprocess": {
+            "uint8 resize (chosen)": lambda: cpu_ops.postprocess(d["styled"], (mh, mw), frame_wh),
+            "float32 resize": post_float,
         },
         "warp_affine": {
             "cv2.warpAffine per plane": lambda: cpu_ops._warp_cv2(lat, mats, lh, lw, "replicate"),
@@ -243,7 +240,6 @@ def _gpu_cases(bsz: int, frame_wh: tuple[int, int], dev: str = "cuda") -> dict[s
     nv12 = [u8(fh * 3 // 2, fw) for _ in range(bsz)]
     styled = torch.rand((bsz, 3, hp, wp), device=dev, generator=g, dtype=torch.float16)
     stereo = bsz == 2
-    original = torch.cat(rgb, dim=1) if stereo else rgb[0]
     z = torch.tanh(torch.randn((bsz, c, lh, lw), device=dev, generator=g))
     prev = torch.randint(0, 5, (bsz, c, lh, lw), dtype=torch.int32, device=dev, generator=g)
     mask = torch.rand((bsz, lh, lw), device=dev, generator=g) < 0.1
@@ -259,8 +255,8 @@ def _gpu_cases(bsz: int, frame_wh: tuple[int, int], dev: str = "cuda") -> dict[s
                                img_bytes + bsz * 3 * hp * wp * 2),
         "preprocess_nv12_f16": (lambda o: o.preprocess(nv, "nv12", frame_wh, "float16"),
                                 bsz * fh * fw * 3 // 2 + bsz * 3 * hp * wp * 2),
-        "postprocess_blend": (lambda o: o.postprocess(styled, (fh, fw), frame_wh, original, STRENGTH, stereo),
-                              bsz * 3 * fh * fw * 2 + 2 * img_bytes),
+        "postprocess": (lambda o: o.postprocess(styled, (fh, fw), frame_wh, stereo),
+                        bsz * 3 * fh * fw * 2 + img_bytes),
         "fsq_hysteresis": (lambda o: o.fsq_hysteresis(z, prev, LEVELS, MARGIN), 3 * lat_bytes + bsz * lh * lw),
         "dilate_mask_r1": (lambda o: o.dilate_mask(mask, 1), 2 * bsz * lh * lw),
         # each output value comes from either the warped previous latent or the new one

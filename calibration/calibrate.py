@@ -208,10 +208,9 @@ def calibrate_preset(model_dir: Path, preset: str, cfg: CalibrateConfig, manifes
 
     exported = open_exported(model_dir)
     preset_dir = exported.preset_dir(preset)
-    steps = int(cfg.steps or exported.info.default_steps)
+    steps = int(cfg.steps or min(exported.info.default_steps, exported.info.offered_steps))
     max_steps = exported.info.max_steps
-    if not 1 <= steps <= max_steps:
-        raise UserError(f"bad --steps {steps}: this model runs 1 to {max_steps} steps")
+    exported.info.check_steps(steps)  # the model's offered range, as at run time
     n_styles = len(exported.info.style_names)
     candidates = candidate_stages(preset_dir, cfg.stages)
 

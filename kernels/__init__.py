@@ -4,13 +4,13 @@
     ops = kernels.get_ops("cuda")   # Triton kernels, torch CUDA tensors in and out
 
     x = ops.preprocess(frame, fmt="rgb", out_size=(640, 360), dtype="float16")   # (1, 3, 360, 640)
-    img = ops.postprocess(y, valid_hw=(360, 640), out_size=(1280, 720), original=frame, strength=0.8)
+    img = ops.postprocess(y, valid_hw=(360, 640), out_size=(1280, 720))
 
 Every `Ops` has the same methods (exact semantics, conventions and tolerances: `kernels.spec`):
 
 - ``preprocess(images, fmt="rgb", out_size=None, dtype="float32", pad_multiple=8)``
   → (B, 3, Hp, Wp); `images` is one camera buffer (B=1) or a sequence (e.g. two stereo eyes).
-- ``postprocess(x, valid_hw, out_size=None, original=None, strength=1.0, stereo_pack=False)``
+- ``postprocess(x, valid_hw, out_size=None, stereo_pack=False)``
   → uint8 (Ho, Wo, 3), (Ho, 2 Wo, 3) when stereo-packed, else (B, Ho, Wo, 3).
 - ``fsq_hysteresis(z, prev_levels, levels, margin)`` → (int32 levels (B, C, H, W), bool changed (B, H, W)).
 - ``dilate_mask(mask, radius)`` → bool (B, H, W).
@@ -38,7 +38,7 @@ class Ops(Protocol):
                    dtype: Any = "float32", pad_multiple: int = 8) -> Any: ...
 
     def postprocess(self, x: Any, valid_hw: tuple[int, int], out_size: Optional[tuple[int, int]] = None,
-                    original: Any = None, strength: float = 1.0, stereo_pack: bool = False) -> Any: ...
+                    stereo_pack: bool = False) -> Any: ...
 
     def fsq_hysteresis(self, z: Any, prev_levels: Any, levels: Sequence[int], margin: float) -> tuple[Any, Any]: ...
 

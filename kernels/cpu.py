@@ -87,26 +87,19 @@ def preprocess(images: reference.Images, fmt: str = "rgb", out_size: Optional[tu
 
 
 def postprocess(x: np.ndarray, valid_hw: tuple[int, int], out_size: Optional[tuple[int, int]] = None,
-                original: Any = None, strength: float = 1.0, stereo_pack: bool = False) -> np.ndarray:
+                stereo_pack: bool = False) -> np.ndarray:
     """(B, 3, Hp, Wp) float RGB → uint8 display image(s).
 
-    Rounds to uint8 on the model grid before resizing and blending (double rounding): within 1 of
-    the reference's uint8 values.
+    Rounds to uint8 on the model grid before resizing (double rounding): within 1 of the reference's
+    uint8 values.
     """
     cv2 = _cv2()
-    b, h, w, wo, ho = spec.check_postprocess(x.shape, valid_hw, out_size, strength, stereo_pack)
-    s = float(strength)
-    origs = None
-    if original is not None and s < 1.0:
-        origs = reference.original_batch(original, b, wo, ho, stereo_pack)  # (B, Ho, Wo, 3) view
+    b, h, w, wo, ho = spec.check_postprocess(x.shape, valid_hw, out_size, stereo_pack)
     # OpenCV >= 5.1's binding reads a one-element array as a scalar (scalar x scalar: a (4, 1) result); a
     # one-element scale array keeps a one-pixel plane an image
     scale: Any = 255.0 if h * w > 1 else np.full((1, 1), 255.0, np.float32)
     eyes = []
     for i in range(b):
-        if origs is not None and s == 0.0:
-            eyes.append(origs[i])
-            continue
         crop = x[i, :, :h, :w]  # (3, h, w) view
         if crop.dtype != np.float32:
             crop = crop.astype(np.float32)
@@ -114,8 +107,6 @@ def postprocess(x: np.ndarray, valid_hw: tuple[int, int], out_size: Optional[tup
         styled = cv2.merge(planes)  # (h, w, 3) uint8
         if (wo, ho) != (w, h):
             styled = cv2.resize(styled, (wo, ho), interpolation=cv2.INTER_LINEAR)  # (Ho, Wo, 3)
-        if origs is not None:
-            styled = cv2.addWeighted(styled, s, np.ascontiguousarray(origs[i]), 1.0 - s, 0.0)
         eyes.append(styled)
     return reference.pack_output(np.stack(eyes), stereo_pack)
 

@@ -100,19 +100,6 @@ def preprocess(images: Images, fmt: str = "rgb", out_size: Optional[tuple[int, i
 # --- postprocess ------------------------------------------------------------------------------
 
 
-def original_batch(original: Any, b: int, wo: int, ho: int, stereo_pack: bool) -> np.ndarray:
-    """postprocess's `original` (array or sequence) → uint8 (B, Ho, Wo, 3)."""
-    if not isinstance(original, np.ndarray):
-        original = np.stack([np.asarray(o) for o in original])
-    if original.dtype != np.uint8:
-        raise ValueError(f"original must be uint8, got {original.dtype}")
-    if spec.original_layout(original.shape, b, wo, ho, stereo_pack) == "batch":
-        return original
-    if stereo_pack:
-        return np.stack([original[:, :wo], original[:, wo:]])
-    return original.reshape(b, ho, wo, 3)
-
-
 def pack_output(y_bhwc: np.ndarray, stereo_pack: bool) -> np.ndarray:
     """(B, Ho, Wo, 3) → postprocess's output layout."""
     if stereo_pack:
@@ -121,14 +108,11 @@ def pack_output(y_bhwc: np.ndarray, stereo_pack: bool) -> np.ndarray:
 
 
 def postprocess(x: np.ndarray, valid_hw: tuple[int, int], out_size: Optional[tuple[int, int]] = None,
-                original: Any = None, strength: float = 1.0, stereo_pack: bool = False) -> np.ndarray:
+                stereo_pack: bool = False) -> np.ndarray:
     """(B, 3, Hp, Wp) float RGB → uint8 display image(s); see `kernels.spec`."""
-    b, h, w, wo, ho = spec.check_postprocess(x.shape, valid_hw, out_size, strength, stereo_pack)
+    b, h, w, wo, ho = spec.check_postprocess(x.shape, valid_hw, out_size, stereo_pack)
     valid = np.clip(x[:, :, :h, :w].astype(np.float64), 0.0, 1.0)  # (B, 3, H, W), clipped per source pixel
     y = np.stack([resize_bilinear(valid[i].transpose(1, 2, 0), wo, ho) for i in range(b)])  # (B, Ho, Wo, 3)
-    if original is not None:
-        orig = original_batch(original, b, wo, ho, stereo_pack).astype(np.float64) / 255.0
-        y = strength * y + (1.0 - strength) * orig
     return pack_output(np.floor(y * 255.0 + 0.5).astype(np.uint8), stereo_pack)
 
 

@@ -37,13 +37,13 @@ Padding
 Batches (stereo)
     `preprocess` takes one camera buffer (B = 1), a sequence of equal-shaped ones, or a stacked
     array with one more leading dimension (`is_batched`). `postprocess` of B = 2 with
-    ``stereo_pack`` writes left | right side by side, (Ho, 2 Wo, 3); its ``original`` is then the
-    packed frame or the (2, Ho, Wo, 3) pair.
+    ``stereo_pack`` writes left | right side by side, (Ho, 2 Wo, 3).
 
 Postprocess
     crop the valid (H, W) region → clip to [0, 1] (per source pixel, like the YUV conversion:
-    values are always clipped before resampling) → resize to out_size →
-    ``y = strength * styled + (1 - strength) * original / 255`` → ``floor(255 y + 0.5)`` as uint8.
+    values are always clipped before resampling) → resize to out_size → ``floor(255 y + 0.5)`` as uint8.
+    (Blending with the camera image, the "strength", is the frame driver's, realtime/driver.py, on every
+    backend's uint8 output.)
 
 FSQ hysteresis (per channel c with L = levels[c] ≥ 2 levels at -1 + 2k/(L-1), k = 0..L-1)
     ``u = (clip(z, -1, 1) + 1) * (L-1)/2`` (float32; position in units of the level spacing),
@@ -159,7 +159,7 @@ def check_out_size(out_size: Optional[tuple[int, int]], default_wh: tuple[int, i
 
 
 def check_postprocess(x_shape: Sequence[int], valid_hw: tuple[int, int], out_size: Optional[tuple[int, int]],
-                      strength: float, stereo_pack: bool) -> tuple[int, int, int, int, int]:
+                      stereo_pack: bool) -> tuple[int, int, int, int, int]:
     """Validate postprocess arguments; return (B, H, W, Wo, Ho)."""
     if len(x_shape) != 4 or x_shape[1] != 3:
         raise ValueError(f"postprocess input must be (B, 3, H, W), got {tuple(x_shape)}")
@@ -168,8 +168,6 @@ def check_postprocess(x_shape: Sequence[int], valid_hw: tuple[int, int], out_siz
     if not (1 <= h <= x_shape[2] and 1 <= w <= x_shape[3]):
         raise ValueError(f"valid_hw {valid_hw} does not fit the input {tuple(x_shape)}")
     wo, ho = check_out_size(out_size, (w, h))
-    if not 0.0 <= float(strength) <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
     if stereo_pack and b != 2:
         raise ValueError(f"stereo_pack needs a batch of 2 (left, right), got {b}")
     return b, h, w, wo, ho
@@ -220,18 +218,6 @@ def affine_to_latent(A_img: Any, factor: int = 8) -> np.ndarray:
     # A_img(S p) = lin (f p + c) + t ; S⁻¹(q) = (q - c) / f
     t = (lin @ np.array([c, c]) + a[:, 2] - c) / f
     return np.concatenate([lin, t[:, None]], axis=1)
-
-
-def original_layout(shape: Sequence[int], b: int, wo: int, ho: int, stereo_pack: bool) -> str:
-    """How postprocess's `original` is laid out: 'output' (the output's own shape, e.g. the packed
-    side-by-side frame) or 'batch' ((B, Ho, Wo, 3)). Raises ValueError otherwise."""
-    shape = tuple(int(s) for s in shape)
-    if shape == output_shape(b, wo, ho, stereo_pack):
-        return "output"
-    if shape == (b, ho, wo, 3):
-        return "batch"
-    raise ValueError(f"original must be uint8 {output_shape(b, wo, ho, stereo_pack)} or {(b, ho, wo, 3)} "
-                     f"(the display size), got {shape}")
 
 
 def check_mask(mask_shape: Sequence[int], latent_shape: Sequence[int]) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import spec
-from kernels.torch_util import TORCH_DTYPES, Tensors, as_tensor, batch_tensor, stack_original
+from kernels.torch_util import TORCH_DTYPES, Tensors, as_tensor, batch_tensor
 
 
 def _yuv_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -58,19 +58,13 @@ class TorchChainOps:
         return x.to(TORCH_DTYPES[spec.dtype_name(dtype)])
 
     def postprocess(self, x: torch.Tensor, valid_hw: tuple[int, int], out_size: Optional[tuple[int, int]] = None,
-                    original: Optional[Tensors] = None, strength: float = 1.0,
                     stereo_pack: bool = False) -> torch.Tensor:
         x = as_tensor(x, self.device)
-        bsz, h, w, wo, ho = spec.check_postprocess(x.shape, valid_hw, out_size, strength, stereo_pack)
+        bsz, h, w, wo, ho = spec.check_postprocess(x.shape, valid_hw, out_size, stereo_pack)
         y = x[:, :, :h, :w].float().clamp(0.0, 1.0)
         if (wo, ho) != (w, h):
             y = F.interpolate(y, size=(ho, wo), mode="bilinear", align_corners=False)  # (B, 3, Ho, Wo)
         y = y * 255.0
-        if original is not None and strength < 1.0:
-            orig = stack_original(original, self.device)
-            if spec.original_layout(orig.shape, bsz, wo, ho, stereo_pack) == "output":
-                orig = torch.stack([orig[:, :wo], orig[:, wo:]]) if stereo_pack else orig.reshape(bsz, ho, wo, 3)
-            y = y * strength + orig.permute(0, 3, 1, 2).float() * (1.0 - strength)
         q = torch.floor(y + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (B, Ho, Wo, 3)
         if stereo_pack:
             return torch.cat([q[0], q[1]], dim=1).contiguous()

@@ -34,8 +34,3 @@ def batch_tensor(images: Tensors, fmt: str, device: torch.device) -> torch.Tenso
     return torch.stack(items).contiguous()
 
 
-def stack_original(original: Tensors, device: torch.device) -> torch.Tensor:
-    """postprocess's `original`: one array/tensor as is, a sequence stacked to (B, Ho, Wo, 3)."""
-    if isinstance(original, (torch.Tensor, np.ndarray)):
-        return as_tensor(original, device).contiguous()
-    return torch.stack([as_tensor(o, device) for o in original]).contiguous()

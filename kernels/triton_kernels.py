@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from kernels import spec
-from kernels.torch_util import TORCH_DTYPES, Tensors, as_tensor, batch_tensor, stack_original
+from kernels.torch_util import TORCH_DTYPES, Tensors, as_tensor, batch_tensor
 
 _FMT_IDS = {"rgb": 0, "bgr": 1, "nv12": 2, "yuyv": 3}
 
@@ -133,10 +133,9 @@ def _load_clipped(p):
 
 
 @triton.jit
-def _postprocess_kernel(x_ptr, orig_ptr, out_ptr, H, W, Hp, Wp, Ho, Wo,
-                        scale_y, scale_x, max_sy, max_sx,
-                        out_stride_b, out_stride_y, orig_stride_b, orig_stride_y, strength,
-                        HAS_ORIG: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _postprocess_kernel(x_ptr, out_ptr, H, W, Hp, Wp, Ho, Wo,
+                        scale_y, scale_x, max_sy, max_sx, out_stride_b, out_stride_y,
+                        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     pid_x = tl.program_id(0)
     pid_y = tl.program_id(1)
     b = tl.program_id(2)
@@ -153,14 +152,10 @@ def _postprocess_kernel(x_ptr, orig_ptr, out_ptr, H, W, Hp, Wp, Ho, Wo,
     mask = (oy[:, None] < Ho) & (ox[None, :] < Wo)
     pix = oy[:, None] * out_stride_y + ox[None, :] * 3
     out = out_ptr + b.to(tl.int64) * out_stride_b + pix
-    orig = orig_ptr + b.to(tl.int64) * orig_stride_b + oy[:, None] * orig_stride_y + ox[None, :] * 3
     for c in tl.static_range(3):
         plane = x_ptr + (b.to(tl.int64) * 3 + c) * Hp * Wp
         val = _lerp2(_load_clipped(plane + i00), _load_clipped(plane + i01),
                      _load_clipped(plane + i10), _load_clipped(plane + i11), wx, wy) * 255.0
-        if HAS_ORIG:
-            o = tl.load(orig + c, mask=mask, other=0).to(tl.float32)
-            val = val * strength + o * (1.0 - strength)
         q = tl.minimum(tl.maximum(tl.floor(val + 0.5), 0.0), 255.0)
         tl.store(out + c, q.to(tl.uint8), mask=mask)
 
@@ -356,31 +351,19 @@ class TritonOps:
         return out
 
     def postprocess(self, x: torch.Tensor, valid_hw: tuple[int, int], out_size: Optional[tuple[int, int]] = None,
-                    original: Optional[Tensors] = None, strength: float = 1.0,
                     stereo_pack: bool = False) -> torch.Tensor:
         """(B, 3, Hp, Wp) float RGB → uint8 display image(s) (HWC), one kernel launch."""
         x = as_tensor(x, self.device).contiguous()
-        bsz, h, w, wo, ho = spec.check_postprocess(x.shape, valid_hw, out_size, strength, stereo_pack)
+        bsz, h, w, wo, ho = spec.check_postprocess(x.shape, valid_hw, out_size, stereo_pack)
         hp, wp = x.shape[2], x.shape[3]
         out = torch.empty(spec.output_shape(bsz, wo, ho, stereo_pack), dtype=torch.uint8, device=self.device)
         if stereo_pack:
             out_stride_b, out_stride_y = wo * 3, 2 * wo * 3
         else:
             out_stride_b, out_stride_y = ho * wo * 3, wo * 3
-        has_orig = original is not None and float(strength) < 1.0
-        orig, orig_stride_b, orig_stride_y = out, 0, 0  # placeholder pointer when unused
-        if has_orig:
-            orig = stack_original(original, self.device)
-            if orig.dtype != torch.uint8:
-                raise ValueError(f"original must be uint8, got {orig.dtype}")
-            if spec.original_layout(orig.shape, bsz, wo, ho, stereo_pack) == "batch":
-                orig_stride_b, orig_stride_y = ho * wo * 3, wo * 3
-            else:
-                orig_stride_b, orig_stride_y = out_stride_b, out_stride_y
         grid = (triton.cdiv(wo, _BW), triton.cdiv(ho, _BH), bsz)
-        _postprocess_kernel[grid](x, orig, out, h, w, hp, wp, ho, wo, h / ho, w / wo, float(h - 1), float(w - 1),
-                                  out_stride_b, out_stride_y, orig_stride_b, orig_stride_y, float(strength),
-                                  HAS_ORIG=has_orig, BLOCK_H=_BH, BLOCK_W=_BW, **_LAUNCH)
+        _postprocess_kernel[grid](x, out, h, w, hp, wp, ho, wo, h / ho, w / wo, float(h - 1), float(w - 1),
+                                  out_stride_b, out_stride_y, BLOCK_H=_BH, BLOCK_W=_BW, **_LAUNCH)
         return out
 
     def fsq_hysteresis(self, z: torch.Tensor, prev_levels: Optional[torch.Tensor], levels: Sequence[int],

@@ -64,6 +64,28 @@ class ModelInfo:
         """The largest K `--steps` and the budget ladder offer: `useful_steps` when measured, else `max_steps`."""
         return min(self.max_steps, self.useful_steps) if self.useful_steps > 0 else self.max_steps
 
+    @property
+    def offered_range(self) -> str:
+        """'1 to 3' (or '1'): the refine steps offered, as every message words them."""
+        k = self.offered_steps
+        return "1" if k == 1 else f"1 to {k}"
+
+    def check_steps(self, steps: int, option: str = "--steps") -> int:
+        """`steps` if this model offers it (1 to `offered_steps`), else `UserError` naming the range and why:
+        the one check of refine steps (run, demo, stylize, serve; `option` is how the caller's user names it)."""
+        from numbers import Integral
+
+        from genreal_errors import UserError
+
+        if not isinstance(steps, Integral) or isinstance(steps, bool) or not 1 <= steps <= self.offered_steps:
+            k = self.offered_steps
+            why = (f"on held-out photos its steps past K={k} add less than its manifest's rule asks (evaluation.steps: "
+                   f"{self.steps_evidence or 'measured'})" if k < self.max_steps
+                   else f"it has {self.max_steps} refine step{'s' if self.max_steps > 1 else ''}")
+            raise UserError(f"{option} {steps!r}: this model offers {self.offered_range} ({why}); "
+                            f"use {option} {self.offered_range}")
+        return int(steps)
+
 
 class StageEncoding(NamedTuple):
     """What an engine's `encode` stage gives (not `models.model.Encoded`, the torch model's own, with tokens)."""

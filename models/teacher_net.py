@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from genreal_errors import BackendUnavailable, UserError
+from models.style_blend import blend_weights
 
 log = logging.getLogger(__name__)
 
@@ -24,27 +25,9 @@ DEFAULT_STYLE = "19"  # used when --style is not given
 
 
 def parse_blend(spec: str) -> np.ndarray:
-    """'19' or '3:0.5,12:0.5' → normalized (26,) float32 weights. Raises `UserError`."""
-    w = np.zeros(NUM_STYLES, dtype=np.float32)
-    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
-    if not parts:
-        raise UserError(f"empty style {spec!r}: use a teacher style index 0-25, e.g. --style 19")
-    for part in parts:
-        idx, _, wt = part.partition(":")
-        try:
-            i, weight = int(idx), float(wt) if wt else 1.0
-        except ValueError:
-            raise UserError(
-                f"unknown style {spec!r} for the teacher: use an index 0-25 (e.g. 19) or a blend like 3:0.5,12:0.5"
-            ) from None
-        if not 0 <= i < NUM_STYLES:
-            raise UserError(f"teacher style index must be 0-25, got {i} in {spec!r}")
-        if weight < 0:
-            raise UserError(f"style weights must not be negative: {spec!r}")
-        w[i] += weight
-    if w.sum() <= 0:
-        raise UserError(f"style weights must not all be zero: {spec!r}")
-    return w / w.sum()
+    """'19' or '3:0.5,12:0.5' → normalized (26,) float32 weights (`models.style_blend`). Raises `UserError`."""
+    return blend_weights(spec, [str(i) for i in range(NUM_STYLES)],
+                         catalog=f"the teacher's styles are the indices 0-{NUM_STYLES - 1}")
 
 
 def teacher_model_path(name: str = "multistyle26") -> Path:

@@ -94,7 +94,8 @@ def run_pipeline(config: PipelineConfig, report: Optional[Callable[[RunStats], N
             sinks.append(sink)
         log.info("source %s → backend %s (%s, style %s) → %s", config.source.spec, backend.name,
                   backend.device, backend.style, ", ".join(config.sinks))
-        pipeline = Pipeline(source, backend, sinks, budget_ms=config.budget_ms, queue_size=config.queue_size)
+        pipeline = Pipeline(source, backend, sinks, budget_ms=config.budget_ms, queue_size=config.queue_size,
+                            strength=config.strength)
         try:
             return pipeline.run()
         finally:

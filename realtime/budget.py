@@ -4,6 +4,9 @@ reuse thresholds so that capture→display stays within ``--budget-ms`` (DESIGN.
 It walks a quality ladder, best first::
 
     (K=default, scale 1) … (K=1, scale 1) → (K=1, scale 0.75, reuse ×1.5) → (K=1, scale 0.5, reuse ×2)
+    → (K=1, scale 0.35, reuse ×2.3) → (K=1, scale 0.25, reuse ×2.5)
+
+(the last two rungs: on a busy machine a blurrier frame beats a dropped one, issue 29)
 
 from the moving average of the measured frame latency: above ``headroom × budget`` (or on a deadline
 miss) it steps one rung cheaper at once; below ``raise_below × budget`` for ``patience`` frames in a
@@ -14,9 +17,9 @@ between them: the average of the rung it left against the first `ratio_frames` f
 it moved to (load slows every rung alike, so ratios outlive absolute costs; averages, because with
 temporal reuse single frames vary several-fold). After a move the new rung's average starts afresh;
 the first frame at a rung (and of a run) is not part of it, nor can it move the controller: it
-restarts the temporal cache with a full frame and may meet new tensor shapes. Per-stage costs are
-kept as moving averages too, so the pipeline can predict whether a live frame can still make its
-deadline (`should_drop`). A climb that has to step back down within ``2 × patience`` frames doubles
+restarts the temporal cache with a full frame and may meet new tensor shapes. The cost of the output
+stage (outside the start/end span) is kept as a moving average and counted in every frame's latency.
+The controller lowers quality; it never drops a frame (realtime/driver.py). A climb that has to step back down within ``2 × patience`` frames doubles
 the patience before that rung is tried again (up to 16×), so a rung that fits on average but not in
 its peaks (full frames among cheap temporal ones) is not probed over and over.
 
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 #: --budget-ms presets (ms): 30 fps video and VR refresh rates
 BUDGET_PRESETS: dict[str, float] = {"30fps": 33.3, "vr72": 13.9, "vr90": 11.1, "vr120": 8.3}
 
+#: the internal resolution scales the ladder walks through after the steps (backends that can change it)
+SCALES: tuple[float, ...] = (1.0, 0.75, 0.5, 0.35, 0.25)
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -49,7 +55,7 @@ class Choice:
         return f"K={self.steps},scale={self.scale:g}"
 
 
-def ladder(default_steps: int, scales: tuple[float, ...] = (1.0, 0.75, 0.5)) -> list[Choice]:
+def ladder(default_steps: int, scales: tuple[float, ...] = SCALES) -> list[Choice]:
     """The quality ladder, best first."""
     rungs = [Choice(k, scales[0], 1.0) for k in range(max(1, default_steps), 0, -1)]
     rungs += [Choice(1, s, 1.0 + 2.0 * (1.0 - s)) for s in scales[1:]]
@@ -66,7 +72,7 @@ class BudgetController:
         ctl.end_frame(extra_ms=age_ms)    # after it was shown: clock time since start + extra
     """
 
-    def __init__(self, budget_ms: float, default_steps: int, scales: tuple[float, ...] = (1.0, 0.75, 0.5),
+    def __init__(self, budget_ms: float, default_steps: int, scales: tuple[float, ...] = SCALES,
                  alpha: float = 0.2, headroom: float = 0.85, raise_below: float = 0.6, patience: int = 15,
                  ratio_frames: int = 5, clock: Callable[[], float] = time.perf_counter) -> None:
         if not budget_ms > 0:
@@ -108,17 +114,6 @@ class BudgetController:
         """The cost of a stage outside the start/end span (the output stage): part of every prediction."""
         old = self.stage_ema.get(stage)
         self.stage_ema[stage] = ms if old is None else old + self.alpha * (ms - old)
-
-    def predicted_ms(self) -> float:
-        """Expected work of one frame at the current rung, from start to display (0 until measured)."""
-        return self.rung_ema.get(self.level, 0.0)
-
-    def should_drop(self, age_ms: float) -> bool:
-        """Live input: drop a frame already `age_ms` old that cannot make the budget but a fresher one
-        could. When even a fresh frame cannot (the cheapest rung costs more than the budget), only frames
-        already older than the budget are dropped: showing late frames beats showing none."""
-        cost = self.predicted_ms() + sum(self.stage_ema.values())
-        return age_ms > self.budget_ms or (cost <= self.budget_ms and age_ms + cost > self.budget_ms)
 
     def end_frame(self, extra_ms: float = 0.0) -> float:
         """Record the frame started by `start_frame`; `extra_ms` is time outside the clock span (the
@@ -196,4 +191,4 @@ class BudgetController:
                 "stage_ema_ms": {k: round(v, 3) for k, v in self.stage_ema.items()}}
 
 
-__all__ = ["BudgetController", "Choice", "ladder", "BUDGET_PRESETS"]
+__all__ = ["BudgetController", "Choice", "ladder", "BUDGET_PRESETS", "SCALES"]

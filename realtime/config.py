@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from genreal_errors import UserError
+from models.style_blend import blend_terms
 
 Size = tuple[int, int]  # (width, height)
 
@@ -19,7 +20,6 @@ MIN_SIDE = 64
 MAX_SIDE = 3840
 DEFAULT_STALL_S = 5.0  # --stall-s
 DEFAULT_RECONNECTS = 5  # --reconnect for live URLs (files: 0)
-MAX_STEPS = 8  # the most refine steps any model folder may declare; each model says its own limit
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
@@ -32,29 +32,6 @@ def parse_size(text: str) -> Size:
     if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
         raise UserError(f"bad --size {text!r}: each side must be between {MIN_SIDE} and {MAX_SIDE} pixels")
     return w, h
-
-
-def check_style_weights(spec: str) -> None:
-    """Raise `UserError` unless every weight in a blend like 'cel:0.5,frost:0.5' is a finite positive
-    number and their sum is finite (NaN or overflowing weights would turn the picture black).
-
-    Only the weights are checked here; whether the names exist is the backend's to say."""
-    total = 0.0
-    for part in (p.strip() for p in str(spec).split(",")):
-        name, sep, text = part.rpartition(":")
-        if not sep or not name:
-            continue  # a plain style name (or index)
-        try:
-            weight = float(text)
-        except ValueError:
-            continue  # not a weight: the backend names the problem
-        if not math.isfinite(weight) or weight <= 0:
-            raise UserError(f"bad --style weight {text!r} for {name!r} in {spec!r}: weights must be finite positive "
-                            f"numbers, e.g. {name}:0.5")
-        total += weight
-    if not math.isfinite(total):
-        raise UserError(f"bad --style {spec!r}: the weights add up to more than a float can hold; "
-                        "use weights like 0.5 (they are normalized)")
 
 
 @dataclass(frozen=True)
@@ -82,7 +59,7 @@ class BackendConfig:
     name: str = "auto"  # a registry name or "auto"
     device: str = "auto"  # auto | cpu | cuda
     style: Optional[str] = None  # None = the backend's default style
-    steps: Optional[int] = None  # refine steps K (our model); None = the model's default
+    steps: Optional[int] = None  # refine steps K (our model; its manifest's range, `ModelInfo.check_steps`); None = the model's default
     temporal: bool = True
     precision: str = "auto"  # auto | fp32 | fp16 | int8 (our model's engines; auto = the engine's best)
     model_dir: Optional[Path] = None  # None = the shipped model
@@ -92,11 +69,8 @@ class BackendConfig:
             raise UserError(f"unknown --device {self.device!r}: use auto, cpu or cuda")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision {self.precision!r}: use {', '.join(PRECISIONS)}")
-        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
-            raise UserError(f"bad --steps {self.steps}: use 1 to {MAX_STEPS} (a model offers the steps its manifest "
-                            "measured as helping: the shipped one 1 to 4)")
         if self.style is not None:
-            check_style_weights(self.style)
+            blend_terms(self.style)  # the blend's form and weights; whether the names exist is the backend's to say
 
 
 @dataclass(frozen=True)
@@ -107,8 +81,11 @@ class PipelineConfig:
     budget_ms: Optional[float] = None  # capture→display budget; None = no deadline
     stats_json: Optional[Path] = None
     queue_size: int = 2  # bounded queues between threads (1–2)
+    strength: float = 1.0  # 0 = the input, 1 = fully restyled (realtime/driver.py blends the two images)
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
+            raise UserError(f"bad --strength {self.strength:g}: give a number from 0 (the input) to 1 (fully restyled)")
         if not self.sinks:
             raise UserError("no --sink given: use e.g. --sink window, --sink out.mp4 or --sink null")
         if self.budget_ms is not None and not self.budget_ms > 0:

@@ -1,12 +1,19 @@
 """The three-thread pipeline: capture → infer → output, joined by bounded queues.
 
 - The capture thread iterates the source. Live sources never block: a newer frame replaces an
-  unprocessed one (counted as dropped). File sources never drop: the thread waits for room.
-- The infer thread runs the backend's preprocess / stylize / postprocess. With ``--budget-ms`` a
-  `BudgetController` picks the backend's refine steps / internal scale / reuse thresholds per frame;
-  in live mode a frame that cannot make its deadline (its age plus the predicted cost exceeds the
-  budget) is dropped before inference, unless no frame could (then only frames already older than
-  the budget are dropped: `BudgetController.should_drop`).
+  unprocessed one (dropped as "superseded"). File sources never drop: the thread waits for room.
+- The infer thread hands each frame to the `FrameDriver` (realtime/driver.py, the frame path
+  `genreal serve` shares): with ``--budget-ms`` its `BudgetController` picks the backend's refine
+  steps / internal scale / reuse thresholds per frame. The budget lowers quality, it never drops a
+  frame: the frame the infer thread takes is the newest there is, so dropping it would show nothing
+  newer. Every dropped frame is one something newer replaced, counted by reason in
+  ``stats.drops`` ("superseded": a camera frame replaced before its turn; "superseded_output": a
+  result replaced before the sinks showed it).
+- The budget's clock: on a live source a frame's latency runs from its capture (its wait for the
+  infer thread is part of what the viewer sees). A file is read ahead and every frame is kept, so
+  waiting in the read-ahead queue is no frame's fault: a file frame's latency runs from when its
+  turn comes (the infer thread takes it) and counts its own work and its output, not the waits
+  between them; ``deadline_misses`` count that.
 - The output stage runs on the calling (main) thread, so window toolkits and Ctrl-C behave:
   it writes every sink, measures capture→display latency and handles the window's keys.
 
@@ -24,6 +31,7 @@ from typing import Optional, Sequence, Union
 
 from realtime.backends.base import Backend, next_style
 from realtime.budget import BudgetController
+from realtime.driver import FrameDriver
 from genreal_errors import UserError
 from realtime.frame import Item
 from realtime.sinks.base import Overlay, Sink
@@ -47,7 +55,7 @@ class _Done:
     """A processed frame on its way to the sinks."""
 
     item: Item
-    stylize_ms: float
+    work_ms: float  # preprocess + stylize + postprocess
 
 
 class LatestSlot:
@@ -98,6 +106,7 @@ class Pipeline:
         sinks: Sequence[Sink],
         budget_ms: Optional[float] = None,
         queue_size: int = 2,
+        strength: float = 1.0,
     ) -> None:
         self.source = source
         self.backend = backend
@@ -111,10 +120,11 @@ class Pipeline:
         self._in: _Channel = LatestSlot() if self.live else queue.Queue(maxsize=queue_size)
         self._out: _Channel = LatestSlot() if self.live else queue.Queue(maxsize=queue_size)
         self._errors: list[BaseException] = []
-        self.budget: Optional[BudgetController] = None
-        if budget_ms is not None:
-            scales = (1.0, 0.75, 0.5) if backend.supports_choices else (1.0,)
-            self.budget = BudgetController(budget_ms, backend.budget_steps(), scales=scales)
+        self.driver = FrameDriver(backend, budget_ms, strength)
+
+    @property
+    def budget(self) -> Optional[BudgetController]:
+        return self.driver.budget
 
     # -- control ---------------------------------------------------------------
     def stop(self) -> None:
@@ -133,7 +143,7 @@ class Pipeline:
         """Hand `item` on; False if the pipeline stopped while waiting for room."""
         if isinstance(channel, LatestSlot):
             if channel.put(item) and drop_counter:
-                self.stats.count(drop_counter)
+                self.stats.drop(drop_counter)
             return True
         while not self._stop.is_set():
             try:
@@ -156,7 +166,7 @@ class Pipeline:
                 self.stats.count("frames_in")
                 if self.stats.size is None:
                     self.stats.size = item.size
-                if not self._put(self._in, item, "dropped_replaced"):
+                if not self._put(self._in, item, "superseded"):
                     break
         except BaseException as exc:  # handed to the main thread, re-raised there
             error = exc
@@ -212,36 +222,20 @@ class Pipeline:
                 if self._stop.is_set():
                     break
                 age_ms = (time.monotonic_ns() - item.capture_ns) / 1e6
-                if self.live and self.budget is not None and self.budget.should_drop(age_ms):
-                    self.stats.count("dropped_late")
-                    continue
                 self.stats.add_stage("queue", age_ms)
                 self._apply_controls()
-                if self.budget is not None:
-                    self.backend.apply_choice(self.budget.start_frame())
-                done = self._stylize(item)
-                if self.budget is not None:  # age + work + the output stage's expected cost
-                    self.budget.end_frame(extra_ms=age_ms + self.budget.stage_ema.get("output", 0.0))
-                if not self._put(self._out, done, "dropped_output"):
+                # live: the wait is part of the latency; a file's read-ahead wait is not (its turn starts now)
+                driven = self.driver.process(item.images, age_ms=age_ms if self.live else 0.0)
+                self.stats.add_stage("preprocess", driven.preprocess_ms)
+                self.stats.add_stage("stylize", driven.stylize_ms)
+                self.stats.add_stage("postprocess", driven.postprocess_ms)
+                done = _Done(item.with_images(driven.images), driven.total_ms)
+                if not self._put(self._out, done, "superseded_output"):
                     break
         except BaseException as exc:
             error = exc
         finally:
             self._put_end(self._out, error)
-
-    def _stylize(self, item: Item) -> _Done:
-        images = item.images
-        t0 = time.perf_counter()
-        x = self.backend.preprocess(images)
-        t1 = time.perf_counter()
-        y = self.backend.infer(x)
-        t2 = time.perf_counter()
-        out = self.backend.postprocess(y, images)
-        t3 = time.perf_counter()
-        self.stats.add_stage("preprocess", (t1 - t0) * 1e3)
-        self.stats.add_stage("stylize", (t2 - t1) * 1e3)
-        self.stats.add_stage("postprocess", (t3 - t2) * 1e3)
-        return _Done(item.with_images(out), (t3 - t0) * 1e3)
 
     # -- output (main thread) --------------------------------------------------------
     def _output_loop(self, t_start: float) -> Optional[BaseException]:
@@ -267,9 +261,10 @@ class Pipeline:
                 sink.write(item, overlay)
             out_ms = (time.perf_counter() - t0) * 1e3
             self.stats.add_stage("output", out_ms)
-            if self.budget is not None:
-                self.budget.observe_stage("output", out_ms)
-            self.stats.add_output((time.monotonic_ns() - item.capture_ns) / 1e6)
+            self.driver.observe_output(out_ms)
+            latency_ms = (time.monotonic_ns() - item.capture_ns) / 1e6
+            # the budget's latency: from capture on a live source, from the frame's turn on a file
+            self.stats.add_output(latency_ms, latency_ms if self.live else done.work_ms + out_ms)
             for sink in self.sinks:
                 for key in sink.poll_keys():
                     self.send_key(key)

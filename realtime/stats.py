@@ -6,6 +6,9 @@ Stages (milliseconds per frame):
 - ``preprocess``, ``stylize``, ``postprocess``: the backend's three steps;
 - ``output``: writing the frame to every sink.
 ``end_to_end`` is capture→display: from the frame's capture time until the last sink returned.
+``deadline_misses`` count frames over ``--budget-ms`` by the budget's clock (realtime/pipeline.py: from
+capture on a live source, from the frame's turn on a file). ``drops`` counts every dropped frame by its
+reason (`DROP_REASONS`).
 
 Stages are kept as fixed-size histograms (`realtime.histogram`), not per-frame lists, so a run of
 any length uses the same memory; the JSON keys are those of `models.metrics.percentiles` (p50_ms,
@@ -29,6 +32,12 @@ log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("capture", "queue", "preprocess", "stylize", "postprocess", "output")
 
+#: why a frame was dropped (live input only; a file keeps every frame)
+DROP_REASONS: dict[str, str] = {
+    "superseded": "a newer camera frame replaced it before its turn came",
+    "superseded_output": "a newer result replaced it before the sinks showed it",
+}
+
 
 @dataclass
 class RunStats:
@@ -41,9 +50,7 @@ class RunStats:
     budget_ms: Optional[float] = None
     frames_in: int = 0  # frames the source delivered
     frames_out: int = 0  # frames every sink received
-    dropped_replaced: int = 0  # live input: a newer frame replaced an unprocessed one
-    dropped_late: int = 0  # live input: already older than the budget when inference would start
-    dropped_output: int = 0  # live input: a newer result replaced one the sinks had not shown yet
+    drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))  # reason → frames
     skipped: int = 0  # frames the source could not decode
     deadline_misses: int = 0
     elapsed_s: float = 0.0
@@ -59,7 +66,7 @@ class RunStats:
 
     @property
     def dropped(self) -> int:
-        return self.dropped_replaced + self.dropped_late + self.dropped_output
+        return sum(self.drops.values())
 
     def add_stage(self, stage: str, ms: float) -> None:
         with self._lock:
@@ -69,11 +76,20 @@ class RunStats:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
-    def add_output(self, latency_ms: float) -> None:
+    def drop(self, reason: str) -> None:
+        """Count one dropped frame; `reason` is one of `DROP_REASONS`."""
+        if reason not in DROP_REASONS:
+            raise ValueError(f"unknown drop reason {reason!r}")
+        with self._lock:
+            self.drops[reason] += 1
+
+    def add_output(self, latency_ms: float, budget_latency_ms: Optional[float] = None) -> None:
+        """A shown frame: its capture→display latency and its latency by the budget's clock (default the same)."""
         with self._lock:
             self.frames_out += 1
             self.end_to_end.add(latency_ms)
-            if self.budget_ms is not None and latency_ms > self.budget_ms:
+            deadline = latency_ms if budget_latency_ms is None else budget_latency_ms
+            if self.budget_ms is not None and deadline > self.budget_ms:
                 self.deadline_misses += 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,8 +107,7 @@ class RunStats:
                 "budget_ms": self.budget_ms,
                 "stages": {name: h.summary() for name, h in self.stages.items()},
                 "end_to_end": self.end_to_end.summary(),
-                "dropped_detail": {"replaced": self.dropped_replaced, "late": self.dropped_late,
-                                   "output": self.dropped_output},
+                "drops": dict(self.drops),
                 "skipped": self.skipped,
                 "elapsed_s": round(self.elapsed_s, 3),
                 "interrupted": self.interrupted,
@@ -109,13 +124,14 @@ class RunStats:
         d = self.to_dict()
         lines = [
             f"backend {d['backend']} on {d['device']}, {d['size'] or '?'}{' per eye (stereo)' if d['stereo'] else ''}",
-            f"frames: {d['frames_in']} in, {d['frames_out']} out, {d['dropped']} dropped, "
+            f"frames: {d['frames_in']} in, {d['frames_out']} out, {d['dropped']} dropped{_reasons(self.drops)}, "
             f"{d['skipped']} undecodable skipped, {d['fps']:.1f} fps over {d['elapsed_s']:.1f} s",
         ]
         if self.reconnect_attempts:
             lines.append(f"stream: {self.reconnects} reconnect(s) in {self.reconnect_attempts} attempt(s)")
         if self.budget_ms is not None:
-            lines.append(f"budget {self.budget_ms:g} ms: {d['deadline_misses']} deadline misses")
+            lines.append(f"budget {self.budget_ms:g} ms: {d['deadline_misses']} deadline misses (quality is lowered "
+                         "first; no frame is dropped for being late)")
         lines.append(f"{'stage':<16}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
         rows = list(d["stages"].items()) + [("capture→display", d["end_to_end"])]
         for name, p in rows:
@@ -159,3 +175,9 @@ class RunStats:
                     os.unlink(tmp)
                 except OSError:
                     pass
+
+
+def _reasons(drops: dict[str, int]) -> str:
+    """' (superseded 3, superseded_output 1)' for the drops that happened; '' for none."""
+    counted = [f"{reason} {n}" for reason, n in drops.items() if n]
+    return f" ({', '.join(counted)})" if counted else ""

@@ -67,7 +67,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("auto-missing-model", RUN + ["--sink", "{keep}", "--model", "/nonexistent/model"], ["/nonexistent/model"]),
     ("auto-truncated-weights", RUN + ["--sink", "{keep}", "--model", "{model-trunc}"], ["model"]),
     ("auto-garbage-manifest", RUN + ["--sink", "{keep}", "--model", "{model-garbage}"], ["manifest"]),
-    ("auto-steps-beyond-model", RUN + ["--sink", "{keep}", "--steps", "5"], ["steps", "1 to 4"]),
+    # the range is the manifest's offered steps (evaluation.steps: 1 to 3), as every steps message says
+    ("auto-steps-beyond-model", RUN + ["--sink", "{keep}", "--steps", "5"], ["--steps 5", "use --steps 1 to 3"]),
+    ("auto-steps-zero", RUN + ["--sink", "{keep}", "--steps", "0"], ["--steps 0", "use --steps 1 to 3"]),
     ("auto-int8-uncalibrated", RUN + ["--sink", "{keep}", "--precision", "int8", "--model", "{model-noint8}"],
      ["int8", "calibrate"]),
     ("auto-fp16-on-cpu", RUN + ["--sink", "{keep}", "--precision", "fp16", "--device", "cpu"], ["fp16"]),

@@ -268,65 +268,57 @@ def test_preprocess_rejects_bad_arguments():
 
 # --- postprocess --------------------------------------------------------------------------------
 
-# (B, Hp, Wp, valid h, valid w, out W, out H, strength, stereo_pack, with original)
+# (B, Hp, Wp, valid h, valid w, out W, out H, stereo_pack); the blend with the camera image ("strength")
+# is the frame driver's (realtime/driver.py, tests/test_driver.py), not a kernel's
 POST_CASES = [
-    (1, 8, 8, 1, 1, 1, 1, 1.0, False, False),
-    (1, 8, 8, 1, 1, 7, 5, 0.6, False, True),
-    (1, 8, 16, 3, 13, 7, 3, 0.5, False, True),
-    (2, 24, 40, 21, 37, 64, 33, 0.3, True, True),
-    (2, 16, 16, 9, 9, 9, 9, 0.0, False, True),
-    (2, 16, 24, 13, 17, 11, 7, 1.0, True, False),
+    (1, 8, 8, 1, 1, 1, 1, False),
+    (1, 8, 8, 1, 1, 7, 5, False),
+    (1, 8, 16, 3, 13, 7, 3, False),
+    (2, 24, 40, 21, 37, 64, 33, True),
+    (2, 16, 16, 9, 9, 9, 9, False),
+    (2, 16, 24, 13, 17, 11, 7, True),
 ]
 
 
 def _post_inputs(rng, case):
-    b, hp, wp, h, w, wo, ho, s, pack, with_orig = case
+    b, hp, wp, h, w, wo, ho, pack = case
     x = (rng.random((b, 3, hp, wp), dtype=np.float32) * 1.4 - 0.2)  # model output overshoots [0, 1]
-    orig = rng.integers(0, 256, spec.output_shape(b, wo, ho, pack), np.uint8) if with_orig else None
-    return x, (h, w), (wo, ho), orig, s, pack
+    return x, (h, w), (wo, ho), pack
 
 
 @pytest.mark.parametrize("case", POST_CASES)
 def test_cpu_postprocess_matches_reference(rng, case):
-    x, valid, size, orig, s, pack = _post_inputs(rng, case)
-    _check_u8(cpu.postprocess(x, valid, size, orig, s, pack), ref.postprocess(x, valid, size, orig, s, pack))
-    _check_u8(cpu.postprocess(x.astype(np.float16), valid, size, orig, s, pack),
-              ref.postprocess(x.astype(np.float16), valid, size, orig, s, pack))
+    x, valid, size, pack = _post_inputs(rng, case)
+    _check_u8(cpu.postprocess(x, valid, size, pack), ref.postprocess(x, valid, size, pack))
+    _check_u8(cpu.postprocess(x.astype(np.float16), valid, size, pack),
+              ref.postprocess(x.astype(np.float16), valid, size, pack))
 
 
 @pytest.mark.slow
 def test_cpu_postprocess_4k(rng):
-    x, valid, size, orig, s, pack = _post_inputs(rng, (1, 1088, 1920, 1080, 1917, 3840, 2160, 0.8, False, True))
-    _check_u8(cpu.postprocess(x, valid, size, orig, s, pack), ref.postprocess(x, valid, size, orig, s, pack))
+    x, valid, size, pack = _post_inputs(rng, (1, 1088, 1920, 1080, 1917, 3840, 2160, False))
+    _check_u8(cpu.postprocess(x, valid, size, pack), ref.postprocess(x, valid, size, pack))
 
 
 @pytest.mark.parametrize("case", POST_CASES)
 def test_interp_postprocess_matches_reference(interp, rng, case):
-    x, valid, size, orig, s, pack = _post_inputs(rng, case)
-    got = interp.postprocess(_t(x), valid, size, None if orig is None else _t(orig), s, pack)
-    _check_u8(got, ref.postprocess(x, valid, size, orig, s, pack), max_frac=0.01)
+    x, valid, size, pack = _post_inputs(rng, case)
+    got = interp.postprocess(_t(x), valid, size, pack)
+    _check_u8(got, ref.postprocess(x, valid, size, pack), max_frac=0.01)
 
 
-def test_postprocess_original_layouts_and_strength_zero(interp, rng):
-    x, valid, size, _, _, _ = _post_inputs(rng, (2, 16, 16, 10, 12, 12, 10, 0.5, True, False))
-    eyes = [rng.integers(0, 256, (10, 12, 3), np.uint8) for _ in range(2)]
-    packed = np.concatenate(eyes, axis=1)
-    want = ref.postprocess(x, valid, size, packed, 0.5, True)
+def test_postprocess_stereo_pack_is_the_two_eyes_side_by_side(interp, rng):
+    x, valid, size, _ = _post_inputs(rng, (2, 16, 16, 10, 12, 12, 10, True))
+    want = ref.postprocess(x, valid, size, True)
     assert want.shape == (10, 24, 3)
-    np.testing.assert_array_equal(ref.postprocess(x, valid, size, eyes, 0.5, True), want)
-    for impl, conv in ((cpu, np.asarray), (interp, _t)):
-        xx = x if impl is cpu else _t(x)
-        _check_u8(impl.postprocess(xx, valid, size, [conv(e) for e in eyes], 0.5, True), want)
-        got0 = impl.postprocess(xx, valid, size, conv(packed), 0.0, True)
-        np.testing.assert_array_equal(_np(got0), packed)  # strength 0: the original, untouched
-    left = ref.postprocess(x[:1], valid, size, eyes[0], 0.5)
-    np.testing.assert_array_equal(want[:, :12], left)
+    np.testing.assert_array_equal(want[:, :12], ref.postprocess(x[:1], valid, size))
+    for impl, xx in ((cpu, x), (interp, _t(x))):
+        _check_u8(impl.postprocess(xx, valid, size, True), want)
 
 
 def test_postprocess_rejects_bad_arguments():
     x = np.zeros((1, 3, 8, 8), np.float32)
-    for args, kwargs in [(((9, 8),), {}), (((8, 8),), {"strength": 1.5}), (((8, 8),), {"stereo_pack": True}),
-                         (((8, 8),), {"original": np.zeros((8, 9, 3), np.uint8), "strength": 0.5})]:
+    for args, kwargs in [(((9, 8),), {}), (((8, 8),), {"stereo_pack": True})]:
         with pytest.raises(ValueError):
             cpu.postprocess(x, *args, **kwargs)
 
@@ -453,16 +445,16 @@ def test_interp_latent_float16(interp, rng):
 
 _PRE_SIG = dict(src_ptr="*u8", out_ptr="*fp16", h_in="i32", w_in="i32", src_stride_b="i32", row_stride="i32",
                 H="i32", W="i32", Hp="i32", Wp="i32", scale_y="fp32", scale_x="fp32", max_sy="fp32", max_sx="fp32")
-_POST_SIG = dict(x_ptr="*fp16", orig_ptr="*u8", out_ptr="*u8", H="i32", W="i32", Hp="i32", Wp="i32", Ho="i32",
+_POST_SIG = dict(x_ptr="*fp16", out_ptr="*u8", H="i32", W="i32", Hp="i32", Wp="i32", Ho="i32",
                  Wo="i32", scale_y="fp32", scale_x="fp32", max_sy="fp32", max_sx="fp32", out_stride_b="i32",
-                 out_stride_y="i32", orig_stride_b="i32", orig_stride_y="i32", strength="fp32")
+                 out_stride_y="i32")
 _WARP_SIG = dict(src_ptr="*fp16", a_ptr="*fp32", new_ptr="*fp16", mask_ptr="*u8", out_ptr="*fp16", C="i32",
                  h_in="i32", w_in="i32", H="i32", W="i32", a_stride_b="i32")
 _COMPILE_CASES = [
     ("_preprocess_kernel", _PRE_SIG, dict(FMT=0, BLOCK_H=8, BLOCK_W=128)),
     ("_preprocess_kernel", _PRE_SIG, dict(FMT=2, BLOCK_H=8, BLOCK_W=128)),
     ("_preprocess_kernel", dict(_PRE_SIG, out_ptr="*fp32"), dict(FMT=3, BLOCK_H=8, BLOCK_W=128)),
-    ("_postprocess_kernel", _POST_SIG, dict(HAS_ORIG=True, BLOCK_H=8, BLOCK_W=128)),
+    ("_postprocess_kernel", _POST_SIG, dict(BLOCK_H=8, BLOCK_W=128)),
     ("_fsq_kernel", dict(z_ptr="*fp16", prev_ptr="*i32", levels_ptr="*i32", out_ptr="*i32", changed_ptr="*u8",
                          C="i32", HW="i32", margin="fp32"), dict(HAS_PREV=True, BLOCK=1024)),
     ("_dilate_kernel", dict(m_ptr="*u8", out_ptr="*u8", H="i32", W="i32", R="i32"), dict(BLOCK_H=8, BLOCK_W=64)),
@@ -501,9 +493,9 @@ def test_torch_chain_matches_reference(chain, rng):
         img = camera(rng, fmt, *min_size(fmt, 37, 23))
         _check_pre(chain.preprocess(_t(img), fmt, (19, 30), "float32"), ref.preprocess(img, fmt, (19, 30)), 1e-5)
     for case in POST_CASES:
-        x, valid, size, orig, s, pack = _post_inputs(rng, case)
-        got = chain.postprocess(_t(x), valid, size, None if orig is None else _t(orig), s, pack)
-        _check_u8(got, ref.postprocess(x, valid, size, orig, s, pack), max_frac=0.01)
+        x, valid, size, pack = _post_inputs(rng, case)
+        got = chain.postprocess(_t(x), valid, size, pack)
+        _check_u8(got, ref.postprocess(x, valid, size, pack), max_frac=0.01)
     z, prev, z2 = _fsq_inputs(rng, (2, 4, 9, 11), (3, 5, 8, 2))
     for k, want in zip(chain.fsq_hysteresis(_t(z2), _t(prev), (3, 5, 8, 2), 0.3),
                        ref.fsq_hysteresis(z2, prev, (3, 5, 8, 2), 0.3)):
@@ -558,10 +550,10 @@ def test_gpu_kernels_match_reference(rng):
             for dtype in ("float32", "float16"):
                 got = ops.preprocess(_t(img, "cuda"), fmt, dst, dtype)
                 _check_pre(got, ref.preprocess(img, fmt, dst, dtype), 1e-5)
-    for case in POST_CASES + [(1, 1088, 1920, 1080, 1917, 3840, 2160, 0.8, False, True)]:
-        x, valid, size, orig, s, pack = _post_inputs(rng, case)
-        got = ops.postprocess(_t(x, "cuda"), valid, size, None if orig is None else _t(orig, "cuda"), s, pack)
-        _check_u8(got, ref.postprocess(x, valid, size, orig, s, pack), max_frac=0.01)
+    for case in POST_CASES + [(1, 1088, 1920, 1080, 1917, 3840, 2160, False)]:
+        x, valid, size, pack = _post_inputs(rng, case)
+        got = ops.postprocess(_t(x, "cuda"), valid, size, pack)
+        _check_u8(got, ref.postprocess(x, valid, size, pack), max_frac=0.01)
     z, prev, z2 = _fsq_inputs(rng, (2, 8, 135, 240), (7, 5, 5, 5, 8, 8, 3, 3))
     k, ch = ops.fsq_hysteresis(_t(z2, "cuda"), _t(prev, "cuda"), (7, 5, 5, 5, 8, 8, 3, 3), 0.3)
     k_ref, ch_ref = ref.fsq_hysteresis(z2, prev, (7, 5, 5, 5, 8, 8, 3, 3), 0.3)

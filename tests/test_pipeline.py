@@ -40,11 +40,49 @@ def test_live_source_drops_old_frames_and_keeps_order():
     assert idx[-1] == 59, "the newest frame wins"
 
 
-def test_live_frames_older_than_budget_are_dropped_before_inference():
-    backend = identity()
-    stats = Pipeline(FakeSource(n=8, live=True, period_s=0.01, age_ms=80), backend, [RecordingSink()],
+class ChoiceBackend(IdentityBackend):
+    """The identity backend with budget knobs: records the choice each frame ran with."""
+
+    supports_choices = True
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(BackendConfig(name="identity"), delay_s=delay_s)
+        self.choices: list = []
+
+    def budget_steps(self) -> int:
+        return 2
+
+    def apply_choice(self, choice) -> None:
+        self.choices.append(choice)
+
+
+def test_the_newest_live_frame_is_computed_however_old_and_the_budget_lowers_quality_instead():
+    """Issue 29: a frame older than the budget was dropped before inference although it was the newest there
+    was, so nothing was shown. Now it is computed (a deadline miss), and the budget walks down its ladder."""
+    backend = ChoiceBackend()
+    stats = Pipeline(FakeSource(n=30, live=True, period_s=0.01, age_ms=80), backend, [RecordingSink()],
                      budget_ms=50).run()
-    assert stats.dropped_late == 8 and stats.frames_out == 0 and backend.calls == 0
+    assert stats.frames_out + stats.dropped == 30 and stats.frames_out >= 20
+    assert backend.calls == stats.frames_out == stats.deadline_misses
+    assert set(stats.drops) == {"superseded", "superseded_output"}  # the only reasons a frame is dropped
+    assert backend.choices[0].steps == 2 and backend.choices[-1].scale < 1.0, "quality lowered, frames kept"
+
+
+def test_drops_are_counted_by_reason_in_the_json_and_the_summary():
+    stats = Pipeline(FakeSource(n=60, period_s=0.002, live=True), identity(delay_s=0.02), [RecordingSink()]).run()
+    d = stats.to_dict()
+    assert d["drops"]["superseded"] > 0 and sum(d["drops"].values()) == d["dropped"] == stats.dropped
+    assert f"superseded {d['drops']['superseded']}" in stats.summary()
+
+
+def test_a_file_frame_meets_the_budget_from_its_turn_not_from_the_read_ahead_queue():
+    """Issue 29: on a file every frame is kept and read ahead; the wait in that queue was counted, so every
+    frame missed and the budget dropped the quality. A file frame's deadline runs from its turn."""
+    backend = ChoiceBackend()
+    stats = Pipeline(FakeSource(n=25, age_ms=80), backend, [RecordingSink()], budget_ms=50).run()
+    assert stats.frames_out == 25 and stats.dropped == 0
+    assert stats.deadline_misses == 0 and stats.end_to_end.summary()["p50_ms"] > 50  # capture→display still says it
+    assert {(c.steps, c.scale) for c in backend.choices} == {(2, 1.0)}, "no quality lost to a queue wait"
 
 
 def test_deadline_misses_counted_against_budget():

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from genreal_errors import UserError
+from models.style_blend import blend_weights
 from models.stages import FrameResult, ModelStages, condition, images_norm, run_frame, warm_first_step
 from realtime.backends.base import Backend
 from realtime.config import BackendConfig
@@ -33,32 +34,6 @@ from realtime.temporal import Plan, TemporalCache, TemporalConfig, grey_of, moti
 log = logging.getLogger(__name__)
 
 MIN_INTERNAL_PX = 64  # the budget's internal scale stops here (models.export.DYNAMIC_MIN)
-
-
-def parse_style_blend(spec: str, names: Sequence[str]) -> np.ndarray:
-    """'cel' or 'cel:0.5,starry:0.5' → normalized (S,) float32 weights over `names`. Raises `UserError`."""
-    w = np.zeros(len(names), dtype=np.float32)
-    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
-    if not parts:
-        raise UserError(f"empty style {spec!r}: use one of {', '.join(names)}")
-    for part in parts:
-        name, sep, wt = part.rpartition(":") if ":" in part else (part, "", "")
-        if name not in names:
-            import difflib
-
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserError(f"unknown style {name!r}: {hint}use one of {', '.join(names)} (see 'genreal styles')")
-        try:
-            weight = float(wt) if sep else 1.0
-        except ValueError:
-            raise UserError(f"bad style weight in {spec!r}: use e.g. {names[0]}:0.5,{names[-1]}:0.5") from None
-        if not np.isfinite(weight) or weight < 0:
-            raise UserError(f"style weights must be finite and not negative: {spec!r}")
-        w[names.index(name)] += weight
-    if w.sum() <= 0:
-        raise UserError(f"style weights must not all be zero: {spec!r}")
-    return w / w.sum()
 
 
 Rect = tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels
@@ -103,14 +78,8 @@ class ModelBackend(Backend):
         self.info = stages.info
         self.device = stages.kernel_device
         self.ops = kernels.get_ops(stages.kernel_device)
-        if config.steps is not None and not 1 <= config.steps <= self.info.max_steps:
-            raise UserError(f"bad --steps {config.steps}: this model runs 1 to {self.info.max_steps} steps")
-        if config.steps is not None and config.steps > self.info.offered_steps:
-            k = self.info.offered_steps
-            raise UserError(f"--steps {config.steps}: on held-out photos this model's steps past K={k} add less than "
-                            f"its manifest's rule asks (evaluation.steps: {self.info.steps_evidence or 'measured'}); "
-                            "use --steps "
-                            + ("1" if k == 1 else f"1 to {k}"))
+        if config.steps is not None:
+            self.info.check_steps(config.steps)
         self.steps = config.steps or min(self.info.default_steps, self.info.offered_steps)
         self._base_steps = self.steps
         self.temporal = bool(config.temporal)
@@ -131,7 +100,7 @@ class ModelBackend(Backend):
         return self._style
 
     def set_style(self, name: str) -> None:
-        weights = parse_style_blend(name, self.info.style_names)
+        weights = blend_weights(name, self.info.style_names)
         self._style_vec = self.stages.style_vector(weights)  # (1, E)
         self._style = str(name)
         self.reset()

@@ -35,8 +35,11 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = Non
                         "ends the run instead of switching), onnxruntime, torch, tensorrt, teacher or identity")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     p.add_argument("--budget-ms", default=None, metavar="MS",
-                   help="capture→display budget in ms, or a preset: " + ", ".join(
-                       f"{k} ({v:g} ms)" for k, v in BUDGET_PRESETS.items()))
+                   help="latency budget in ms, or a preset: " + ", ".join(
+                       f"{k} ({v:g} ms)" for k, v in BUDGET_PRESETS.items()) + ". Over budget, the model runs "
+                        "fewer steps, then at a lower internal resolution; no frame is dropped for being late (a "
+                        "live source drops only frames a newer one replaced). Live sources count capture→display; "
+                        "a file (read ahead, every frame kept) counts each frame's own processing and output")
     p.add_argument("--size", type=str, default=None, metavar="WxH",
                    help=f"processing size per eye, e.g. 640x360, each side {MIN_SIDE}-{MAX_SIDE} (default: the "
                         "source's own size; video files pad odd sides to even)")
@@ -77,6 +80,15 @@ def parse_budget(text: Any) -> Any:
     return value
 
 
+def backend_config(args: argparse.Namespace, **overrides: Any) -> BackendConfig:
+    """The `BackendConfig` of a command's options (run, demo, serve, stylize: the one place it is built from
+    the command line). Options a command does not have keep their defaults; `overrides` win."""
+    fields = dict(name=args.backend, device=args.device, style=args.style, steps=args.steps,
+                  temporal=not getattr(args, "no_temporal", False), precision=getattr(args, "precision", "auto"),
+                  model_dir=args.model)
+    return BackendConfig(**{**fields, **overrides})
+
+
 def pipeline_config(args: argparse.Namespace, source: str, sinks: list[str]) -> PipelineConfig:
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"bad --max-frames {args.max_frames}: it must be at least 1")
@@ -84,11 +96,10 @@ def pipeline_config(args: argparse.Namespace, source: str, sinks: list[str]) -> 
         source=SourceConfig(spec=source, size=parse_size(args.size) if args.size else None,
                             max_frames=args.max_frames, stall_s=args.stall_s, reconnect=args.reconnect),
         sinks=tuple(sinks),
-        backend=BackendConfig(name=args.backend, device=args.device, style=args.style,
-                              steps=args.steps, temporal=not args.no_temporal, precision=args.precision,
-                              model_dir=args.model),
+        backend=backend_config(args),
         budget_ms=parse_budget(args.budget_ms),
         stats_json=args.stats_json,
+        strength=getattr(args, "strength", 1.0),
     )
 
 
@@ -104,6 +115,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, metavar="SRC", help=SOURCE_HELP)
     p.add_argument("--sink", action="append", required=True, metavar="SINK", help=SINK_HELP)
     add_pipeline_options(p)
+    p.add_argument("--strength", type=float, default=1.0, metavar="S",
+                   help="how much of the restyled picture to show: 0 = the input, 1 = fully restyled (default), "
+                        "a blend between (as the browser page's strength slider)")
     return p
 
 

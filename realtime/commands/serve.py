@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def serve_config(args: argparse.Namespace) -> Any:
-    from realtime.config import BackendConfig
+    from realtime.commands.run import backend_config
     from realtime.serve.app import ServeConfig
     from realtime.serve.protocol import Limits
     from realtime.serve.security import is_loopback, make_token
@@ -67,8 +67,7 @@ def serve_config(args: argparse.Namespace) -> Any:
     return ServeConfig(
         host=args.host, port=args.port, tls=args.tls, cert=args.cert, key=args.key,
         token=make_token() if want_token else None,
-        backend=BackendConfig(name=args.backend, device=args.device, style=args.style, steps=args.steps,
-                              temporal=not args.no_temporal, precision=args.precision, model_dir=args.model),
+        backend=backend_config(args),
         limits=Limits(max_bytes=int(args.max_frame_mb * (1 << 20)), max_clients=args.max_clients))
 
 
@@ -94,7 +93,8 @@ class _SourceThread:
         except BaseException:
             self.source.close()
             raise
-        self.pipeline = Pipeline(self.source, self.backend, [HubSink(self.hub)], budget_ms=config.budget_ms)
+        self.pipeline = Pipeline(self.source, self.backend, [HubSink(self.hub)], budget_ms=config.budget_ms,
+                                 strength=config.strength)
         self.hub.active = True
         self.thread = threading.Thread(target=self._run, name="serve-source", daemon=True)
         self.thread.start()

@@ -24,6 +24,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from models.manifest import read_manifest
+    from models.stages import info_from_manifest
 
     manifest = read_manifest(args.model)
     evaluation = manifest.get("evaluation", {}) or {}
@@ -35,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
         k1 = look.get(s["name"], {})
         styles.append({"name": s["name"], "teacher": s.get("teacher"), "psnr": s.get("psnr"), "ssim": s.get("ssim"),
                        "style_distance": k1.get("style_distance"), "texture": k1.get("texture")})
-    useful = (evaluation.get("steps") or {}).get("useful")
-    steps = list(range(1, int(useful) + 1)) if useful else None
+    steps_eval = evaluation.get("steps") or {}
+    # the offered range is the one every --steps check uses (ModelInfo.offered_steps); claimed only when measured
+    info = info_from_manifest(manifest, manifest["config"]) if steps_eval.get("useful") else None
+    steps = list(range(1, info.offered_steps + 1)) if info is not None else None
     if args.json:
         print(json.dumps({"styles": styles, "steps": steps}, indent=2), file=sys.stdout)
         return 0
@@ -50,6 +53,20 @@ def run(args: argparse.Namespace) -> int:
     if fid.get("images"):
         print(f"(student vs teacher on held-out {', '.join(fid['images'])}; mean {fid.get('mean_psnr')} dB, "
               f"SSIM {fid.get('mean_ssim')}; style distance 0 = the teacher's look, 1 = no style, at K=1)")
-    if steps:
-        print(f"--steps offers {steps[0]} to {steps[-1]}: {(evaluation.get('steps') or {}).get('evidence', '')}")
+    if info is not None:
+        print(f"--steps offers {info.offered_range}{_per_step(steps_eval.get('per_k') or {}, info.offered_steps)}")
     return 0
+
+
+def _per_step(per_k: dict[str, Any], offered: int) -> str:
+    """': style distance K=1 0.492, K=2 0.468, K=3 0.455 (K=4 0.445, not offered: less gain than the rule asks)'."""
+    def fig(k: str) -> str:
+        return f"K={k} {per_k[k]['style_distance']:.3f}"
+
+    ks = sorted((k for k in per_k if k.isdigit() and "style_distance" in (per_k[k] or {})), key=int)
+    shown = [fig(k) for k in ks if int(k) <= offered]
+    beyond = [fig(k) for k in ks if int(k) > offered]
+    if not shown:
+        return ""
+    rest = f" ({', '.join(beyond)}, not offered: less gain than the manifest's rule asks)" if beyond else ""
+    return f" (style distance on held-out photos, lower is closer to the teacher: {', '.join(shown)}{rest})"

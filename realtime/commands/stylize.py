@@ -23,7 +23,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="input image files")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--style", default=None, help="style name or a blend like name:0.5,name2:0.5 (see 'genreal styles')")
-    p.add_argument("--steps", type=int, default=None, metavar="K", help="refine steps (1-4; default: the model's)")
+    p.add_argument("--steps", type=int, default=None, metavar="K", help="refine steps: 1 up to the steps its manifest measured as helping (evaluation.steps; 'genreal "
+                        "styles' shows them; default: the model's own)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     p.add_argument("--model", type=Path, default=None, metavar="DIR", help="a model folder (default: the shipped model)")
     p.add_argument("--backend", default="auto", help="auto (default: onnxruntime, or torch for a folder without "
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from realtime.backends import create_backend
-    from realtime.config import BackendConfig
+    from realtime.commands.run import backend_config
 
     for path in args.images:
         if not path.is_file():
@@ -45,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--backend {args.backend!r} cannot stylize images: use auto, onnxruntime or torch")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"-o {args.out} is a file: give a folder")
-    backend = create_backend(BackendConfig(name=args.backend, device=args.device, style=args.style,
-                                           steps=args.steps, temporal=False, model_dir=args.model))
+    backend = create_backend(backend_config(args, temporal=False))
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

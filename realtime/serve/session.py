@@ -15,8 +15,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from realtime.backends.base import Backend
-from realtime.budget import BUDGET_PRESETS, BudgetController, Choice
+from realtime.budget import BUDGET_PRESETS, Choice
 from realtime.config import BackendConfig
+from realtime.driver import FrameDriver
 from genreal_errors import UserError
 from realtime.frame import pack_side_by_side, split_side_by_side
 from models.metrics import percentiles
@@ -56,8 +57,8 @@ class Settings:
             changes["strength"] = float(s)
         if "steps" in msg:
             k = msg["steps"]
-            if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 8):
-                raise UserError(f"steps must be 1 to 8 or null, got {k!r}")
+            if k is not None and (not isinstance(k, int) or isinstance(k, bool)):
+                raise UserError(f"steps must be a whole number or null, got {k!r}")  # its range: the model's
             changes["steps"] = k
         if "temporal" in msg:
             if not isinstance(msg["temporal"], bool):
@@ -86,7 +87,7 @@ class Session:
         self.started = time.time()
         self._server_ms: list[float] = []
         self._page_rtt_ms: list[float] = []
-        self._budget: Optional[BudgetController] = None
+        self._driver = FrameDriver(backend)  # the frame path `genreal run` uses too
         self._lock = threading.Lock()
 
     # -- settings -----------------------------------------------------------------------
@@ -95,18 +96,16 @@ class Session:
         with self._lock:
             new = self.settings.updated(msg)
             old = self.settings
-            offered = offered_steps(self.backend)
-            if new.steps is not None and offered and new.steps not in offered:
-                raise UserError(f"steps {new.steps}: this model offers {offered[0]} to {offered[-1]} (its manifest "
-                                f"measured too little gain past K={offered[-1]})")
+            info = getattr(self.backend, "info", None)  # a model's refine steps; other backends have none
+            if new.steps is not None and info is not None:
+                info.check_steps(new.steps, option="steps")
             if new.style != old.style and new.style is not None:
                 self.backend.set_style(new.style)  # raises UserError for an unknown style
             if new.temporal != old.temporal:
                 self.backend.set_temporal(new.temporal)
             if new.budget != old.budget:
-                self._budget = None if new.budget is None else BudgetController(
-                    BUDGET_PRESETS[new.budget], self.backend.budget_steps(),
-                    scales=(1.0, 0.75, 0.5) if self.backend.supports_choices else (1.0,))
+                self._driver.set_budget(None if new.budget is None else BUDGET_PRESETS[new.budget])
+            self._driver.set_strength(new.strength)
             if new.steps != old.steps or new.budget != old.budget:
                 self.backend.apply_choice(Choice(steps=new.steps or self.backend.budget_steps()))
             self.settings = new
@@ -118,15 +117,7 @@ class Session:
         so they share one temporal decision). Returns an image of the same size."""
         with self._lock:
             images = list(split_side_by_side(image)) if stereo else [image]
-            if self._budget is not None:
-                self.backend.apply_choice(self._budget.start_frame())
-            out = self.backend(images)
-            if self._budget is not None:
-                self._budget.end_frame()
-            s = self.settings.strength
-            if s < 1.0:
-                out = [(o.astype(np.float32) * s + i.astype(np.float32) * (1.0 - s) + 0.5).astype(np.uint8)
-                       for o, i in zip(out, images)]
+            out = self._driver.process(images).images
             return pack_side_by_side(*out) if stereo else out[0]
 
     def record(self, server_ms: float) -> None:
