@@ -209,45 +209,16 @@ def _unshuffle_conv(conv: Any, r: int) -> Any:
     return out.eval()
 
 
-class _ShuffleConvT:
-    """``pixel_shuffle(conv1x1(x), r)`` as one transposed convolution (kernel r, stride r) on x with a
-    constant-1 channel appended, whose weights carry the 1x1 conv's bias at each sub-pixel position."""
-
-    def __init__(self, conv: Any, r: int) -> None:
-        import torch
-
-        w = conv.weight.detach()[:, :, 0, 0]  # (c*r*r, I); output channel = ch*r*r + dy*r + dx
-        o, i = w.shape
-        c = o // (r * r)
-        wt = w.view(c, r, r, i).permute(3, 0, 1, 2)  # (I, c, r, r)
-        bias = conv.bias.detach().view(1, c, r, r) if conv.bias is not None else torch.zeros(1, c, r, r)
-        self.weight, self.r = torch.cat([wt, bias], 0).contiguous(), r  # (I + 1, c, r, r)
-
-    def __call__(self, x: Any) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        # the 1s channel computed from x, not `ones_like`: a static-shape export would fold that into a stored
-        # constant per preset (3 MB over the shipped presets)
-        return F.conv_transpose2d(torch.cat([x, x[:, :1] * 0.0 + 1.0], 1), self.weight, stride=self.r)
-
-
 def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any]:
     """One small `nn.Module` per stage, with the graph's exact inputs and outputs.
 
-    With `rewrite` (what is exported), two rewrites that keep the arithmetic but give ONNX Runtime a
-    cheaper graph: the encoder's and skip's 4x4 pixel-unshuffle folded into strided convolutions, and the
-    decoder's per-pixel colour transform as one broadcast multiply + sum instead of 3 slices, 3 multiplies,
-    3 sums and a concat (measured on one CPU core at 640x360: encode 5.5 → 2.6 ms for the stem, decode
-    about 32 → 28.5 ms); for the half-resolution decoder, its pixel shuffles as transposed convolutions
-    and its `- xh` folded into the colour coefficients (`decode_half`: the fifth weights' 640x360 decode
-    10.2 → 9.4 ms p50 on two cores). `rewrite=False` is the model's own code path, the reference the graphs are
-    checked against."""
+    Every stage runs the model's own modules. With `rewrite` (what is exported), the encoder's and skip's
+    4x4 pixel-unshuffle are folded into strided convolutions (the same arithmetic; ONNX Runtime loses a
+    full-resolution Transpose: encode 5.5 → 2.6 ms for the stem on one CPU core at 640x360). The decoder
+    needs no rewrite: `models.model.Decoder` is itself written in the form that exports cheaply.
+    `rewrite=False` is the model's own encoder path, the reference the graphs are checked against."""
     import torch
-    import torch.nn.functional as F
     from torch import nn
-
-    from models.model import fold_frame_norm, normalize
 
     cfg = model.cfg
     half_vals = [(v - 1) / 2 for v in cfg.fsq_levels]
@@ -299,46 +270,6 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
         def forward(self, z: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
             return z + self.m.refiner.step(z, emb, cond)
 
-    dec = model.decoder
-    half = rewrite and cfg.dec_res == 2 and cfg.normalize  # the shipped decoder (HalfResDecoder, dual colour)
-    up8_t = _ShuffleConvT(dec.up8, 2) if half else None
-    up4_t = _ShuffleConvT(dec.up4, 2) if half else None
-    fold = torch.cat([-torch.eye(3).flatten(), dec.out.bias.detach()]).view(1, 12, 1, 1) if half else None
-
-    def decode_half(z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        """`HalfResDecoder.forward` with its two pixel shuffles as transposed convolutions (ONNX Runtime's
-        DepthToSpace is a full reorder pass) and the `- xh` and the output conv's bias folded into the colour
-        transform's coefficients before their upsampling (bilinear keeps constants): the same arithmetic."""
-        h = F.relu(up8_t(z))  # = relu(pixel_shuffle(up8(z), 2))
-        h = F.relu(dec.fuse(torch.cat([h, skip], dim=1)))
-        h = F.relu(dec.block(h))  # (B, dec_ch, H/4, W/4): Decoder.trunk
-        xh = F.avg_pool2d(x, 2)
-        xc = normalize(xh, norm)
-        b, _, hh, wh = xh.shape
-        coef = fold_frame_norm(dec.coef(h), norm) + fold  # (B, 12, H/4, W/4): A - I, offset + the out bias
-        coef = F.interpolate(coef, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12, H/2, W/2)
-        a = coef[:, :9].reshape(b, 3, 3, hh, wh)
-        t = F.relu(up4_t(h))  # = relu(pixel_shuffle(up4(h), 2))
-        delta = (a * xh.unsqueeze(1)).sum(2) + coef[:, 9:] + F.conv2d(torch.cat([t, xc], 1), dec.out.weight,
-                                                                       None, padding=1)
-        rgb = x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return rgb if dec.texture is None else rgb + dec.texture(z, normalize(x, norm))
-
-    def decode(z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if half and norm is not None:
-            return decode_half(z, skip, x, norm)
-        if not rewrite or cfg.dec_res != 1 or cfg.normalize:  # the model's own code path
-            return model.decode(z, skip, x, norm)
-        dec = model.decoder  # the same arithmetic as Decoder.forward (models/model.py)
-        h = dec.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
-        coef = F.interpolate(dec.coef(h), scale_factor=4.0, mode="bilinear", align_corners=False)  # (B, 12, H, W)
-        b, _, hh, ww = x.shape
-        a = coef[:, :9].reshape(b, 3, 3, hh, ww)  # (B, 3 rows, 3 cols, H, W)
-        color = (a * x.unsqueeze(1)).sum(2) + coef[:, 9:]  # (B, 3, H, W)
-        t = F.relu(F.pixel_shuffle(dec.up4(h), 4))  # (B, out_ch, H, W)
-        rgb = color + dec.out(torch.cat([t, x], dim=1))
-        return rgb if dec.texture is None else rgb + dec.texture(z, x)
-
     class Decode(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -346,7 +277,7 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
 
         def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor,
                     norm: Optional[torch.Tensor] = None) -> torch.Tensor:
-            return decode(z, skip, x, norm)
+            return self.m.decode(z, skip, x, norm)  # the model's own decoder, written the way it exports
 
     class Fused(nn.Module):
         def __init__(self) -> None:
@@ -365,7 +296,7 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
             z = self.m.initial_latent(emb)
             for k in range(cfg.default_steps):
                 z = z + self.m.refiner.step(z, emb, cond + self.m.refiner.step_emb[k])
-            return decode(z, skip, x, norm), zq
+            return self.m.decode(z, skip, x, norm), zq
 
     encode = Encode()
     mods = {"encode": encode, "embed": Embed(), "initial": Initial(), "refine_step": RefineStep(),

@@ -20,8 +20,7 @@ from tests.fakes import save_one_style_model  # noqa: E402
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SHIPPED = default_model_dir()
-TINY = ModelConfig(num_styles=2, enc_ch=8, latent_ch=16, style_dim=16, skip_ch=8, dec_ch=8, out_ch=4,
-                   dec_res=2, tex_ch=4)
+TINY = ModelConfig(num_styles=2, enc_ch=8, latent_ch=16, style_dim=16, skip_ch=8, dec_ch=8, out_ch=4, tex_ch=4)
 
 
 def _active(cfg: ModelConfig, seed: int = 0):
@@ -145,11 +144,10 @@ def test_the_head_draws_no_lattice_on_a_flat_dark_input():
 
 
 # -- crops ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dec_res", [1, 2])
-def test_a_crop_decodes_to_the_whole_frames_pixels_inside(dec_res):
+def test_a_crop_decodes_to_the_whole_frames_pixels_inside():
     """The decoder reads only the latent, skip and x of its region: a crop (on the 8-px token grid) with
     the whole frame's latent, skip and norm gives the whole frame's pixels away from its border."""
-    m = _active(replace(TINY, dec_res=dec_res))
+    m = _active(TINY)
     x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(5))
     s = m.style_embedding(torch.eye(2)[1])
     with torch.no_grad():
