@@ -15,7 +15,7 @@ from models.distill import load_matching  # noqa: E402
 from models.manifest import default_model_dir, read_manifest  # noqa: E402
 from models.model import ModelConfig  # noqa: E402
 from genreal_errors import UserError  # noqa: E402
-from tests.fakes import save_one_style_model  # noqa: E402
+from tests.fakes import pixel_terms, save_one_style_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -204,7 +204,7 @@ def test_distill_init_adds_the_head_and_trains_from_the_given_weights(tmp_path):
     cfg, src = _headless_source(tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
     distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
-                          init=tmp_path / "src", tex_ch=3, progress=False))
+                          init=tmp_path / "src", tex_ch=3, losses=pixel_terms(), progress=False))
     got, manifest = load_model(tmp_path / "out")
     assert got.cfg == replace(cfg, tex_ch=3) and manifest["config"]["tex_ch"] == 3
     own = got.state_dict()
@@ -222,7 +222,7 @@ def test_distill_freeze_keeps_those_parameters_and_refuses_unknown_names(tmp_pat
     _, src = _headless_source(tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-2, iters=3)
     common = dict(teachers=(parse_teacher("builtin:1"),), names=("a",), preset=preset, init=tmp_path / "src",
-                  tex_ch=3, progress=False, cache_dir=tmp_path / "cache")
+                  tex_ch=3, losses=pixel_terms(), progress=False, cache_dir=tmp_path / "cache")
     with pytest.raises(UserError, match="--freeze decoder.nope"):
         distill(DistillConfig(out=tmp_path / "bad", freeze=("decoder.nope",), **common))
     distill(DistillConfig(out=tmp_path / "out", freeze=("decoder.up4", "decoder.out"), **common))
