@@ -189,34 +189,10 @@ def preset_specs(cfg: "ModelConfig", preset: str) -> dict[str, ExportSpec]:
 
 # -- metadata -------------------------------------------------------------------------------------
 # -- the stage modules (torch) ------------------------------------------------------------------
-def _unshuffle_conv(conv: Any, r: int) -> Any:
-    """``conv(pixel_unshuffle(x, r))`` as one equivalent strided convolution on `x` (kernel k*r, stride r,
-    padding p*r). Same arithmetic, but the graph loses a full-resolution Transpose (about 3 ms a frame at
-    640x360 on a CPU core)."""
-    import torch
-    from torch import nn
-
-    w = conv.weight.detach()  # (O, C*r*r, k, k); unshuffled channel = c*r*r + dy*r + dx
-    o, cin, k, _ = w.shape
-    c = cin // (r * r)
-    w2 = w.view(o, c, r, r, k, k).permute(0, 1, 4, 2, 5, 3).reshape(o, c, k * r, k * r)  # (O, C, k*r, k*r)
-    pad = conv.padding[0] * r
-    out = nn.Conv2d(c, o, k * r, stride=r, padding=pad, bias=conv.bias is not None)
-    with torch.no_grad():
-        out.weight.copy_(w2)
-        if conv.bias is not None:
-            out.bias.copy_(conv.bias.detach())
-    return out.eval()
-
-
-def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any]:
-    """One small `nn.Module` per stage, with the graph's exact inputs and outputs.
-
-    Every stage runs the model's own modules. With `rewrite` (what is exported), the encoder's and skip's
-    4x4 pixel-unshuffle are folded into strided convolutions (the same arithmetic; ONNX Runtime loses a
-    full-resolution Transpose: encode 5.5 → 2.6 ms for the stem on one CPU core at 640x360). The decoder
-    needs no rewrite: `models.model.Decoder` is itself written in the form that exports cheaply.
-    `rewrite=False` is the model's own encoder path, the reference the graphs are checked against."""
+def _stage_modules(model: "GenrealModel") -> dict[str, Any]:
+    """One small `nn.Module` per stage, with the graph's exact inputs and outputs, each running the model's
+    own modules (written in the form that exports cheaply: `UnshuffleConv`, `ShuffleConv` and the folded
+    colour transform in models/model.py)."""
     import torch
     from torch import nn
 
@@ -224,25 +200,15 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
     half_vals = [(v - 1) / 2 for v in cfg.fsq_levels]
 
     class Encode(nn.Module):
-        """tanh(encoder(x)), skip(x) and (models with one) the frame context, with the 4x4 pixel-unshuffle
-        folded into the first convolutions."""
+        """tanh(encoder(x)) before FSQ rounding, skip(x) and (models with one) the frame context."""
 
         def __init__(self) -> None:
             super().__init__()
             self.m = model
-            self.stem = _unshuffle_conv(model.encoder.stem, 4)
-            self.skip = _unshuffle_conv(model.skip_net.proj, 4)
 
         def forward(self, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
-            if not rewrite:  # the model's own code path
-                zq, skip, ctx = self.m.stage_encode(x, norm)
-                return (zq, skip) if ctx is None else (zq, skip, ctx)
-            enc = self.m.encoder
-            x = self.m.normalized(x, norm)  # x itself for models without `normalize`
-            h = torch.relu(self.stem(x))  # (B, enc_ch, H/4, W/4) = enc.stem(pixel_unshuffle(x, 4))
-            h, skip = torch.relu(enc.block(enc.down(h))), self.skip(x)  # (B, C, H/8, W/8), (B, S, H/4, W/4)
-            zq = torch.tanh(enc.head(h))  # (B, d, h, w)
-            return (zq, skip) if self.m.context is None else (zq, skip, self.m.context(h))  # ctx (B, E)
+            zq, skip, ctx = self.m.stage_encode(x, norm)
+            return (zq, skip) if ctx is None else (zq, skip, ctx)
 
     class Embed(nn.Module):
         def __init__(self) -> None:
@@ -464,7 +430,6 @@ def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional
     weights_sha = sha256_file(src / WEIGHTS_FILE)
     revision = code_revision()  # models.metrics: the commit, +dirty(models/) when models/ differs
     mods = _stage_modules(model)
-    refs = _stage_modules(model, rewrite=False)
     files: list[Path] = []
     diffs: dict[str, float] = {}
     hashes: dict[str, str] = {}
@@ -487,7 +452,7 @@ def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional
             files.append(path)
             hashes[f"{preset}/{stage}"] = meta["metadata_hash"]
             if check_parity:
-                diff = parity(refs[stage], spec, path, cfg.fsq_levels)
+                diff = parity(mods[stage], spec, path, cfg.fsq_levels)
                 diffs[f"{preset}/{stage}"] = diff
                 # the fused graph runs the whole chain in one graph: at 1080p its float error adds up past the
                 # per-stage bound (1.03e-3 for the fourth weights, with the texture head), not a token flip
