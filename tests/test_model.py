@@ -311,3 +311,22 @@ def test_frame_normalization_makes_the_output_ignore_the_input_colour_cast():
         assert not torch.equal(m.encode(xc, n).z_cont, m.encode(xc).z_cont)  # its own norm differs
         flat = frame_norm(torch.full((1, 3, 16, 16), 0.5))
         assert float(flat[0, 3]) == pytest.approx(0.02)  # a flat frame: the floor, no division by zero
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_unshuffle_conv_is_a_conv_of_the_pixel_unshuffled_input(kernel):
+    """`UnshuffleConv` (the encoder stem and the skip) computes conv(pixel_unshuffle(x, 4)) as one strided
+    convolution with the same parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.model import UnshuffleConv
+
+    torch.manual_seed(0)
+    conv = UnshuffleConv(3, 5, kernel, 4)
+    x = torch.rand(2, 3, 32, 40)
+    with torch.no_grad():
+        want = F.conv2d(F.pixel_unshuffle(x, 4), conv.weight, conv.bias, padding=kernel // 2)
+        got = conv(x)
+    assert conv.weight.shape == (5, 48, kernel, kernel) and got.shape == want.shape == (2, 5, 8, 10)
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
