@@ -296,9 +296,9 @@ def manifest_mismatches(recipe: Recipe, manifest: dict[str, Any]) -> list[str]:
                 same(f"losses.{k}", tuple(g) if isinstance(g, list) else g, v)
             elif k in ADDED_LATER:
                 same(f"losses.{k} (not recorded: the term did not exist yet)", ADDED_LATER[k], v)
-            elif not any(k2 in got or want[k2] != ADDED_LATER[k2] for k2 in DEPENDS_ON.get(k, ())):
+            elif k in DEPENDS_ON and all(want[k2] == ADDED_LATER[k2] for k2 in DEPENDS_ON[k]):
                 continue  # only matters with a term that was off
-            elif k not in DEPENDS_ON:
+            else:
                 bad.append(f"{w}: losses.{k} is not recorded in the manifest")
         for k, g in got.items():
             if k in RETIRED:

@@ -61,6 +61,14 @@ def test_a_difference_is_named(cpu, shipped, path, value, words):
     assert len(bad) == 1 and words in bad[0], bad
 
 
+def test_a_loss_weight_the_manifest_lacks_is_named(cpu, shipped):
+    m = copy.deepcopy(shipped)
+    del m["training"]["init_training"]["losses"]["gradient"]
+    assert manifest_mismatches(cpu, m) == ["stage sixth-noise: losses.gradient is not recorded in the manifest"]
+    del m["training"]["losses"]["texture_taps"]  # needed: texture is on
+    assert "stage sixth: losses.texture_taps is not recorded in the manifest" in manifest_mismatches(cpu, m)
+
+
 def test_a_changed_recipe_or_command_is_named(cpu, shipped, tmp_path):
     text = (RECIPES_DIR / "cpu.toml").read_text()
     edited = tmp_path / "cpu.toml"
