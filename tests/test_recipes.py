@@ -105,11 +105,15 @@ def test_cli_recipe_errors_are_one_line_exit_2(tmp_path, capsys):
     for argv, words in ((["--recipe", "nope"], "no such recipe"),
                         (["--recipe", "smoke", "--loss", "texture=1"], "drop --loss"),
                         (["--recipe", "smoke", "--teacher", "builtin:1"], "drop --teacher"),
-                        ([], "--teacher SPEC")):
+                        ([], "--teacher SPEC"),
+                        (["--recipe", "smoke", "--cache-dir", "/proc/nope"], "--cache-dir")):
         rc = main(["distill", "--out", str(tmp_path / "o"), *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and words in err[0], err
     assert not (tmp_path / "o").exists()
+    rc = main(["distill", "--recipe", "smoke", "--out", "/proc/nope"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "cannot create --out" in err[0], err
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from genreal_errors import UserError
 
@@ -100,6 +100,22 @@ def parse_loss_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _in_out_dir(out: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Create --out and run `train` (→ the manifest); a folder this made is removed again if `train` fails
+    before writing anything into it."""
+    created = not out.exists()
+    try:  # a read-only file system passes the permission check (root) but not this
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror or exc} (choose a writable folder)") from None
+    try:
+        return train()
+    except BaseException:
+        if created and not any(out.iterdir()):  # leave no empty folder behind
+            out.rmdir()
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
@@ -110,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
     from models.distill import PRESETS, DistillConfig, LossWeights, distill
     from models.teachers import parse_teacher, split_named_spec
 
+    if args.cache_dir is not None:
+        _check_writable_dir(args.cache_dir, "--cache-dir")
+        try:  # a read-only file system passes the permission check (root) but not this
+            args.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create --cache-dir {args.cache_dir}: {exc.strerror or exc} "
+                            "(choose a writable folder)") from None
     if args.recipe is not None:
         return _run_recipe(args)
     if not args.teacher:
@@ -146,17 +169,7 @@ def run(args: argparse.Namespace) -> int:
         freeze=tuple(args.freeze),
         losses=replace(LossWeights(), **parse_loss_overrides(args.loss)),
     )
-    created = not args.out.exists()
-    try:  # a read-only file system passes the permission check (root) but not this
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {args.out}: {exc.strerror or exc} (choose a writable folder)") from None
-    try:
-        manifest = distill(cfg)
-    except BaseException:
-        if created and not any(args.out.iterdir()):  # leave no empty folder behind
-            args.out.rmdir()
-        raise
+    manifest = _in_out_dir(args.out, lambda: distill(cfg))
     fid = manifest["evaluation"]["fidelity"]
     print(json.dumps({"out": str(args.out), "mean_psnr": fid["mean_psnr"], "mean_ssim": fid["mean_ssim"],
                       "styles": manifest["styles"]}, indent=2), file=sys.stdout)
@@ -177,8 +190,8 @@ def _run_recipe(args: argparse.Namespace) -> int:
                         "recipe file)")
     recipe = load_recipe(args.recipe)
     _check_writable_dir(args.out, "--out")
-    args.out.mkdir(parents=True, exist_ok=True)
-    manifest = run_recipe(recipe, args.out, cache_dir=args.cache_dir, progress=not args.no_progress)
+    manifest = _in_out_dir(args.out, lambda: run_recipe(recipe, args.out, cache_dir=args.cache_dir,
+                                                         progress=not args.no_progress))
     fid = manifest["evaluation"]["fidelity"]
     print(json.dumps({"out": str(args.out), "recipe": manifest["training"]["recipe"], "mean_psnr": fid["mean_psnr"],
                       "mean_ssim": fid["mean_ssim"], "styles": manifest["styles"]}, indent=2), file=sys.stdout)
