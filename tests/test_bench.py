@@ -253,96 +253,6 @@ def test_model_option_reaches_our_backends(tmp_path):
     assert rows and all(r["status"] == "unavailable" and "no-such-model" in r["reason"] for r in rows)
 
 
-@pytest.mark.slow
-def test_teacher_probe_sees_global_normalization_and_a_stroke_grid():
-    """benchmarks.teacher_probe on stand-in teachers with known properties: one that removes the
-    frame's mean colour (crop-dependent, blind to a colour cast) and one locked to a 4 px grid."""
-    from benchmarks.teacher_probe import probe_teacher
-
-    class Fake:
-        paired = False
-
-        def __init__(self, fn):
-            self.fn = fn
-
-        def __call__(self, img):
-            return self.fn(img)
-
-    def demean(img):
-        f = img.astype(np.float32)
-        return np.clip(f - f.mean(axis=(0, 1)) + 128, 0, 255).astype(np.uint8)
-
-    def grid4(img):
-        h, w = img.shape[0] // 4 * 4, img.shape[1] // 4 * 4
-        small = img[:h, :w].reshape(h // 4, 4, w // 4, 4, 3).mean(axis=(1, 3)).astype(np.uint8)
-        out = img.copy()
-        out[:h, :w] = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
-        return out
-
-    photo = (_photo(560, 560, seed=3) * 0.6 + 40).astype(np.uint8)
-    photo[:, 420:] = photo[:, 420:] // 3  # a dark strip: the frame's mean differs from a centred crop's
-    d = probe_teacher(Fake(demean), [photo])
-    assert d["cast"] > 40 and d["crop_256"] < 30 and d["shift_4"] > 40
-    g = probe_teacher(Fake(grid4), [photo])
-    assert g["shift_4"] >= 90 and g["shift_8"] >= 90 and g["shift_1"] < g["shift_4"] - 10
-    assert g["cast"] < 35 and g["crop_480"] >= 90  # a local teacher: crops agree, a cast shows
-    assert g["blur_1"] > g["blur_8"]
-
-
-def test_teacher_probe_style_floor_grows_with_what_the_perturbation_removes():
-    """`style_floor` normalizes each perturbed teacher output like fidelity's style distance; on an inverting
-    teacher and a meter that reads the mean colour and the fine detail, a smaller size (detail lost) moves
-    the look more than a 4 px shift, and half size more than three quarters."""
-    import cv2
-
-    from benchmarks.teacher_probe import style_floor
-
-    class Meter:
-        def vector(self, img):
-            grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-            return np.array([*img.reshape(-1, 3).mean(0) / 255.0,
-                             np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean() / 10.0])
-
-        def distance(self, ours, teacher, photo, v_teacher, v_photo):
-            return float(np.linalg.norm(self.vector(ours) - v_teacher) / np.linalg.norm(v_photo - v_teacher))
-
-    photo = (_photo(240, 320, seed=5) * 0.8 + 20).astype(np.uint8)
-    d = style_floor(lambda img: 255 - img, [photo], Meter())
-    assert set(d) == {"style_noise", "style_shift_4", "style_scale_0.75", "style_scale_0.5"}
-    assert all(np.isfinite(v) and v >= 0 for v in d.values())
-    assert d["style_scale_0.5"] > d["style_scale_0.75"] > d["style_shift_4"]
-    assert d["style_noise"] > 0  # the noise adds detail the meter sees
-
-
-def test_texture_by_content_tells_a_grain_that_follows_the_content_from_a_fixed_one():
-    """A student that copies the teacher's detail reads 1 on every kind of picture; one that lays the same
-    grain over everything reads low where the pictures are textured and high where they are smooth."""
-    import cv2
-
-    from benchmarks.texture_by_content import texture_by_content
-
-    rng = np.random.default_rng(0)
-    smooth = cv2.GaussianBlur(_photo(96, 128, seed=1), (0, 0), 3)
-    busy = np.clip(smooth.astype(np.int16) + rng.integers(-60, 60, smooth.shape), 0, 255).astype(np.uint8)
-    sets = {"busy": [busy], "smooth": [smooth]}
-    teacher = (lambda img: img)
-    assert texture_by_content(teacher, teacher, sets) == {"busy": 1.0, "smooth": 1.0}
-    grain = rng.integers(-20, 20, smooth.shape)
-    fixed = texture_by_content(lambda img: np.clip(cv2.GaussianBlur(img, (0, 0), 2) + grain, 0, 255).astype(np.uint8),
-                               teacher, sets)
-    assert fixed["busy"] < 1.0 < fixed["smooth"]
-
-
-def test_texture_by_content_bad_arguments_are_exit_2(tmp_path, capsys):
-    from benchmarks.texture_by_content import main as tbc_main
-
-    assert tbc_main(["--model", str(tmp_path / "missing"), "--json", str(tmp_path / "t.json")]) == 2
-    assert tbc_main(["--steps", "0", "--json", str(tmp_path / "t.json")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(e.startswith("texture_by_content: error:") for e in err)
-    assert not (tmp_path / "t.json").exists()
-
-
 def test_stage_cost_times_every_stage_of_a_frame_and_counts_its_macs(tmp_path):
     from benchmarks.stage_cost import main as stage_main
 
@@ -363,14 +273,6 @@ def test_stage_cost_bad_arguments_are_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("stage_cost: error:") for e in err)
     assert not (tmp_path / "s.json").exists()
-
-
-def test_teacher_probe_bad_model_is_exit_2(tmp_path, capsys):
-    from benchmarks.teacher_probe import main as probe_main
-
-    assert probe_main(["--model", str(tmp_path / "missing"), "--json", str(tmp_path / "p.json")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("teacher_probe: error:") and "\n" not in err and not (tmp_path / "p.json").exists()
 
 
 # -- benchmarks/run_speed.py: genreal run on a file, ours vs the teacher -------------------------------

@@ -11,10 +11,11 @@ torch = pytest.importorskip("torch", reason="distillation needs the train extra 
 
 from models.build import build_model, load_model  # noqa: E402
 from models.model import ModelConfig  # noqa: E402
-from models.distill import (PRESETS, DistillConfig, LossWeights, distill, random_affine,  # noqa: E402
+from models.distill import (PRESETS, DistillConfig, distill, random_affine,  # noqa: E402
                             training_step, valid_mask, warp)
 from models.teachers import parse_teacher  # noqa: E402
 from genreal_errors import UserError  # noqa: E402
+from tests.fakes import pixel_terms  # noqa: E402
 
 
 #: a very small model so the tests stay fast on a shared 2-core CPU
@@ -59,7 +60,7 @@ def test_training_step_loss_goes_down():
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(30):
-        loss, parts = training_step(model, x, t, styles, 8, LossWeights(), rng)
+        loss, parts = training_step(model, x, t, styles, 8, pixel_terms(), rng)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -76,16 +77,16 @@ def test_latent_bound_pulls_saturated_encoder_values_back():
     model = build_model(SMALL)
     x = smooth_images(2, 48, seed=2)
     t, styles, rng = 1.0 - x, torch.tensor([0, 1]), np.random.default_rng(0)
-    _, parts = training_step(model, x, t, styles, 8, LossWeights(), rng)
+    _, parts = training_step(model, x, t, styles, 8, pixel_terms(), rng)
     assert parts["bound"] == 0.0 and parts["tokens_per_crop"] >= 1
     with torch.no_grad():
         model.encoder.head.weight.mul_(200.0)
     before = float(model.encode(x[:, :, 8:-8, 8:-8]).z_cont.detach().abs().max())
-    loss, parts = training_step(model, x, t, styles, 8, LossWeights(latent_bound=1.0), rng)
+    loss, parts = training_step(model, x, t, styles, 8, pixel_terms(latent_bound=1.0), rng)
     assert parts["bound"] > 0.1
     opt = torch.optim.SGD(model.encoder.head.parameters(), lr=0.05)
     for _ in range(5):
-        loss, _ = training_step(model, x, t, styles, 8, LossWeights(latent_bound=1.0), rng)
+        loss, _ = training_step(model, x, t, styles, 8, pixel_terms(latent_bound=1.0), rng)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -113,8 +114,8 @@ def test_frame_stats_are_whole_image_statistics_and_feed_the_context():
         model.refiner.step.film_out.weight.normal_(0, 0.5)
     x = smooth_images(2, 48, seed=3)
     t, styles = 1.0 - x, torch.tensor([0, 1])
-    la, _ = training_step(model, x, t, styles, 8, LossWeights(), np.random.default_rng(0), *fs(np.array([0, 0])))
-    lb, _ = training_step(model, x, t, styles, 8, LossWeights(), np.random.default_rng(0), *fs(np.array([2, 2])))
+    la, _ = training_step(model, x, t, styles, 8, pixel_terms(), np.random.default_rng(0), *fs(np.array([0, 0])))
+    lb, _ = training_step(model, x, t, styles, 8, pixel_terms(), np.random.default_rng(0), *fs(np.array([2, 2])))
     assert abs(float(la.detach()) - float(lb.detach())) > 1e-5  # same crops and motion (same seed): only the frame differs
 
 
@@ -147,7 +148,7 @@ def tiny_run(tmp_path_factory):
     teachers = (parse_teacher("builtin:19"), parse_teacher("procedural:cel"))
     preset = replace(PRESETS["tiny"], iters=60, ckpt_every=25, batch=4, crop=32, lr=5e-3, eval_width=64)
     cfg = DistillConfig(teachers=teachers, names=("starry", "cel"), out=root / "run", preset=preset, model=SMALL,
-                        seed=1, cache_dir=root / "cache", progress=False)
+                        losses=pixel_terms(), seed=1, cache_dir=root / "cache", progress=False)
     manifest = distill(cfg)
     return cfg, manifest
 

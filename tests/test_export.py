@@ -127,7 +127,7 @@ def test_dynamic_graphs_match_torch_at_another_size_and_batch(exported):
 
     out, _ = exported
     model, _ = load_model(SHIPPED)
-    mods = _stage_modules(model, rewrite=False)  # the model's own code path
+    mods = _stage_modules(model)  # the model's own modules
     specs = stage_specs(model.cfg, None, None)
     for stage in STAGES:
         spec = specs[stage]

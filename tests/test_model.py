@@ -179,23 +179,62 @@ def test_config_round_trip():
         ModelConfig(default_steps=9)
 
 
-def test_decoders_start_at_the_identity_and_old_configs_keep_theirs():
+def test_the_decoder_starts_at_the_identity_and_the_retired_full_resolution_one_is_refused():
     import torch
 
-    from models.model import Decoder, HalfResDecoder
-
     x = torch.rand(1, 3, 32, 48)
-    for dec_res, cls in ((1, Decoder), (2, HalfResDecoder)):
-        m = build_model(dec_res=dec_res, normalize=False)
-        assert isinstance(m.decoder, cls)
+    for normalize in (False, True):
+        m = build_model(normalize=normalize)
         z = torch.randn(1, m.cfg.latent_ch, 4, 6)
         y = m.decode(z, m.skip(x), x)
         assert y.shape == x.shape
         assert float((y - x).abs().mean().detach()) < 0.1  # a fresh decoder passes the picture through
-    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "dec_res"}  # saved before dec_res
-    assert ModelConfig.from_dict(old).dec_res == 1 and ModelConfig().dec_res == 2
-    with pytest.raises(ValueError):
-        ModelConfig(dec_res=4)
+    saved = ModelConfig().to_dict()
+    assert saved["dec_res"] == 2 and ModelConfig.from_dict(saved) == ModelConfig()
+    for old in ({k: v for k, v in saved.items() if k != "dec_res"}, {**saved, "dec_res": 1}):  # full resolution
+        with pytest.raises(ValueError, match="retired"):
+            ModelConfig.from_dict(old)
+
+
+@pytest.mark.parametrize("normalize,tex_ch", [(True, 0), (False, 0), (True, 4)])
+def test_the_decoder_is_the_textbook_form_folded(normalize, tex_ch):
+    """`Decoder` is written the way it exports (transposed convolutions for its pixel shuffles, the frame
+    normalization, the `- x_half` and the output bias folded into the colour coefficients): the same
+    function as the plain form computed here from its own parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.model import normalize as normalize_frame
+
+    torch.manual_seed(0)
+    m = build_model(normalize=normalize, tex_ch=tex_ch).eval()
+    with torch.no_grad():
+        for p in m.decoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    d = m.decoder
+    x = torch.rand(2, 3, 48, 64)
+    z, skip = torch.randn(2, m.cfg.latent_ch, 6, 8), torch.randn(2, m.cfg.skip_ch, 12, 16)
+    norm = m.frame_norm(x)
+    with torch.no_grad():
+        got = m.decode(z, skip, x, norm)
+        h = F.relu(F.pixel_shuffle(F.conv2d(z, d.up8.weight, d.up8.bias), 2))
+        h = F.relu(d.block(F.relu(d.fuse(torch.cat([h, skip], 1)))))
+        xh = F.avg_pool2d(x, 2)
+        xn = xh if norm is None else normalize_frame(xh, norm)
+        coef = F.interpolate(d.coef(h), scale_factor=2.0, mode="bilinear", align_corners=False)
+        b, _, hh, wh = xh.shape
+        if normalize:  # A1 on the normalized frame, A2 on the raw one, offset
+            a1, a2 = coef[:, :9].reshape(b, 3, 3, hh, wh), coef[:, 9:18].reshape(b, 3, 3, hh, wh)
+            color = (a1 * xn.unsqueeze(1)).sum(2) + (a2 * xh.unsqueeze(1)).sum(2) + coef[:, 18:]
+        else:
+            color = (coef[:, :9].reshape(b, 3, 3, hh, wh) * xh.unsqueeze(1)).sum(2) + coef[:, 9:]
+        t = F.relu(F.pixel_shuffle(F.conv2d(h, d.up4.weight, d.up4.bias), 2))
+        delta = color + d.out(torch.cat([t, xn], 1)) - xh
+        want = x + F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if tex_ch:
+            want = want + d.texture(z, normalize_frame(x, norm))
+    assert float((want - x).abs().max()) > 0.05  # it draws something
+    assert torch.allclose(got, want, atol=2e-5), float((got - want).abs().max())
 
 
 def test_frame_context_styles_a_crop_as_part_of_its_frame():
@@ -272,3 +311,22 @@ def test_frame_normalization_makes_the_output_ignore_the_input_colour_cast():
         assert not torch.equal(m.encode(xc, n).z_cont, m.encode(xc).z_cont)  # its own norm differs
         flat = frame_norm(torch.full((1, 3, 16, 16), 0.5))
         assert float(flat[0, 3]) == pytest.approx(0.02)  # a flat frame: the floor, no division by zero
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_unshuffle_conv_is_a_conv_of_the_pixel_unshuffled_input(kernel):
+    """`UnshuffleConv` (the encoder stem and the skip) computes conv(pixel_unshuffle(x, 4)) as one strided
+    convolution with the same parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.model import UnshuffleConv
+
+    torch.manual_seed(0)
+    conv = UnshuffleConv(3, 5, kernel, 4)
+    x = torch.rand(2, 3, 32, 40)
+    with torch.no_grad():
+        want = F.conv2d(F.pixel_unshuffle(x, 4), conv.weight, conv.bias, padding=kernel // 2)
+        got = conv(x)
+    assert conv.weight.shape == (5, 48, kernel, kernel) and got.shape == want.shape == (2, 5, 8, 10)
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())

@@ -15,13 +15,12 @@ from models.distill import load_matching  # noqa: E402
 from models.manifest import default_model_dir, read_manifest  # noqa: E402
 from models.model import ModelConfig  # noqa: E402
 from genreal_errors import UserError  # noqa: E402
-from tests.fakes import save_one_style_model  # noqa: E402
+from tests.fakes import pixel_terms, save_one_style_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SHIPPED = default_model_dir()
-TINY = ModelConfig(num_styles=2, enc_ch=8, latent_ch=16, style_dim=16, skip_ch=8, dec_ch=8, out_ch=4,
-                   dec_res=2, tex_ch=4)
+TINY = ModelConfig(num_styles=2, enc_ch=8, latent_ch=16, style_dim=16, skip_ch=8, dec_ch=8, out_ch=4, tex_ch=4)
 
 
 def _active(cfg: ModelConfig, seed: int = 0):
@@ -145,11 +144,10 @@ def test_the_head_draws_no_lattice_on_a_flat_dark_input():
 
 
 # -- crops ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dec_res", [1, 2])
-def test_a_crop_decodes_to_the_whole_frames_pixels_inside(dec_res):
+def test_a_crop_decodes_to_the_whole_frames_pixels_inside():
     """The decoder reads only the latent, skip and x of its region: a crop (on the 8-px token grid) with
     the whole frame's latent, skip and norm gives the whole frame's pixels away from its border."""
-    m = _active(replace(TINY, dec_res=dec_res))
+    m = _active(TINY)
     x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(5))
     s = m.style_embedding(torch.eye(2)[1])
     with torch.no_grad():
@@ -206,7 +204,7 @@ def test_distill_init_adds_the_head_and_trains_from_the_given_weights(tmp_path):
     cfg, src = _headless_source(tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
     distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
-                          init=tmp_path / "src", tex_ch=3, progress=False))
+                          init=tmp_path / "src", tex_ch=3, losses=pixel_terms(), progress=False))
     got, manifest = load_model(tmp_path / "out")
     assert got.cfg == replace(cfg, tex_ch=3) and manifest["config"]["tex_ch"] == 3
     own = got.state_dict()
@@ -224,7 +222,7 @@ def test_distill_freeze_keeps_those_parameters_and_refuses_unknown_names(tmp_pat
     _, src = _headless_source(tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-2, iters=3)
     common = dict(teachers=(parse_teacher("builtin:1"),), names=("a",), preset=preset, init=tmp_path / "src",
-                  tex_ch=3, progress=False, cache_dir=tmp_path / "cache")
+                  tex_ch=3, losses=pixel_terms(), progress=False, cache_dir=tmp_path / "cache")
     with pytest.raises(UserError, match="--freeze decoder.nope"):
         distill(DistillConfig(out=tmp_path / "bad", freeze=("decoder.nope",), **common))
     distill(DistillConfig(out=tmp_path / "out", freeze=("decoder.up4", "decoder.out"), **common))

@@ -1,6 +1,6 @@
-"""Distribution-matching losses: the ONNX style predictor in torch matches ONNX Runtime, the losses are
-zero for identical inputs and tell a blurred image from the teacher's own strokes moved, gradients flow,
-and distillation with them off is the shipped recipe."""
+"""The distribution-matching loss and the optional terms: the ONNX style predictor in torch matches ONNX
+Runtime, the loss is zero for identical inputs and tells a blurred image from the teacher's own strokes
+moved, gradients flow, and the defaults are the shipped recipe's last stage (texture term included)."""
 from __future__ import annotations
 
 import cv2
@@ -13,11 +13,10 @@ from models.data import skimage_data_image as load_photo  # noqa: E402
 from models.distill import LossWeights, gaussian_blur, image_loss, training_step  # noqa: E402
 from models.model import ModelConfig  # noqa: E402
 from models.onnx_torch import OnnxGraph  # noqa: E402
-from models.texture_loss import (DEFAULT_TAPS, KINDS, StyleFeatures, TextureLoss,  # noqa: E402
-                                 TextureLossConfig)
+from models.texture_loss import DEFAULT_TAPS, StyleFeatures, TextureLoss, TextureLossConfig  # noqa: E402
 from models.teacher_net import teacher_model_path  # noqa: E402
 from genreal_errors import UserError  # noqa: E402
-from tests.fakes import save_one_style_model  # noqa: E402
+from tests.fakes import pixel_terms, save_one_style_model  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -81,9 +80,8 @@ def test_style_vector_matches_the_package(features):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_loss_is_zero_for_identical_and_prefers_moved_strokes_to_a_blur(kind, features, teacher_image):
-    loss = TextureLoss(TextureLossConfig(kind=kind), features=features)
+def test_loss_is_zero_for_identical_and_prefers_moved_strokes_to_a_blur(features, teacher_image):
+    loss = TextureLoss(TextureLossConfig(), features=features)
     crop = lambda x, d: x[..., 32 + d:160 + d, 32 + d:160 + d]  # noqa: E731
     t = crop(teacher_image, 0)
     moved = crop(teacher_image, 4)  # the same strokes, 4 px off: a pixel loss punishes this hard
@@ -95,7 +93,7 @@ def test_loss_is_zero_for_identical_and_prefers_moved_strokes_to_a_blur(kind, fe
 
 
 def test_gradients_reach_the_input(features, teacher_image):
-    loss = TextureLoss(TextureLossConfig(kind="sliced"), features=features)
+    loss = TextureLoss(TextureLossConfig(), features=features)
     t = teacher_image[..., :96, :96]
     y = gaussian_blur(t, 2.0).clone().requires_grad_(True)
     loss(y, t).backward()
@@ -108,13 +106,13 @@ def test_gradients_reach_the_input(features, teacher_image):
     assert after < before
 
 
-def test_unknown_tap_and_kind_are_user_errors():
+def test_unknown_or_no_taps_are_user_errors():
     with pytest.raises(UserError, match="unknown feature taps"):
         StyleFeatures(("no_such_layer",))
-    with pytest.raises(UserError, match="kind"):
-        TextureLossConfig(kind="fancy")
-    with pytest.raises(UserError, match="texture_kind"):
-        LossWeights(texture_kind="fancy")
+    with pytest.raises(UserError, match="tap"):
+        TextureLossConfig(taps=())
+    with pytest.raises(UserError, match="pixel_kind"):
+        LossWeights(pixel_kind="l3")
 
 
 def test_unsupported_operators_are_refused(tmp_path):
@@ -165,33 +163,42 @@ def test_training_step_with_texture_trains_the_student(features):
         training_step(model, x, t, s, 8, w, np.random.default_rng(0))
 
 
-def test_defaults_are_the_shipped_recipe():
-    """Texture and blurred pixels are off by default, the default step never builds a feature network,
-    and image_loss without a blur is the plain pixel + gradient loss."""
+def test_defaults_are_the_shipped_recipes_last_stage(features):
+    """`LossWeights()` is models/recipes/cpu.toml's last stage, texture and blurred pixels included: the
+    default step needs the texture module and reports the term; with the pixel terms only it does not, and
+    image_loss without a blur is the plain pixel + gradient loss."""
     from models.build import build_model
+    from models.recipe import load_recipe
 
     w = LossWeights()
-    assert w.texture == 0.0 and w.pixel_blur == 0.0
+    assert w == load_recipe("cpu").stages[-1].losses
+    assert w.texture == 2.0 and w.pixel_blur == 2.0 and w.temporal == 2.0 and w.lattice_flat == 2000.0
     torch.manual_seed(0)
     model = build_model(SMALL)
     x, t, s = _batch()
-    _, parts = training_step(model, x, t, s, 8, w, np.random.default_rng(0), texture=None)
+    with pytest.raises(ValueError, match="texture loss module"):
+        training_step(model, x, t, s, 8, w, np.random.default_rng(0))
+    _, parts = training_step(model, x, t, s, 8, w, np.random.default_rng(0),
+                             texture=TextureLoss(TextureLossConfig(), features=features))
+    assert parts["texture"] > 0 and {"warm_temporal", "lattice", "lattice_flat"} <= set(parts)
+    plain_w = pixel_terms()
+    _, parts = training_step(model, x, t, s, 8, plain_w, np.random.default_rng(0), texture=None)
     assert "texture" not in parts
     y = x[:, :, :32, :32]
     tt = t[:, :, :32, :32]
     plain = (y - tt).square().mean() * 10 + 0.2 * (
         ((y[..., :, 1:] - y[..., :, :-1]) - (tt[..., :, 1:] - tt[..., :, :-1])).abs().mean()
         + ((y[..., 1:, :] - y[..., :-1, :]) - (tt[..., 1:, :] - tt[..., :-1, :])).abs().mean())
-    assert float(image_loss(y, tt, w)) == pytest.approx(float(plain), rel=1e-6)
-    assert float(image_loss(y, tt, LossWeights(pixel_blur=2.0))) < float(plain)  # blurring drops the fine error
+    assert float(image_loss(y, tt, plain_w)) == pytest.approx(float(plain), rel=1e-6)
+    assert float(image_loss(y, tt, w)) < float(plain)  # blurring drops the fine error
 
 
 def test_loss_overrides_from_the_cli():
     from realtime.commands.distill import parse_loss_overrides
 
-    got = parse_loss_overrides(["texture=0.5", "texture_kind=gram", "texture_taps=Conv,expanded_conv_1/expand"])
-    assert got == {"texture": 0.5, "texture_kind": "gram", "texture_taps": ("Conv", "expanded_conv_1/expand")}
-    for bad in (["nonsense=1"], ["texture"], ["texture=abc"]):
+    got = parse_loss_overrides(["texture=0.5", "pixel_kind=l1", "texture_taps=Conv,expanded_conv_1/expand"])
+    assert got == {"texture": 0.5, "pixel_kind": "l1", "texture_taps": ("Conv", "expanded_conv_1/expand")}
+    for bad in (["nonsense=1"], ["texture"], ["texture=abc"], ["adversarial=0.05"], ["grain=1"]):
         with pytest.raises(UserError):
             parse_loss_overrides(bad)
 
@@ -203,65 +210,6 @@ def test_cli_bad_loss_is_one_line_exit_2(tmp_path, capsys):
                "--loss", "nonsense=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--loss" in err[0]
-
-
-# -- the adversarial term ---------------------------------------------------------------------
-
-def test_patch_discriminator_is_style_conditioned_and_learns_teacher_from_blur(teacher_image):
-    from models.adversary import Adversary, PatchDiscriminator
-
-    torch.manual_seed(0)
-    d = PatchDiscriminator(num_styles=3, ch=8)
-    x = teacher_image[..., :64, :64]
-    a, b = d(x, torch.eye(3)[[0]]), d(x, torch.eye(3)[[2]])
-    assert a.shape == (1, 1, 8, 8) and not torch.allclose(a, b)
-
-    adv = Adversary(num_styles=2, lr=2e-3, ch=8)
-    real = torch.cat([teacher_image[..., :64, :64], teacher_image[..., 64:128, 64:128]])
-    fake = gaussian_blur(real, 2.0).requires_grad_(True)
-    s = torch.eye(2)[[0, 1]]
-    first = None
-    for _ in range(30):
-        g = adv.generator_loss(fake, real, s)
-        dl = adv.update()
-        first = dl if first is None else first
-    assert dl < first  # the discriminator learns to tell the teacher's strokes from the blur
-    assert adv.update() is None  # nothing new seen
-    adv.opt.zero_grad(set_to_none=True)
-    g = adv.generator_loss(fake, real, s)
-    g.backward()
-    assert fake.grad is not None and float(fake.grad.abs().sum()) > 0
-    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in adv.disc.parameters())
-
-
-def test_checkpoint_round_trips_the_adversary(tmp_path):
-    from models.adversary import Adversary
-    from models.build import build_model
-    from models.distill import load_checkpoint, save_checkpoint
-
-    torch.manual_seed(0)
-    model = build_model(SMALL)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    adv = Adversary(SMALL.num_styles, ch=8)
-    x, t, s = _batch()
-    w = LossWeights(adversarial=0.1)
-    loss, parts = training_step(model, x, t, s, 8, w, np.random.default_rng(0), adversary=adv)
-    assert "adversarial" in parts
-    loss.backward()
-    opt.step()
-    adv.update()
-    path = tmp_path / "ckpt.safetensors"
-    rng, srng = np.random.default_rng(1), np.random.default_rng(2)
-    save_checkpoint(path, model, opt, 1, rng, srng, 1.0, adv)
-    adv2 = Adversary(SMALL.num_styles, ch=8)
-    model2 = build_model(SMALL)
-    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
-    assert load_checkpoint(path, model2, opt2, rng, srng, adv2)[0] == 1
-    for k, v in adv.disc.state_dict().items():
-        assert torch.equal(v, adv2.disc.state_dict()[k]), k
-    assert adv2.opt.state_dict()["state"]  # Adam moments came back
-    with pytest.raises(UserError, match="adversarial"):
-        load_checkpoint(path, build_model(SMALL), torch.optim.AdamW(build_model(SMALL).parameters()), rng, srng)
 
 
 def test_cli_init_missing_folder_fails_before_any_work(tmp_path, capsys):
@@ -288,7 +236,7 @@ def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
     save_one_style_model(src, tmp_path / "src")
     preset = replace(PRESETS["tiny"], lr=1e-6, iters=2)
     distill(DistillConfig(teachers=(parse_teacher("builtin:1"),), names=("a",), out=tmp_path / "out", preset=preset,
-                          losses=LossWeights(texture=1.0, pixel_blur=2.0), init=tmp_path / "src", progress=False))
+                          losses=pixel_terms(texture=1.0, pixel_blur=2.0), init=tmp_path / "src", progress=False))
     got, manifest = load_model(tmp_path / "out")
     assert got.cfg == src.cfg  # the architecture of --init, not the default ModelConfig
     diffs = [float((a - b).abs().max()) for a, b in zip(got.state_dict().values(), src.state_dict().values())
@@ -301,32 +249,27 @@ def test_distill_init_starts_from_the_given_weights_with_texture_on(tmp_path):
     ("warm_temporal", 1.0, "refiner"),  # the warm start keeps frame 1's strokes where they moved
     ("lattice", 100.0, "decoder"),  # the periodic part of the outputs is pushed down
     ("lattice_flat", 100.0, "decoder"),  # ... and of outputs on flat, noisy frames
-    ("grain", 1.0, "decoder"),  # each crop's fine grain is pulled to its teacher's
-    ("warm_chain", 1.0, "refiner"),  # a warm start from a warm start keeps the strokes too
 ])
-def test_optional_terms_are_off_by_default_and_add_their_weighted_part(term, weight, trained):
+def test_optional_terms_add_their_weighted_part(term, weight, trained):
     from models.build import build_model
 
-    assert getattr(LossWeights(), term) == 0.0
     torch.manual_seed(0)
     model = build_model(SMALL)
     x, t, s = _batch()
-    base, parts0 = training_step(model, x, t, s, 8, LossWeights(), np.random.default_rng(0))
+    base, parts0 = training_step(model, x, t, s, 8, pixel_terms(), np.random.default_rng(0))
     assert term not in parts0
-    loss, parts = training_step(model, x, t, s, 8, LossWeights(**{term: weight}), np.random.default_rng(0))
+    loss, parts = training_step(model, x, t, s, 8, pixel_terms(**{term: weight}), np.random.default_rng(0))
     assert parts[term] > 0
     assert float(loss.detach()) == pytest.approx(float(base.detach()) + weight * parts[term], rel=1e-5)
     loss.backward()
     assert sum(float(p.grad.abs().sum()) for p in getattr(model, trained).parameters() if p.grad is not None) > 0
 
 
-def test_temporal_noise_perturbs_only_frame_2_and_is_off_by_default(monkeypatch):
+def test_temporal_noise_perturbs_only_frame_2(monkeypatch):
     """`temporal_noise` adds sensor noise to the moved frame 2's input: the temporal term then compares a
     noisy frame's output with the clean frame's (frame 1 and the teacher targets stay clean)."""
-    import models.distill as distill_mod
     from models.build import build_model
 
-    assert LossWeights().temporal_noise == 0.0
     with pytest.raises(UserError):
         LossWeights(temporal_noise=-0.01)
     torch.manual_seed(0)
@@ -335,9 +278,9 @@ def test_temporal_noise_perturbs_only_frame_2_and_is_off_by_default(monkeypatch)
     seen: list[torch.Tensor] = []
     encode = model.encode
     monkeypatch.setattr(model, "encode", lambda xx, norm=None: (seen.append(xx.detach().clone()), encode(xx, norm))[1])
-    _, clean = training_step(model, x, t, s, 8, LossWeights(), np.random.default_rng(0))
+    _, clean = training_step(model, x, t, s, 8, pixel_terms(), np.random.default_rng(0))
     frames_clean, seen[:] = list(seen), []
-    _, noisy = training_step(model, x, t, s, 8, LossWeights(temporal_noise=0.05), np.random.default_rng(0))
+    _, noisy = training_step(model, x, t, s, 8, pixel_terms(temporal_noise=0.05), np.random.default_rng(0))
     assert torch.equal(seen[0], frames_clean[0])  # frame 1: the same clean crop
     d = (seen[1] - frames_clean[1]).abs()
     assert 0.01 < float(d.mean()) < 0.05 and float(seen[1].min()) >= 0.0 and float(seen[1].max()) <= 1.0
@@ -360,120 +303,3 @@ def test_lattice_settings_are_checked():
     for bad in (dict(lattice=-1.0), dict(lattice_period=1.0), dict(lattice_period=4.5)):
         with pytest.raises(UserError):
             LossWeights(**bad)
-
-
-# -- the teacher's own layers as features ----------------------------------------------------------
-
-def test_whole_teacher_in_torch_matches_onnxruntime():
-    import onnxruntime as ort
-
-    path = teacher_model_path("multistyle26")
-    g = OnnxGraph(path)
-    x = np.ascontiguousarray(_photo(96)[0].transpose(2, 0, 1)[None])  # (1, 3, 96, 96)
-    w = np.zeros(26, np.float32)
-    w[[3, 19]] = 0.5
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    ref = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
-        None, {"image": x, "style_weights": w})[0]
-    with torch.no_grad():
-        got = g({"image": torch.from_numpy(x), "style_weights": torch.from_numpy(w)})[g.output_names[0]].numpy()
-    assert np.abs(got - ref).max() < 1e-4
-
-
-def test_teacher_features_follow_each_samples_style():
-    import onnx
-    import onnxruntime as ort
-
-    from models.texture_loss import TEACHER_TAPS, TeacherFeatures
-
-    feats = TeacherFeatures()
-    path = teacher_model_path("multistyle26")
-    m = onnx.load(str(path))
-    names = [feats.available[t] for t in TEACHER_TAPS]
-    for n in names:
-        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    x = np.ascontiguousarray(np.stack([_photo(64)[0], _photo(64)[0][::-1]]).transpose(0, 3, 1, 2))  # (2, 3, 64, 64)
-    w = np.eye(26, dtype=np.float32)[[4, 19]]
-    with torch.no_grad():
-        got = feats(torch.from_numpy(x), torch.from_numpy(w))
-    for b in range(2):
-        refs = sess.run(names, {"image": x[b:b + 1], "style_weights": w[b]})
-        for tap, ref in zip(TEACHER_TAPS, refs):
-            assert np.abs(got[tap][b:b + 1].numpy() - ref).max() < 1e-4, (tap, b)
-
-
-def test_texture_loss_on_teacher_features(teacher_image):
-    from models.texture_loss import TEACHER_TAPS
-
-    table = torch.eye(26)[[19, 4]]
-    loss = TextureLoss(TextureLossConfig(kind="sliced", taps=TEACHER_TAPS, features="teacher"), style_weights=table)
-    crop = lambda x, d: x[..., 32 + d:128 + d, 32 + d:128 + d]  # noqa: E731
-    t, moved, blurred = crop(teacher_image, 0), crop(teacher_image, 4), crop(gaussian_blur(teacher_image, 2.0), 0)
-    s = torch.tensor([0])
-    assert float(loss(t, t, s)) == pytest.approx(0.0, abs=1e-9)
-    assert float(loss(blurred, t, s)) > 5 * float(loss(moved, t, s))
-    with pytest.raises(ValueError, match="style"):
-        loss(t, t)
-    with pytest.raises(UserError, match="features"):
-        TextureLossConfig(features="vgg")
-
-
-def test_training_step_with_teacher_features():
-    from models.build import build_model
-    from models.texture_loss import TEACHER_TAPS
-
-    torch.manual_seed(0)
-    model = build_model(SMALL)
-    x, t, s = _batch()
-    tex = TextureLoss(TextureLossConfig(taps=TEACHER_TAPS, features="teacher"), style_weights=torch.eye(26)[[1, 19]])
-    loss, parts = training_step(model, x, t, s, 8, LossWeights(texture=1.0, texture_features="teacher",
-                                                               texture_taps=TEACHER_TAPS), np.random.default_rng(0),
-                                texture=tex)
-    assert parts["texture"] > 0
-    loss.backward()
-    assert sum(float(p.grad.abs().sum()) for p in model.decoder.parameters() if p.grad is not None) > 0
-
-
-def test_grain_energy_is_the_texture_ratio_statistic_and_the_loss_its_relative_error():
-    """`grain_energy` is `models.metrics.texture_energy` (OpenCV's 3x3 Laplacian of grey) in 0..1 units on
-    the valid interior; `grain_loss` is the relative error of the student's grain against the teacher's."""
-    import cv2
-
-    from models.distill import grain_energy, grain_loss
-    from models.metrics import texture_energy
-
-    rng = np.random.default_rng(4)
-    img = (rng.random((40, 56, 3)) ** 2 * 255).astype(np.uint8)
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=3))[1:-1, 1:-1].mean() / 255.0
-    assert float(grain_energy(x)[0]) == pytest.approx(lap, rel=0.01)  # grey is rounded to uint8 by cv2
-    assert float(grain_energy(x)[0]) == pytest.approx(texture_energy(img) / 255.0, rel=0.1)  # borders aside
-    half = x * 0.5 + 0.25  # half the grain
-    flat = torch.full_like(x, 0.5)
-    assert float(grain_loss(x, x)) == pytest.approx(0.0, abs=1e-9)
-    assert float(grain_loss(half, x, eps=0.0)) == pytest.approx(0.5, rel=1e-4)  # half the teacher's grain
-    assert float(grain_loss(x, half, eps=0.0)) == pytest.approx(1.0, rel=1e-4)  # twice it
-    assert float(grain_loss(flat, x, eps=0.0)) == pytest.approx(1.0, rel=1e-4)  # none of it
-    y = x.clone().requires_grad_(True)
-    grain_loss(y, half).backward()
-    assert float((y.grad * (x - 0.5)).sum()) > 0  # too grainy: the gradient points to less contrast
-
-
-def test_compose_affine_is_one_warp_for_two():
-    from models.distill import compose_affine, warp
-
-    c, s_ = np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))
-    shift = torch.tensor([[[1.0, 0, 0.2], [0, 1.0, -0.1]]])
-    turn = torch.tensor([[[c, -s_, 0.0], [s_, c, 0.0]]], dtype=torch.float32)  # order matters for these two
-    x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8), size=(64, 64), mode="bilinear", align_corners=False)
-    inner = (slice(None), slice(None), slice(20, 44), slice(20, 44))  # away from the replicated border
-    twice = warp(warp(x, shift), turn)[inner]
-    assert float((twice - warp(x, compose_affine(shift, turn))[inner]).abs().mean()) < 0.003  # one resampling
-    assert float((twice - warp(x, compose_affine(turn, shift))[inner]).abs().mean()) > 0.01  # the other order
-    ident = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]])
-    assert torch.allclose(compose_affine(shift, ident), shift) and torch.allclose(compose_affine(ident, turn), turn)

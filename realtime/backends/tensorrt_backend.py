@@ -1,6 +1,6 @@
 """`tensorrt` backend: our model's stage graphs as TensorRT 10 engines, arrays as torch CUDA tensors.
 
-`TensorRTStages` implements `ModelStages` (realtime/backends/stages.py) with ``kernel_device`` "cuda":
+`TensorRTStages` implements `ModelStages` (models/stages.py) with ``kernel_device`` "cuda":
 the kernels' Triton pre/postprocess and FSQ run on the same torch CUDA tensors the engines read
 and write. Engines are built lazily from ``<model>/onnx/<preset>/<stage>.onnx`` on the first frame
 of a size (models/tensorrt_build.py: optimization profile from the stage's `ExportSpec`, timing

@@ -1,6 +1,6 @@
 """`torch` backend: our distilled model's stages in PyTorch (CPU; CUDA when present).
 
-`TorchStages` implements `ModelStages` (realtime/backends/stages.py): numpy arrays in and out on
+`TorchStages` implements `ModelStages` (models/stages.py): numpy arrays in and out on
 CPU (zero-copy through `torch.from_numpy`), CUDA tensors on the GPU. `TorchBackend` is
 `ModelBackend` on those stages. Only this module imports torch, and only when a backend is built.
 

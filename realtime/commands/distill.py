@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from genreal_errors import UserError
 
@@ -14,29 +14,15 @@ TEACHER_HELP = (
     "[NAME=]SPEC, repeat for several styles: builtin:N, builtin:3:0.5,12:0.5, image:PATH, onnx:PATH, "
     "pairs:DIR or procedural:cel (NAME defaults to a name made from the spec)"
 )
-_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)=(.+)$")
-
-
-def split_named_spec(text: str) -> tuple[str, str]:
-    """'starry=builtin:19' → ('starry', 'builtin:19'); 'builtin:19' → ('builtin-19', 'builtin:19').
-
-    Default names are the spec with every character outside [A-Za-z0-9_.-] replaced by '-'
-    (a style name never holds ':' or ',', which separate blends).
-    """
-    m = _NAME.match(text.strip())
-    if m:
-        return m.group(1), m.group(2)
-    spec = text.strip()
-    base = Path(spec.partition(":")[2]).stem if spec.startswith(("image:", "onnx:", "pairs:")) else ""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{spec.partition(':')[0]}-{base}" if base else spec).strip("-")
-    return name or "style", spec
-
-
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distill teachers into one multi-style model (needs torch)",
                        description="Distill one or more teachers into one few-step multi-style model. "
                                    "Teacher outputs are cached; checkpoints are written periodically.")
-    p.add_argument("--teacher", action="append", required=True, metavar="[NAME=]SPEC", help=TEACHER_HELP)
+    p.add_argument("--recipe", default=None, metavar="NAME|FILE",
+                   help="run a recipe end to end: a built-in name (cpu: the shipped model's stages; smoke: a "
+                        "minute's check) or a .toml file (models/recipes/); every stage's settings come from it, "
+                        "a finished stage is kept and an unfinished one resumed when run again with the same --out")
+    p.add_argument("--teacher", action="append", default=[], metavar="[NAME=]SPEC", help=TEACHER_HELP)
     p.add_argument("--preset", default="cpu", choices=("cpu", "gpu", "tiny"),
                    help="cpu: ~45 min on 2 cores; gpu: CUDA, bigger; tiny: a smoke test (default cpu)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (model, manifest, checkpoint)")
@@ -52,15 +38,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="start from this model folder's weights and architecture (same number of styles) instead of "
                         "a fresh initialization")
     p.add_argument("--tex-ch", type=int, default=None, metavar="N",
-                   help="width of the decoder's full-resolution texture head (0 = none, the shipped model's "
-                        "decoder); with --init the head is added to that model's decoder and starts as a no-op")
+                   help="width of the decoder's full-resolution texture head (0 = none; the shipped model has 6; "
+                        "default: the --init model's, else 0); with --init the head is added to that model's "
+                        "decoder and starts as a no-op")
     p.add_argument("--freeze", action="append", default=[], metavar="PREFIX",
                    help="keep the parameters whose names start with PREFIX at their initial values, repeatable "
                         "(e.g. --freeze decoder.up4 --freeze decoder.out with --tex-ch: new texture comes from the head)")
     p.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
                    help="set one loss weight or setting (models.distill.LossWeights), repeatable; e.g. "
-                        "--loss texture=0.5 --loss texture_kind=sliced --loss pixel_blur=2 (texture, pixel_blur, "
-                        "adversarial and warm_temporal are off by default: the shipped recipe)")
+                        "--loss texture=0 --loss pixel_blur=0 (the defaults are the shipped model's last stage: "
+                        "texture 2, pixel_blur 2, temporal 2, warm_temporal 1, lattice 2000, lattice_flat 2000, "
+                        "temporal_noise 0.015)")
     return p
 
 
@@ -86,8 +74,8 @@ def _check_writable_dir(path: Path, what: str) -> None:
 
 
 def parse_loss_overrides(items: list[str]) -> dict[str, Any]:
-    """['texture=0.5', 'texture_kind=gram'] → {'texture': 0.5, 'texture_kind': 'gram'} typed by the
-    LossWeights field; `UserError` for unknown names or bad values."""
+    """['texture=0.5', 'pixel_kind=l1'] → {'texture': 0.5, 'pixel_kind': 'l1'} typed by the LossWeights
+    field; `UserError` for unknown names or bad values."""
     from dataclasses import fields
 
     from models.distill import LossWeights
@@ -112,6 +100,22 @@ def parse_loss_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _in_out_dir(out: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Create --out and run `train` (→ the manifest); a folder this made is removed again if `train` fails
+    before writing anything into it."""
+    created = not out.exists()
+    try:  # a read-only file system passes the permission check (root) but not this
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror or exc} (choose a writable folder)") from None
+    try:
+        return train()
+    except BaseException:
+        if created and not any(out.iterdir()):  # leave no empty folder behind
+            out.rmdir()
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
@@ -120,7 +124,19 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from models.distill import PRESETS, DistillConfig, LossWeights, distill
-    from models.teachers import parse_teacher
+    from models.teachers import parse_teacher, split_named_spec
+
+    if args.cache_dir is not None:
+        _check_writable_dir(args.cache_dir, "--cache-dir")
+        try:  # a read-only file system passes the permission check (root) but not this
+            args.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create --cache-dir {args.cache_dir}: {exc.strerror or exc} "
+                            "(choose a writable folder)") from None
+    if args.recipe is not None:
+        return _run_recipe(args)
+    if not args.teacher:
+        raise UserError("genreal distill needs --teacher SPEC (one per style) or --recipe NAME|FILE")
 
     if args.iters is not None and args.iters < 1:
         raise UserError(f"bad --iters {args.iters}: it must be at least 1")
@@ -153,18 +169,30 @@ def run(args: argparse.Namespace) -> int:
         freeze=tuple(args.freeze),
         losses=replace(LossWeights(), **parse_loss_overrides(args.loss)),
     )
-    created = not args.out.exists()
-    try:  # a read-only file system passes the permission check (root) but not this
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {args.out}: {exc.strerror or exc} (choose a writable folder)") from None
-    try:
-        manifest = distill(cfg)
-    except BaseException:
-        if created and not any(args.out.iterdir()):  # leave no empty folder behind
-            args.out.rmdir()
-        raise
+    manifest = _in_out_dir(args.out, lambda: distill(cfg))
     fid = manifest["evaluation"]["fidelity"]
     print(json.dumps({"out": str(args.out), "mean_psnr": fid["mean_psnr"], "mean_ssim": fid["mean_ssim"],
                       "styles": manifest["styles"]}, indent=2), file=sys.stdout)
+    return 0
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    """`genreal distill --recipe`: every setting comes from the recipe; options that would contradict it
+    are refused."""
+    from models.recipe import load_recipe, run_recipe
+
+    clash = [flag for flag, value in (("--teacher", args.teacher), ("--iters", args.iters), ("--lr", args.lr),
+                                      ("--init", args.init), ("--tex-ch", args.tex_ch), ("--freeze", args.freeze),
+                                      ("--loss", args.loss), ("--resume", args.resume), ("--seed", args.seed != 0),
+                                      ("--preset", args.preset != "cpu")) if value]
+    if clash:
+        raise UserError(f"--recipe sets every stage's settings: drop {', '.join(clash)} (or edit a copy of the "
+                        "recipe file)")
+    recipe = load_recipe(args.recipe)
+    _check_writable_dir(args.out, "--out")
+    manifest = _in_out_dir(args.out, lambda: run_recipe(recipe, args.out, cache_dir=args.cache_dir,
+                                                         progress=not args.no_progress))
+    fid = manifest["evaluation"]["fidelity"]
+    print(json.dumps({"out": str(args.out), "recipe": manifest["training"]["recipe"], "mean_psnr": fid["mean_psnr"],
+                      "mean_ssim": fid["mean_ssim"], "styles": manifest["styles"]}, indent=2), file=sys.stdout)
     return 0
