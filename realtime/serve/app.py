@@ -10,6 +10,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ class State:
         self.executor = ThreadPoolExecutor(max_workers=config.limits.max_clients + 2, thread_name_prefix="serve")
         self.broadcast = broadcast
         self.peers: set[Any] = set()  # WebRTC peer connections
+        self.offers = security.PerAddress(config.limits.offers_per_minute / 60.0, config.limits.offers_per_minute)
         self.sockets: set[web.WebSocketResponse] = set()  # open camera WebSockets
         self.styles: Optional[list[str]] = None
         self.steps: list[int] = []  # the refine steps the page offers (the model's useful ones)
@@ -83,7 +85,7 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise web.HTTPForbidden(text="this server answers loopback names only")
     if not security.token_ok(cfg.token, request.query, request.headers, request.cookies):
         raise web.HTTPUnauthorized(text="missing or wrong access token: open the URL genreal serve printed")
-    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket" or request.path == "/ws"
     if (websocket or request.method != "GET") and not security.origin_ok(
             request.headers.get("Origin"), request.headers.get("Host", ""), cfg.secure):
         log.warning("refused a %s from origin %s", "WebSocket" if websocket else request.method,
@@ -193,6 +195,29 @@ def page_url(config: ServeConfig, port: int, path: str = "/") -> str:
     return f"{'https' if config.secure else 'http'}://{host}:{port}{path}{query}"
 
 
+class QuietLoopErrors:
+    """An event-loop exception handler that logs one line per kind of error per `interval_s` (with how
+    many were left out), never a traceback per attempt: out of file descriptors, asyncio's accept loop
+    would otherwise log a traceback for every connection it cannot take."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        kind = f"{context.get('message', 'event loop error')}" + (f": {type(exc).__name__}" if exc else "")
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval_s) < self.interval_s:
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        skipped = self._skipped.pop(kind, 0)
+        log.error("%s%s%s", kind, f" ({exc})" if exc else "",
+                  f"; {skipped} more like it in the last {self.interval_s:g} s" if skipped else "")
+
+
 class ServerThread:
     """The server on its own event loop in a background thread (`--sink web`, tests, benchmarks)."""
 
@@ -201,6 +226,7 @@ class ServerThread:
         self.app = build_app(config, broadcast)
         self.port: int = config.port
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(QuietLoopErrors())
         self._runner: Optional[web.AppRunner] = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="genreal-serve", daemon=True)
 
