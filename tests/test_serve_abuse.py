@@ -17,7 +17,6 @@ import random
 import struct
 import subprocess
 import sys
-import zlib
 from typing import Any, Optional
 
 import aiohttp
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_pattern import decode_index, draw_index, pattern_fits
+from benchmarks.serve_abuse import jpeg_claiming, mutate, png_bomb
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
 from realtime.serve.protocol import FrameError, Limits, decode_frame, pack, parse_control
@@ -50,29 +50,6 @@ def _frame(i: int, img: Optional[np.ndarray] = None, **extra: Any) -> bytes:
     img = _image(i) if img is None else img
     h, w = img.shape[:2]
     return pack({"id": i, "t": 1000.0 + i, "fmt": "jpeg", "w": w, "h": h, **extra}, _jpeg(img))
-
-
-def _png_bomb(side: int = 30000) -> bytes:
-    """A real PNG header for side x side RGB pixels followed by the first compressed rows (enough for a
-    decoder to allocate the whole image: gigabytes)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    rows = zlib.compress(b"\0" * (side * 3 + 1) * 64, 9)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
-
-
-def _jpeg_claiming(width: int, height: int, progressive: bool = True) -> bytes:
-    """A small JPEG whose SOF is rewritten to claim width x height (what a decoder allocates for)."""
-    data = bytearray(_jpeg(_image(0, 64, 64), progressive))
-    i = 2
-    while True:
-        marker, length = data[i + 1], (data[i + 2] << 8) | data[i + 3]
-        if marker in (0xC0, 0xC1, 0xC2):
-            data[i + 5:i + 9] = struct.pack(">HH", height, width)
-            return bytes(data)
-        i += 2 + length
 
 
 def _server(**limits: Any) -> ServerThread:
@@ -131,9 +108,9 @@ def test_jpeg_size_is_read_from_the_header_bytes():
         data = _jpeg(np.zeros((h, w, 3), np.uint8), progressive)
         assert probe.jpeg_size(data) == (w, h)
         assert 1 <= probe.jpeg_scans(data) <= 12
-    assert probe.jpeg_size(_jpeg_claiming(30000, 30000)) == (30000, 30000)
-    assert probe.sniff(_png_bomb()) == "PNG" and probe.sniff(b"BM" + b"\0" * 60) == "BMP"
-    for bad in (b"", b"\xff\xd8\xff", _png_bomb(), b"\xff\xd8\xff\xda\0\x02"):
+    assert probe.jpeg_size(jpeg_claiming(30000, 30000)) == (30000, 30000)
+    assert probe.sniff(png_bomb(rows=64)) == "PNG" and probe.sniff(b"BM" + b"\0" * 60) == "BMP"
+    for bad in (b"", b"\xff\xd8\xff", png_bomb(rows=64), b"\xff\xd8\xff\xda\0\x02"):
         with pytest.raises(probe.ProbeError):
             probe.jpeg_size(bad)
 
@@ -147,8 +124,9 @@ def test_bombs_are_refused_before_decoding(name, monkeypatch):
     bmp = b"BM" + struct.pack("<IHHI", 54 + 640 * 360 * 3, 0, 0, 54) + b"\0" * 64
     scans = _jpeg(_image(0, 640, 360))
     scans = scans[:-2] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" * 1000 + b"\xff\xd9"
-    payload = {"png 30000x30000": _png_bomb(), "bmp": bmp, "progressive jpeg 30000x30000": _jpeg_claiming(30000, 30000),
-               "jpeg 5000x5000": _jpeg_claiming(5000, 5000, progressive=False), "empty": b"",
+    payload = {"png 30000x30000": png_bomb(rows=64), "bmp": bmp,
+               "progressive jpeg 30000x30000": jpeg_claiming(30000, 30000),
+               "jpeg 5000x5000": jpeg_claiming(5000, 5000, progressive=False), "empty": b"",
                "1000 scans": scans}[name]
     decoded = []
     monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(1))  # a decode would be the bomb going off
@@ -162,7 +140,7 @@ def test_bombs_are_refused_before_decoding(name, monkeypatch):
 
 def test_the_pixel_limit_is_checked_from_the_header_too():
     with pytest.raises(FrameError, match="pixels"):
-        decode_frame(pack({"fmt": "jpeg", "w": 4096, "h": 4096}, _jpeg_claiming(4096, 4096)), Limits())
+        decode_frame(pack({"fmt": "jpeg", "w": 4096, "h": 4096}, jpeg_claiming(4096, 4096)), Limits())
     frame = _frame(3, _image(3, 320, 180))
     assert decode_frame(frame, Limits()).image.shape == (180, 320, 3)  # a good frame still decodes
     up = decode_frame(pack({"w": 96, "h": 64, "fmt": "jpeg"}, _jpeg(_image(5, 96, 64), progressive=True)), Limits())
@@ -183,7 +161,7 @@ def test_a_bomb_closes_only_its_sender_and_the_server_stays_small(caplog):
                 await _roundtrip(good, 1)
                 before = rss_mb()
                 codes = []
-                for payload in (_png_bomb(), _jpeg_claiming(30000, 30000)):
+                for payload in (png_bomb(rows=64), jpeg_claiming(30000, 30000)):
                     async with http.ws_connect(srv.url("/ws")) as bad:
                         await _hello(bad)
                         await bad.send_bytes(pack({"id": 1, "t": 0, "fmt": "jpeg", "w": 640, "h": 360}, payload))
@@ -291,6 +269,70 @@ def test_a_webrtc_session_without_frames_frees_its_slot(caplog):
     assert any("no video frame within 1 s" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
+def test_a_webrtc_peer_whose_camera_stops_frees_its_slot(caplog):
+    """A connected peer that goes away without closing (its frames stop) ends after `idle_s`, not after
+    ICE consent expires (about a minute)."""
+    import fractions
+
+    from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+    from av import VideoFrame
+
+    from realtime.serve.transports.webrtc import allow_loopback_candidates
+
+    allow_loopback_candidates()
+    srv = _server(max_clients=1, idle_s=1.5)
+    stop = asyncio.Event()
+
+    class Camera(VideoStreamTrack):
+        async def recv(self):
+            if stop.is_set():
+                await asyncio.Event().wait()  # frozen: the page's tab was killed, the socket still up
+            pts, time_base = await self.next_timestamp()
+            frame = VideoFrame.from_ndarray(_image(int(pts) % 50, 320, 180), format="rgb24")
+            frame.pts, frame.time_base = pts, time_base or fractions.Fraction(1, 90000)
+            return frame
+
+    async def go():
+        pc = RTCPeerConnection()
+        pc.addTrack(Camera())
+        got = []
+
+        @pc.on("track")
+        def on_track(track):
+            async def pull():
+                while True:
+                    got.append(await track.recv())
+            asyncio.ensure_future(pull())
+
+        await pc.setLocalDescription(await pc.createOffer())
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(srv.url("/api/offer"), json={"type": "offer", "sdp": pc.localDescription.sdp}) as r:
+                    answer = await r.json()
+                await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+                for _ in range(300):
+                    if len(got) >= 3:
+                        break
+                    await asyncio.sleep(0.1)
+                assert len(got) >= 3
+                stop.set()
+                for _ in range(100):
+                    if await _clients(http, srv) == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await _clients(http, srv) == 0
+        finally:
+            await pc.close()
+
+    try:
+        with caplog.at_level("WARNING", logger=LOGGER):
+            run(go())
+    finally:
+        srv.stop()
+    assert any("no video frame for 1.5 s" in r.getMessage() for r in caplog.records)
+
+
 # -- 3. plain GET /ws ---------------------------------------------------------------------------------
 def test_plain_get_ws_allocates_nothing():
     srv = _server(max_clients=1)
@@ -323,6 +365,93 @@ def test_plain_get_ws_allocates_nothing():
     finally:
         srv.stop()
     assert len(made) == 2
+
+
+def test_new_sessions_are_capped_per_address():
+    """Each camera session builds a backend (a graph build on its first frame): a client that reconnects
+    in a loop is refused (429) after the burst, the sessions already open go on."""
+    srv = _server(sessions_per_minute=60, session_burst=3)
+
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(srv.url("/ws")) as keep:
+                await _hello(keep)
+                for _ in range(2):
+                    async with http.ws_connect(srv.url("/ws")) as ws:
+                        await _hello(ws)
+                with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                    await http.ws_connect(srv.url("/ws"))
+                assert info.value.status == 429
+                hdr, _ = await _roundtrip(keep, 5)
+                assert hdr["id"] == 5
+            await asyncio.sleep(1.1)  # a token a second
+            async with http.ws_connect(srv.url("/ws")) as ws:
+                await _hello(ws)
+
+    try:
+        run(go())
+    finally:
+        srv.stop()
+
+
+def test_new_sessions_from_all_addresses_are_capped_too():
+    """An attacker with many addresses (here 127.0.0.2-4) meets the server-wide cap on new sessions."""
+    srv = _server(all_sessions_per_minute=60, all_session_burst=2)
+
+    async def connect(last: int) -> int:
+        conn = aiohttp.TCPConnector(local_addr=(f"127.0.0.{last}", 0))
+        async with aiohttp.ClientSession(connector=conn) as http:
+            try:
+                async with http.ws_connect(srv.url("/ws")) as ws:
+                    await _hello(ws)
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    async def go():
+        return [await connect(last) for last in (2, 3, 4)]
+
+    try:
+        assert run(go()) == [101, 101, 429]
+    finally:
+        srv.stop()
+
+
+def test_first_frames_that_build_a_backend_run_one_at_a_time():
+    from realtime.backends.identity import IdentityBackend
+
+    srv = _server()
+    busy, most = [0], [0]
+
+    class Building(IdentityBackend):  # the first frame is slow, like a graph build
+        def infer(self, x):
+            if self.calls == 0:
+                busy[0] += 1
+                most[0] = max(most[0], busy[0])
+                try:
+                    import time as _time
+                    _time.sleep(0.2)
+                finally:
+                    busy[0] -= 1
+            return super().infer(x)
+
+    srv.state.sessions.make_backend = lambda: Building(BackendConfig(name="identity"))
+
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            sockets = [await http.ws_connect(srv.url("/ws")) for _ in range(3)]
+            for ws in sockets:
+                await _hello(ws)
+            results = await asyncio.gather(*(_roundtrip(ws, 10 + k) for k, ws in enumerate(sockets)))
+            for ws in sockets:
+                await ws.close()
+            return [hdr["id"] for hdr, _ in results]
+
+    try:
+        assert run(go()) == [10, 11, 12]
+    finally:
+        srv.stop()
+    assert most[0] == 1
 
 
 # -- 4. watchers --------------------------------------------------------------------------------------
@@ -360,6 +489,19 @@ def test_watchers_are_limited(limits, admitted, caplog):
     finally:
         srv.stop()
     assert sum("refused a watcher" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_max_watchers_option_is_checked(capsys):
+    from realtime.cli import main
+    from realtime.commands.serve import add_parser, serve_config
+    import argparse
+
+    assert main(["serve", "--max-watchers", "0"]) == 2
+    assert "--max-watchers" in capsys.readouterr().err
+    sub = argparse.ArgumentParser().add_subparsers()
+    args = add_parser(sub).parse_args(["--max-watchers", "5", "--backend", "identity"])
+    limits = serve_config(args).limits
+    assert (limits.max_watchers, limits.max_watchers_per_address) == (5, 3)
 
 
 def test_loop_errors_are_logged_once_per_interval(caplog):
@@ -639,21 +781,9 @@ def test_static_paths_do_not_leave_the_static_folder():
 def test_mutated_messages_leave_the_server_up_and_no_fds_behind(caplog):
     rng = random.Random(28)
     good = [_frame(i) for i in range(4)] + [json.dumps({"type": "config", "style": "invert"}).encode()]
-    srv = _server(max_bytes=1 << 20)
+    srv = _server(max_bytes=1 << 20, sessions_per_minute=1e6, session_burst=10**6, all_sessions_per_minute=1e6,
+                  all_session_burst=10**6)
     fds = _fds()
-
-    def mutate(data: bytes) -> bytes:
-        b = bytearray(data)
-        for _ in range(rng.randint(1, 8)):
-            op = rng.random()
-            i = rng.randrange(len(b) or 1)
-            if op < 0.5 and b:
-                b[i] = rng.randrange(256)
-            elif op < 0.75:
-                b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
-            else:
-                del b[i:i + rng.randint(1, 64)]
-        return bytes(b)
 
     async def go():
         closes = 0
@@ -662,7 +792,7 @@ def test_mutated_messages_leave_the_server_up_and_no_fds_behind(caplog):
             await _hello(ws)
             for n in range(300):
                 base = rng.choice(good)
-                data = mutate(base)
+                data = mutate(rng, base)
                 try:
                     if base[:4] == b"GRF1":
                         await ws.send_bytes(data)

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 
 from realtime.frame import Item, StereoFrame
 from realtime.serve.protocol import Limits, encode_frame
+from realtime.serve.quietlog import Throttle
 from realtime.sinks.base import Overlay, Sink
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Broadcast:
         self.frames = 0
         self.label = ""
         self._watchers: set[_Watcher] = set()
+        self.refusals = Throttle()  # refusal lines: one per kind per interval
 
     def publish(self, payload: bytes) -> None:
         loop = self.loop
@@ -78,11 +80,12 @@ class Broadcast:
     def _admit(self, address: str, limits: Limits) -> None:
         """Raise 503 when the watcher limits are reached (nothing is allocated yet)."""
         if len(self._watchers) >= limits.max_watchers:
-            log.warning("refused a watcher from %s: %d watchers is the limit", address, limits.max_watchers)
+            self.refusals.warning(log, "watchers", "refused a watcher from %s: %d watchers is the limit",
+                                  address, limits.max_watchers)
             raise web.HTTPServiceUnavailable(text=f"the server already has {limits.max_watchers} watchers")
         if sum(w.address == address for w in self._watchers) >= limits.max_watchers_per_address:
-            log.warning("refused a watcher from %s: %d watchers from one address is the limit", address,
-                        limits.max_watchers_per_address)
+            self.refusals.warning(log, "watchers per address", "refused a watcher from %s: %d watchers from "
+                                  "one address is the limit", address, limits.max_watchers_per_address)
             raise web.HTTPServiceUnavailable(
                 text=f"this address already has {limits.max_watchers_per_address} watchers")
 

@@ -58,6 +58,10 @@ class Limits:
     max_watchers: int = 32  # watch sockets (``/ws?mode=watch``) at once
     max_watchers_per_address: int = 16
     offers_per_minute: float = 12.0  # WebRTC offers per client address (a bucket of that many)
+    sessions_per_minute: float = 30.0  # new camera sessions per client address (each builds a backend) ...
+    session_burst: int = 8  # ... of which this many at once
+    all_sessions_per_minute: float = 60.0  # new camera sessions from all addresses together ...
+    all_session_burst: int = 12  # ... of which this many at once
     first_frame_s: float = 8.0  # a WebRTC session with no camera frame this long after its offer ends
     idle_s: float = 15.0  # a WebRTC session whose camera frames stopped this long ends
 

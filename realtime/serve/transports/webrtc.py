@@ -30,7 +30,7 @@ from genreal_errors import UserError
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.protocol import FrameError, parse_control, short_reason
 from realtime.serve.security import TokenBucket, is_loopback
-from realtime.serve.transports.ws import handle_control, open_session
+from realtime.serve.transports.ws import admit, handle_control, open_session, restyle
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _restyled_track_class() -> Any:
         def _restyle(self, frame: Any, t_in: int) -> Any:
             self.state.limits.check_size(frame.width, frame.height)
             image = frame.to_ndarray(format="rgb24")
-            out = VideoFrame.from_ndarray(self.session.process(image), format="rgb24")
+            out = VideoFrame.from_ndarray(restyle(self.state, self.session, image), format="rgb24")
             out.pts, out.time_base = frame.pts, frame.time_base
             return out
 
@@ -192,8 +192,8 @@ async def offer_handler(request: web.Request) -> web.Response:
         raise web.HTTPForbidden(text="this server only shows its own source (open the page's watch view)")
     address = request.remote or ""
     if not state.offers.hit(address):
-        log.warning("refused a WebRTC offer from %s: more than %g offers a minute", address,
-                    state.limits.offers_per_minute)
+        state.refusals.warning(log, "offer rate", "refused a WebRTC offer from %s: more than %g offers a minute",
+                               address, state.limits.offers_per_minute)
         raise web.HTTPTooManyRequests(text=f"more than {state.limits.offers_per_minute:g} offers a minute: wait")
     try:
         body = await request.json()
@@ -211,9 +211,7 @@ async def offer_handler(request: web.Request) -> web.Response:
 
     if state.config.webrtc_loopback and is_loopback(state.config.host):
         allow_loopback_candidates()
-    if not state.sessions.reserve():
-        log.warning("refused a WebRTC client from %s: %d clients is the limit", address, state.sessions.max_clients)
-        raise web.HTTPServiceUnavailable(text=f"the server already has {state.sessions.max_clients} clients")
+    admit(state, address, "WebRTC client")
     try:
         session = await open_session(state, "webrtc", address)
     except Exception as exc:

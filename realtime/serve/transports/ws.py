@@ -138,11 +138,38 @@ class WsClient:
 
     def _restyle(self, data: bytes, t_in: int) -> bytes:
         up = decode_frame(data, self.state.limits)
-        out = self.session.process(up.image, stereo=up.stereo)
+        out = restyle(self.state, self.session, up.image, up.stereo)
         server_ms = (time.monotonic_ns() - t_in) / 1e6
         reply = encode_frame(up.header, out, up.fmt, server_ms)
         self.session.record((time.monotonic_ns() - t_in) / 1e6)
         return reply
+
+
+def admit(state: Any, address: str, what: str) -> None:
+    """Reserve a slot for a new camera session, or raise 429 (too many new sessions a minute from this
+    address, or from all together: each builds a backend) or 503 (the server is full). Nothing is built."""
+    lim = state.limits
+    if not state.session_opens.hit(address):
+        state.refusals.warning(log, "session rate", "refused a %s from %s: more than %g new sessions a minute "
+                               "from one address", what, address, lim.sessions_per_minute)
+        raise web.HTTPTooManyRequests(text=f"more than {lim.sessions_per_minute:g} new sessions a minute: wait")
+    if not state.all_session_opens.hit():
+        state.refusals.warning(log, "all session rate", "refused a %s from %s: more than %g new sessions a "
+                               "minute", what, address, lim.all_sessions_per_minute)
+        raise web.HTTPTooManyRequests(text="the server is taking new sessions slowly: try again in a few seconds")
+    if not state.sessions.reserve():
+        state.refusals.warning(log, "clients", "refused a %s from %s: %d clients is the limit", what, address,
+                               state.sessions.max_clients)
+        raise web.HTTPServiceUnavailable(text=f"the server already has {state.sessions.max_clients} clients")
+
+
+def restyle(state: Any, session: Session, image: Any, stereo: bool = False) -> Any:
+    """`session.process`, with a session's first frame (its backend builds its graphs then: CPU and memory
+    for a second) one at a time across sessions, so a burst of new sessions cannot starve the others."""
+    if session.frames_out:
+        return session.process(image, stereo=stereo)
+    with state.first_frames:
+        return session.process(image, stereo=stereo)
 
 
 async def open_session(state: Any, transport: str, peer: str) -> Session:
@@ -168,9 +195,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="/ws takes WebSocket connections only")
     if request.query.get("mode") == "watch":
         return await state.broadcast.watch(request, state.limits)
-    if not state.sessions.reserve():
-        log.warning("refused a client from %s: %d clients is the limit", request.remote, state.sessions.max_clients)
-        raise web.HTTPServiceUnavailable(text=f"the server already has {state.sessions.max_clients} clients")
+    admit(state, request.remote or "", "client")
     try:
         await ws.prepare(request)
     except BaseException:
