@@ -57,7 +57,8 @@ class Limits:
     max_clients: int = 4
     max_watchers: int = 32  # watch sockets (``/ws?mode=watch``) at once
     max_watchers_per_address: int = 16
-    offers_per_minute: float = 12.0  # WebRTC offers per client address (a bucket of that many)
+    offers_per_minute: float = 12.0  # WebRTC offers per client address (a bucket of that many) ...
+    all_offers_per_minute: float = 60.0  # ... and from all addresses together (12 at once)
     sessions_per_minute: float = 30.0  # new camera sessions per client address (each builds a backend) ...
     session_burst: int = 8  # ... of which this many at once
     all_sessions_per_minute: float = 60.0  # new camera sessions from all addresses together ...

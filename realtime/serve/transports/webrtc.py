@@ -195,6 +195,10 @@ async def offer_handler(request: web.Request) -> web.Response:
         state.refusals.warning(log, "offer rate", "refused a WebRTC offer from %s: more than %g offers a minute",
                                address, state.limits.offers_per_minute)
         raise web.HTTPTooManyRequests(text=f"more than {state.limits.offers_per_minute:g} offers a minute: wait")
+    if not state.all_offers.hit():
+        state.refusals.warning(log, "all offer rate", "refused a WebRTC offer from %s: more than %g offers a "
+                               "minute from all addresses", address, state.limits.all_offers_per_minute)
+        raise web.HTTPTooManyRequests(text="the server is taking offers slowly: try again in a few seconds")
     try:
         body = await request.json()
     except ValueError:
@@ -205,7 +209,7 @@ async def offer_handler(request: web.Request) -> web.Response:
     try:
         check_offer(body["sdp"])
     except ValueError as exc:
-        log.warning("WebRTC offer from %s closed: bad WebRTC offer: %s", address, exc)
+        state.refusals.warning(log, "bad offer", "WebRTC offer from %s closed: bad WebRTC offer: %s", address, exc)
         raise web.HTTPBadRequest(text=f"bad WebRTC offer: {exc}") from None
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
