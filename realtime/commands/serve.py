@@ -45,6 +45,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, metavar="SRC",
                    help="also stream this source, restyled, to every page (" + SOURCE_HELP + ")")
     p.add_argument("--max-clients", type=int, default=4, metavar="N", help="camera sessions at once (default 4)")
+    p.add_argument("--max-watchers", type=int, default=32, metavar="N",
+                   help="pages watching the server's --source at once (default 32; at most half of them, "
+                        "and 16, from one address)")
     p.add_argument("--max-frame-mb", type=float, default=8.0, metavar="MB",
                    help="largest frame a page may send (default 8 MB)")
     add_pipeline_options(p)
@@ -61,6 +64,8 @@ def serve_config(args: argparse.Namespace) -> Any:
         raise UserError("--token and --no-token contradict each other: pick one")
     if args.max_clients < 1:
         raise UserError(f"bad --max-clients {args.max_clients}: it must be at least 1")
+    if args.max_watchers < 1:
+        raise UserError(f"bad --max-watchers {args.max_watchers}: it must be at least 1")
     if not 0.01 <= args.max_frame_mb <= 256:
         raise UserError(f"bad --max-frame-mb {args.max_frame_mb}: use 0.01 to 256")
     want_token = args.token or (not is_loopback(args.host) and not args.no_token)
@@ -68,7 +73,9 @@ def serve_config(args: argparse.Namespace) -> Any:
         host=args.host, port=args.port, tls=args.tls, cert=args.cert, key=args.key,
         token=make_token() if want_token else None,
         backend=backend_config(args),
-        limits=Limits(max_bytes=int(args.max_frame_mb * (1 << 20)), max_clients=args.max_clients))
+        limits=Limits(max_bytes=int(args.max_frame_mb * (1 << 20)), max_clients=args.max_clients,
+                      max_watchers=args.max_watchers,
+                      max_watchers_per_address=min(16, max(1, (args.max_watchers + 1) // 2))))
 
 
 class _SourceThread:
@@ -117,6 +124,7 @@ class _SourceThread:
 
 def run(args: argparse.Namespace) -> int:
     from realtime.serve.app import ServerThread
+    from realtime.serve.security import is_loopback
 
     parse_budget(args.budget_ms)
     config = serve_config(args)
@@ -135,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(f"genreal serve: preview  {server.url('/')}", flush=True)
     print(f"genreal serve: headset  {server.url('/xr')}", flush=True)
-    if config.host == "127.0.0.1":
+    if is_loopback(config.host):
         print(f"genreal serve: a headset on USB: adb reverse tcp:{server.port} tcp:{server.port}, "
-              f"then open http://localhost:{server.port}/xr", flush=True)
+              f"then open {server.url('/xr')}", flush=True)
     print("genreal serve: Ctrl-C stops", flush=True)
     try:
         threading.Event().wait()

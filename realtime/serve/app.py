@@ -24,6 +24,7 @@ from realtime.serve import security
 from realtime.serve.broadcast import Broadcast
 from realtime.serve.protocol import Limits
 from realtime.serve.keys import STATE_KEY
+from realtime.serve.quietlog import Throttle
 from realtime.serve.session import Sessions, backend_factory, offered_steps
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,13 @@ class State:
         self.executor = ThreadPoolExecutor(max_workers=config.limits.max_clients + 2, thread_name_prefix="serve")
         self.broadcast = broadcast
         self.peers: set[Any] = set()  # WebRTC peer connections
+        lim = config.limits
+        self.offers = security.PerAddress(lim.offers_per_minute / 60.0, lim.offers_per_minute)
+        self.all_offers = security.TokenBucket(lim.all_offers_per_minute / 60.0, min(12.0, lim.all_offers_per_minute))
+        self.session_opens = security.PerAddress(lim.sessions_per_minute / 60.0, lim.session_burst)
+        self.all_session_opens = security.TokenBucket(lim.all_sessions_per_minute / 60.0, lim.all_session_burst)
+        self.first_frames = threading.Lock()  # a session's first frame builds its backend's graphs: one at a time
+        self.refusals = Throttle()  # refusal lines (an attacker triggers them at will): one per kind per interval
         self.sockets: set[web.WebSocketResponse] = set()  # open camera WebSockets
         self.styles: Optional[list[str]] = None
         self.steps: list[int] = []  # the refine steps the page offers (the model's useful ones)
@@ -83,11 +91,11 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise web.HTTPForbidden(text="this server answers loopback names only")
     if not security.token_ok(cfg.token, request.query, request.headers, request.cookies):
         raise web.HTTPUnauthorized(text="missing or wrong access token: open the URL genreal serve printed")
-    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket" or request.path == "/ws"
     if (websocket or request.method != "GET") and not security.origin_ok(
             request.headers.get("Origin"), request.headers.get("Host", ""), cfg.secure):
-        log.warning("refused a %s from origin %s", "WebSocket" if websocket else request.method,
-                    request.headers.get("Origin"))
+        state.refusals.warning(log, "origin", "refused a %s from origin %s",
+                               "WebSocket" if websocket else request.method, request.headers.get("Origin"))
         raise web.HTTPForbidden(text="request from another origin")
     response = await handler(request)
     if cfg.token is not None and request.query.get("token") == cfg.token and not response.prepared:
@@ -193,6 +201,28 @@ def page_url(config: ServeConfig, port: int, path: str = "/") -> str:
     return f"{'https' if config.secure else 'http'}://{host}:{port}{path}{query}"
 
 
+class QuietLoopErrors:
+    """An event-loop exception handler that logs one line per kind of error per `interval_s` (with how
+    many were left out), never a traceback: out of file descriptors, asyncio's accept loop would
+    otherwise log a traceback for every connection it cannot take."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self._throttle = Throttle(interval_s)
+
+    @property
+    def interval_s(self) -> float:
+        return self._throttle.interval_s
+
+    @interval_s.setter
+    def interval_s(self, value: float) -> None:
+        self._throttle.interval_s = value
+
+    def __call__(self, loop: Optional[asyncio.AbstractEventLoop], context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        kind = f"{context.get('message', 'event loop error')}" + (f": {type(exc).__name__}" if exc else "")
+        self._throttle.error(log, kind, "%s%s", kind, f" ({exc})" if exc else "")
+
+
 class ServerThread:
     """The server on its own event loop in a background thread (`--sink web`, tests, benchmarks)."""
 
@@ -201,6 +231,7 @@ class ServerThread:
         self.app = build_app(config, broadcast)
         self.port: int = config.port
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(QuietLoopErrors())
         self._runner: Optional[web.AppRunner] = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="genreal-serve", daemon=True)
 

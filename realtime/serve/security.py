@@ -7,6 +7,7 @@
 - `origin_ok`: a WebSocket's ``Origin`` must be the server's own scheme://host:port.
 - `host_ok`: on loopback the ``Host`` header must name loopback (no DNS-rebinding reads).
 - `ensure_certificate`: a self-signed certificate made on first use under the cache dir.
+- `TokenBucket` / `PerAddress`: message and offer rates (a bucket per connection, per client address).
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import logging
 import os
 import re
 import secrets
+import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
 from genreal_errors import UserError
@@ -95,6 +97,49 @@ def origin_ok(origin: Optional[str], host_header: str, secure: bool) -> bool:
         return True
     expected = f"{'https' if secure else 'http'}://{host_header}".lower()
     return origin.lower() == expected
+
+
+class TokenBucket:
+    """`rate` events a second on average, bursts up to `burst` (default: one second's worth). A client
+    averaging under the rate is never refused, however its messages bunch up within a second."""
+
+    def __init__(self, rate: float, burst: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = rate if burst is None else burst
+        self._clock = clock
+        self._tokens = self.burst
+        self._last = clock()
+
+    def hit(self) -> bool:
+        """Take one token; False (nothing taken) when the bucket is empty."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    @property
+    def full(self) -> bool:
+        return self._tokens + (self._clock() - self._last) * self.rate >= self.burst
+
+
+class PerAddress:
+    """A `TokenBucket` per client address (e.g. WebRTC offers a minute); full buckets are forgotten."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def hit(self, address: str) -> bool:
+        if len(self._buckets) > 1024:
+            self._buckets = {a: b for a, b in self._buckets.items() if not b.full}
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket(self.rate, self.burst, self._clock)
+        return bucket.hit()
 
 
 def default_cert_dir() -> Path:

@@ -168,6 +168,11 @@ class Sessions:
             self._pending += 1
             return True
 
+    def release(self) -> None:
+        """Give back a reserved slot that will not be opened (the client left before its handshake)."""
+        with self._lock:
+            self._pending -= 1
+
     def open(self, transport: str, peer: str) -> Session:
         """Build a session for a reserved slot (blocking: loads a backend)."""
         try:

@@ -9,6 +9,11 @@ aiortc is a dependency, imported only when a page asks for WebRTC; should it be 
 told how to get it and the WebSocket transport still works. aioice never offers 127.0.0.1 as a host candidate, so
 a server bound to loopback adds it (`allow_loopback_candidates`) — without it a browser on the
 same machine with no other shared interface cannot connect.
+
+A slot is taken only for an offer aiortc parses that carries a video m-line with ICE credentials and a
+DTLS fingerprint; offers are limited per client address (`Limits.offers_per_minute`). A session that
+gets no camera frame within `Limits.first_frame_s` of its offer, whose frames stop for `Limits.idle_s`,
+or whose ICE fails, ends at once and frees its slot.
 """
 from __future__ import annotations
 
@@ -23,9 +28,9 @@ from aiohttp import web
 
 from genreal_errors import UserError
 from realtime.serve.keys import STATE_KEY
-from realtime.serve.protocol import FrameError, parse_control
-from realtime.serve.security import is_loopback
-from realtime.serve.transports.ws import RateLimit, handle_control
+from realtime.serve.protocol import FrameError, parse_control, short_reason
+from realtime.serve.security import TokenBucket, is_loopback
+from realtime.serve.transports.ws import admit, handle_control, open_session, restyle
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +88,9 @@ def _restyled_track_class() -> Any:
                 self._wake.set()
 
         def _restyle(self, frame: Any, t_in: int) -> Any:
+            self.state.limits.check_size(frame.width, frame.height)
             image = frame.to_ndarray(format="rgb24")
-            out = VideoFrame.from_ndarray(self.session.process(image), format="rgb24")
+            out = VideoFrame.from_ndarray(restyle(self.state, self.session, image), format="rgb24")
             out.pts, out.time_base = frame.pts, frame.time_base
             return out
 
@@ -104,6 +110,10 @@ def _restyled_track_class() -> Any:
             loop = asyncio.get_running_loop()
             try:
                 out = await loop.run_in_executor(self.state.executor, self._restyle, frame, t_in)
+            except (FrameError, UserError) as exc:  # a frame this server or its backend cannot take
+                log.warning("session %d closed: frame refused: %s", self.session.id, exc)
+                self.stop()
+                raise MediaStreamError from None
             except Exception as exc:  # the backend failed on this peer's frame: end this track only
                 log.error("session %d closed: server error: %s: %s", self.session.id, type(exc).__name__, exc)
                 log.debug("session %d: restyling failed", self.session.id, exc_info=True)
@@ -150,6 +160,24 @@ def _prefer_codecs(pc: Any, preferred: tuple[str, ...] = PREFERRED_CODECS) -> No
             t.setCodecPreferences(ordered)
 
 
+def check_offer(sdp: str) -> None:
+    """Raise `ValueError` unless aiortc parses `sdp` into an offer a camera session can use."""
+    from aiortc.sdp import SessionDescription
+
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:  # the parser raises anything from ValueError to IndexError
+        raise ValueError(f"the SDP does not parse ({type(exc).__name__})") from None
+    video = [m for m in parsed.media if m.kind == "video" and m.port != 0 and m.rtp.codecs]
+    if not video:
+        raise ValueError("the SDP has no video m-line with a codec (send the camera track)")
+    m = video[0]
+    if m.ice is None or not m.ice.usernameFragment or not m.ice.password:
+        raise ValueError("the SDP's video has no ICE username fragment and password")
+    if m.dtls is None or not m.dtls.fingerprints:
+        raise ValueError("the SDP's video has no DTLS fingerprint")
+
+
 async def close_all(state: Any) -> None:
     peers = list(state.peers)
     await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
@@ -162,6 +190,15 @@ async def offer_handler(request: web.Request) -> web.Response:
         raise web.HTTPNotImplemented(text=HOW_TO_GET)
     if not state.config.camera_sessions:
         raise web.HTTPForbidden(text="this server only shows its own source (open the page's watch view)")
+    address = request.remote or ""
+    if not state.offers.hit(address):
+        state.refusals.warning(log, "offer rate", "refused a WebRTC offer from %s: more than %g offers a minute",
+                               address, state.limits.offers_per_minute)
+        raise web.HTTPTooManyRequests(text=f"more than {state.limits.offers_per_minute:g} offers a minute: wait")
+    if not state.all_offers.hit():
+        state.refusals.warning(log, "all offer rate", "refused a WebRTC offer from %s: more than %g offers a "
+                               "minute from all addresses", address, state.limits.all_offers_per_minute)
+        raise web.HTTPTooManyRequests(text="the server is taking offers slowly: try again in a few seconds")
     try:
         body = await request.json()
     except ValueError:
@@ -169,23 +206,26 @@ async def offer_handler(request: web.Request) -> web.Response:
     if (not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str)
             or len(body["sdp"]) > _MAX_SDP):
         raise web.HTTPBadRequest(text="expected {\"type\": \"offer\", \"sdp\": \"...\"}")
+    try:
+        check_offer(body["sdp"])
+    except ValueError as exc:
+        state.refusals.warning(log, "bad offer", "WebRTC offer from %s closed: bad WebRTC offer: %s", address, exc)
+        raise web.HTTPBadRequest(text=f"bad WebRTC offer: {exc}") from None
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     if state.config.webrtc_loopback and is_loopback(state.config.host):
         allow_loopback_candidates()
-    if not state.sessions.reserve():
-        log.warning("refused a WebRTC client from %s: %d clients is the limit", request.remote,
-                    state.sessions.max_clients)
-        raise web.HTTPServiceUnavailable(text=f"the server already has {state.sessions.max_clients} clients")
-    loop = asyncio.get_running_loop()
+    admit(state, address, "WebRTC client")
     try:
-        session = await loop.run_in_executor(state.executor, state.sessions.open, "webrtc", request.remote or "")
-    except UserError as exc:
-        raise web.HTTPInternalServerError(text=f"cannot start a backend: {exc}") from None
+        session = await open_session(state, "webrtc", address)
+    except Exception as exc:
+        log.warning("refused a WebRTC client from %s: cannot start a backend: %s", address, exc)
+        raise web.HTTPInternalServerError(text="cannot start a backend (see the server log)") from None
     pc = RTCPeerConnection()
     state.peers.add(pc)
     channels: list[Any] = []
     closed = False
+    tasks: set[asyncio.Task[None]] = set()
 
     async def finish(reason: Optional[str] = None) -> None:
         nonlocal closed
@@ -194,13 +234,33 @@ async def offer_handler(request: web.Request) -> web.Response:
         closed = True
         if reason:
             log.warning("session %d (%s) closed: %s", session.id, session.peer, reason)
+        current = asyncio.current_task()
+        for task in tasks:
+            if task is not current:
+                task.cancel()
         state.peers.discard(pc)
         await pc.close()
         state.sessions.close(session)
         log.info("session %d ended: %d frames in, %d out, %d dropped", session.id, session.frames_in,
                  session.frames_out, session.dropped)
 
-    rate = RateLimit(state.limits.max_rate)
+    async def watchdog() -> None:
+        """End a session whose camera frames never came (`first_frame_s`) or stopped (`idle_s`)."""
+        limits = state.limits
+        await asyncio.sleep(limits.first_frame_s)
+        if session.frames_in == 0:
+            await finish(f"no video frame within {limits.first_frame_s:g} s of the offer")
+            return
+        seen, since = session.frames_in, time.monotonic()
+        while not closed:
+            await asyncio.sleep(min(1.0, limits.idle_s / 4))
+            if session.frames_in != seen:
+                seen, since = session.frames_in, time.monotonic()
+            elif time.monotonic() - since >= limits.idle_s:
+                await finish(f"no video frame for {limits.idle_s:g} s")
+                return
+
+    rate = TokenBucket(state.limits.max_rate)
 
     @pc.on("datachannel")
     def on_datachannel(channel: Any) -> None:
@@ -233,16 +293,27 @@ async def offer_handler(request: web.Request) -> web.Response:
     @pc.on("connectionstatechange")
     async def on_state() -> None:
         if pc.connectionState in ("failed", "closed"):
-            await finish()
+            await finish(None if pc.connectionState == "closed" else "the WebRTC connection failed")
+
+    @pc.on("iceconnectionstatechange")
+    async def on_ice() -> None:
+        if pc.iceConnectionState == "failed":
+            await finish("ICE failed")
 
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
         _prefer_codecs(pc, offered_order(body["sdp"]))
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # a malformed SDP raises anything from ValueError to KeyError
-        await finish(f"bad WebRTC offer: {exc}")
-        raise web.HTTPBadRequest(text=f"bad WebRTC offer: {exc}") from None
-    log.info("session %d: WebRTC from %s", session.id, request.remote)
+        reason = short_reason(f"bad WebRTC offer: {type(exc).__name__}: {exc}")
+        await finish(reason)
+        raise web.HTTPBadRequest(text=reason) from None
+    if closed:  # ICE failed while the answer was made
+        raise web.HTTPServiceUnavailable(text="the WebRTC connection failed")
+    task = asyncio.create_task(watchdog())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    log.info("session %d: WebRTC from %s", session.id, address)
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
                               "session": session.id, "backend": session.backend.name,
                               "styles": list(session.backend.styles()), "style": session.backend.style})
