@@ -16,10 +16,10 @@ it does not (DESIGN.md §1, §3, §6). One component, read top to bottom:
      (reason ``SCATTERED``);
    - ``WARP``: the camera moved since the reference frame: its output is warped to the current view (one
      resampling from the reference, never a chain) and crops are recomputed where the warp cannot explain
-     the output: input that differs from the warped reference input (grown by `reach`), and bands along
-     the reference frame's edges that moved into the picture (content newly in view, and the output the
-     model made near the reference frame's border, which it makes differently inside a frame: left
-     there it was a seam);
+     the output: input that differs from the warped reference input (grown by `reach`), content newly in
+     view, and bands along the edges where the output shown was made at another distance from a border
+     (the model draws a frame's border differently from its inside: the reference frame's border band
+     warped inward was a seam above the bottom edge of a tilt);
    - ``FULL``: everything is computed and the frame becomes the new reference, with its reason: a cold
      cache, a scene cut, the camera came to rest, too much newly in view, or a context no longer current.
 
@@ -27,7 +27,10 @@ it does not (DESIGN.md §1, §3, §6). One component, read top to bottom:
    that measured them (the *context frame*, the last full one), so a patch is styled as a part of its
    frame. The planner keeps that context current: when the frame's normalization drifted from it by more
    than `norm_mean_tol` / `norm_spread_tol`, or more than `context_frac` of the tiles differ from the
-   context frame's, the frame is computed in full (reason ``CONTEXT``).
+   context frame's, the frame is computed in full (reason ``CONTEXT``). (On a flat picture the model's
+   ctx also depends on where an edge sits on the 8 px token grid: a box moving over flat green moves
+   ctx by ~20% between frames with an unchanged norm, and the no-reuse output's tint flickers with it;
+   reuse keeps the context frame's.)
 3. **The cache** (`_Cache`): the reference frame's tokens (FSQ levels, for hysteresis), its output with
    the pastes since, the input that output was computed from (signatures and greys, pasted alongside),
    the context, the last plan. Only its own methods touch it.
@@ -72,10 +75,12 @@ class TemporalConfig:
     hysteresis_margin: float = 0.3  # FSQ: a level flips only when it wins by this much (in level spacings)
     #: tokens an input change reaches in the output (the shipped model's receptive field): a 32 px box on a
     #: flat or photo background with norm and ctx held fixed changes the output by > 8/255 up to 35-53 px
-    #: (flat) and 18-32 px (photo) from its edge (starry, cel); 5 tokens = 40 px
-    reach: int = 5
+    #: (flat) and 18-32 px (photo) from its edge (starry, cel); 6 tokens = 48 px (5 left faint orange streaks of
+    #: the halo along a box's path on flat green)
+    reach: int = 6
     #: tokens of input context around a pasted part: a crop's inner part against the whole frame's output,
-    #: starry at 320x184: margin 2: 36 dB, 3: 45 dB, 4: 52 dB
+    #: starry at 320x184: margin 2: 36 dB, 3: 45 dB, 4: 52 dB. A frame's border is a crop's: the model's
+    #: output this close to a frame's edge is its border look (`warp_masks`)
     crop_margin: int = 3
     min_crop: int = 8  # smallest crop side in tokens: the exported dynamic graphs start at 64 px (export.DYNAMIC_MIN)
     max_crop_frac: float = 0.6  # crops covering more than this fraction of the frame: compute everything instead
@@ -287,7 +292,7 @@ class _Warp:
 
 
 def _warp_plan(f: FrameStats, c: CacheView, a: np.ndarray, thresh: float, cfg: TemporalConfig) -> _Warp:
-    changed, new, bands = warp_masks(f, c.ref_greys, a, thresh, cfg.reach * TOKEN)
+    changed, new, bands = warp_masks(f, c.ref_greys, a, thresh, cfg.crop_margin, cfg.reach)
     unexplained = float((changed | new).mean())
     if changed.mean() > cfg.cut_frac:  # most of what stayed in view changed: a new scene
         return _Warp(Plan(Action.FULL, Reason.CUT, f), unexplained)
@@ -304,17 +309,19 @@ def _beats_still(warp: _Warp, frac: float) -> bool:
 
 
 def warp_masks(f: FrameStats, ref_greys: Sequence[np.ndarray], affine: np.ndarray, thresh: float,
-               edge_px: float, leave_px: float = 4.0) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+               border: int, reach: int, leave_px: float = 4.0) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
     """Token tiles (Hp/8, Wp/8) whose output the reference output warped by `affine` (output px → reference
-    px) cannot explain, any eye: (changed, new, bands). `changed`: the input differs from the warped
-    reference input (4×4 block means, as for a still camera). `new`: pixels not in view at the reference
-    frame. `bands` (left, right, top, bottom): tiles whose reference position lies within `edge_px` of that
-    edge of the reference frame (new ones included) and which now lie farther from the frame's edge: the
-    model's output there was made near a border, which it makes differently inside a frame; and tiles now within
-    `edge_px` of an edge that were more than `leave_px` farther from it (content moving towards an edge: the
-    model draws a frame's border differently; up to 4 px of that keep the band but its outermost 8 px within
-    30 dB of no-reuse on smooth scenes). Each band tile goes with the first such edge (an L-shaped band in
-    one crop would be the whole frame); `changed` leaves the band tiles out."""
+    px) cannot explain, any eye: (changed, new, bands).
+
+    - `changed`: the input differs from the warped reference input (4×4 block means, as for a still camera);
+    - `new`: pixels not in view at the reference frame;
+    - `bands` (left, right, top, bottom), along each edge: new tiles grown by `reach` tokens (what the new
+      content reaches); tiles whose reference position lies within `border` tokens of that edge and now lie
+      farther from it (the model draws a frame's border differently from its inside: warped inward, the
+      reference frame's border band was a seam); tiles now within `border` tokens of the edge that were more
+      than `leave_px` farther from it (content moving to an edge; up to 4 px of that keep the band but its
+      outermost 8 px within 30 dB of no-reuse on smooth scenes). Each band tile goes with the first such edge
+      (an L-shaped band in one crop would be the whole frame); `changed` leaves the band tiles out."""
     h, w = f.greys[0].shape
     _, hp, wp = f.shape
     th, tw = hp // TOKEN, wp // TOKEN
@@ -322,8 +329,9 @@ def warp_masks(f: FrameStats, ref_greys: Sequence[np.ndarray], affine: np.ndarra
     for rg, sig in zip(ref_greys, f.sigs):
         changed |= tile_change(sig, signature(warp_back(rg, affine, w, h), hp, wp), thresh)
     rows, cols = np.mgrid[0:th, 0:tw]
-    new = np.zeros((th, tw), bool)
+    beyond = np.zeros((4, th, tw), bool)  # new, by the reference frame's edge it lies beyond
     stale = np.zeros((4, th, tw), bool)
+    edge_px = border * TOKEN
     for x in (np.minimum(cols * TOKEN, w - 1), np.minimum(cols * TOKEN + TOKEN - 1, w - 1)):
         for y in (np.minimum(rows * TOKEN, h - 1), np.minimum(rows * TOKEN + TOKEN - 1, h - 1)):
             qx = affine[0, 0] * x + affine[0, 1] * y + affine[0, 2]
@@ -331,12 +339,13 @@ def warp_masks(f: FrameStats, ref_greys: Sequence[np.ndarray], affine: np.ndarra
             ref_d = np.stack([qx, (w - 1) - qx, qy, (h - 1) - qy])  # distance to each edge at the reference
             cur_d = np.stack([x, (w - 1) - x, y, (h - 1) - y]).astype(np.float64)  # ... and now
             # a quarter pixel past the edge is still the edge (the warp replicates it), not new content
-            new |= (ref_d < -0.25).any(axis=0)
+            beyond |= ref_d < -0.25
             stale |= (ref_d < edge_px) & (ref_d < cur_d - 0.5)  # the reference's border band moved inward
             stale |= (cur_d < edge_px) & (ref_d > cur_d + leave_px)  # inner content came near a border
+    stale |= np.stack([_dilated(b, reach) for b in beyond])
     first = stale.argmax(axis=0)
     bands = tuple(stale.any(axis=0) & (first == k) for k in range(4))
-    return changed & ~stale.any(axis=0), new, bands
+    return changed & ~stale.any(axis=0), beyond.any(axis=0), bands
 
 
 def _crops(cfg: TemporalConfig, *masks: np.ndarray) -> Optional[tuple[Region, ...]]:
@@ -602,6 +611,8 @@ class TemporalReuse:
                 _paste(y, region, r.rgb, TOKEN)
                 recomputed += cost
             out, dirty = cache.show_warped(y), None
+        if a is Action.FULL and plan.reason is not Reason.COLD:
+            log.debug("temporal reuse: a new reference frame (%s)", plan.reason.value)
         cache.finish(plan, self._config)
         self.stats.record(plan, recomputed, ntok)
         self._last = plan
