@@ -213,6 +213,7 @@ def plan_frame(f: FrameStats, c: Optional[CacheView], cfg: TemporalConfig, chang
 
 
 def _plan_with_cache(f: FrameStats, c: CacheView, cfg: TemporalConfig, thresh: float) -> Plan:
+    """`plan_frame` for a cache of this frame's size, before the context check."""
     changed = _changed(f.sigs, c.ref_sig, thresh)  # (h, w) tiles a still camera cannot explain
     frac = float(changed.mean())
     moving = c.last_action is Action.WARP
@@ -292,7 +293,7 @@ class _Warp:
 
 
 def _warp_plan(f: FrameStats, c: CacheView, a: np.ndarray, thresh: float, cfg: TemporalConfig) -> _Warp:
-    changed, new, bands = warp_masks(f, c.ref_greys, a, thresh, cfg.crop_margin, cfg.reach)
+    changed, new, bands = warp_masks(f, c.ref_greys, a, thresh, cfg.crop_margin)
     unexplained = float((changed | new).mean())
     if changed.mean() > cfg.cut_frac:  # most of what stayed in view changed: a new scene
         return _Warp(Plan(Action.FULL, Reason.CUT, f), unexplained)
@@ -308,26 +309,41 @@ def _beats_still(warp: _Warp, frac: float) -> bool:
     return warp.plan.action is Action.WARP and warp.unexplained <= frac
 
 
+def _edges(grey: np.ndarray, hp: int, wp: int) -> np.ndarray:
+    """Grey (H, W) → (Hp/4, Wp/4) block means of its gradient magnitude (|d/dx| + |d/dy|, grey levels a px)."""
+    import cv2
+
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)  # central differences
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+    return signature(np.abs(gx) + np.abs(gy), hp, wp)
+
+
 def warp_masks(f: FrameStats, ref_greys: Sequence[np.ndarray], affine: np.ndarray, thresh: float,
-               border: int, reach: int, leave_px: float = 4.0) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+               border: int, leave_px: float = 4.0, misregistration: float = 0.5
+               ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
     """Token tiles (Hp/8, Wp/8) whose output the reference output warped by `affine` (output px → reference
     px) cannot explain, any eye: (changed, new, bands).
 
-    - `changed`: the input differs from the warped reference input (4×4 block means, as for a still camera);
+    - `changed`: the input differs from the warped reference input (4×4 block means, as for a still camera)
+      by more than the threshold plus what a `misregistration` (px) of the warp makes of its edges (the
+      estimate is good to ~0.1 px, an edge of 200 grey levels a px makes 20 of that: the demo clip, a photo
+      under a moving camera, had a few such tiles a frame, each then recomputed with its reach);
     - `new`: pixels not in view at the reference frame;
-    - `bands` (left, right, top, bottom), along each edge: new tiles grown by `reach` tokens (what the new
-      content reaches); tiles whose reference position lies within `border` tokens of that edge and now lie
-      farther from it (the model draws a frame's border differently from its inside: warped inward, the
-      reference frame's border band was a seam); tiles now within `border` tokens of the edge that were more
-      than `leave_px` farther from it (content moving to an edge; up to 4 px of that keep the band but its
-      outermost 8 px within 30 dB of no-reuse on smooth scenes). Each band tile goes with the first such edge
-      (an L-shaped band in one crop would be the whole frame); `changed` leaves the band tiles out."""
+    - `bands` (left, right, top, bottom), along each edge: new tiles grown by `border` tokens (by the full
+      `reach`, the demo clip's camera made a new reference frame every other frame); tiles whose reference
+      position lies within `border` tokens of that edge and now lie farther from it (the model draws a
+      frame's border differently from its inside: warped inward, the reference frame's border band was a
+      seam); tiles now within `border` tokens of the edge that were more than `leave_px` farther from it
+      (content moving to an edge; up to 4 px of that keep the band but its outermost 8 px within 30 dB of
+      no-reuse on smooth scenes). Each band tile goes with the first such edge (an L-shaped band in one
+      crop would be the whole frame); `changed` leaves the band tiles out."""
     h, w = f.greys[0].shape
     _, hp, wp = f.shape
     th, tw = hp // TOKEN, wp // TOKEN
     changed = np.zeros((th, tw), bool)
     for rg, sig in zip(ref_greys, f.sigs):
-        changed |= tile_change(sig, signature(warp_back(rg, affine, w, h), hp, wp), thresh)
+        warped = warp_back(rg, affine, w, h)
+        changed |= tile_change(sig, signature(warped, hp, wp), thresh + misregistration * _edges(warped, hp, wp))
     rows, cols = np.mgrid[0:th, 0:tw]
     beyond = np.zeros((4, th, tw), bool)  # new, by the reference frame's edge it lies beyond
     stale = np.zeros((4, th, tw), bool)
@@ -342,7 +358,7 @@ def warp_masks(f: FrameStats, ref_greys: Sequence[np.ndarray], affine: np.ndarra
             beyond |= ref_d < -0.25
             stale |= (ref_d < edge_px) & (ref_d < cur_d - 0.5)  # the reference's border band moved inward
             stale |= (cur_d < edge_px) & (ref_d > cur_d + leave_px)  # inner content came near a border
-    stale |= np.stack([_dilated(b, reach) for b in beyond])
+    stale |= np.stack([_dilated(b, border) for b in beyond])  # new content reaches in as far as a border does
     first = stale.argmax(axis=0)
     bands = tuple(stale.any(axis=0) & (first == k) for k in range(4))
     return changed & ~stale.any(axis=0), beyond.any(axis=0), bands
