@@ -53,7 +53,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -120,8 +120,9 @@ def signature(grey: np.ndarray, hp: int, wp: int) -> np.ndarray:
     return cv2.resize(g, (wp // BLOCK, hp // BLOCK), interpolation=cv2.INTER_AREA)
 
 
-def tile_change(sig: np.ndarray, ref: np.ndarray, thresh: float) -> np.ndarray:
-    """(Hp/4, Wp/4) signatures → (Hp/8, Wp/8) bool: a token tile changed when any of its blocks did."""
+def tile_change(sig: np.ndarray, ref: np.ndarray, thresh: Union[float, np.ndarray]) -> np.ndarray:
+    """(Hp/4, Wp/4) signatures → (Hp/8, Wp/8) bool: a token tile changed when any of its blocks did (by more
+    than `thresh`, one for all blocks or one per block)."""
     d = np.abs(sig - ref) > thresh
     r = TOKEN // BLOCK
     return d.reshape(d.shape[0] // r, r, d.shape[1] // r, r).any(axis=(1, 3))
@@ -160,6 +161,8 @@ class Action(enum.Enum):
 
 
 class Reason(enum.Enum):
+    """Why a plan's action was chosen."""
+
     COLD = "cold"  # nothing cached for this size
     UNCHANGED = "unchanged"
     CHANGED = "changed"  # still camera, changes in crops
@@ -181,6 +184,8 @@ class Region:
 
 @dataclass(frozen=True)
 class Plan:
+    """What one frame runs (`plan_frame` → `TemporalReuse.run`), why, and the statistics it was planned from."""
+
     action: Action
     reason: Reason
     frame: FrameStats
