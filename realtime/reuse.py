@@ -607,7 +607,7 @@ class TemporalReuse:
 
     def run(self, plan: Plan, x: Any, style_vec: Any, steps: int, frame_norm: Callable[[], Any]) -> Reused:
         """Execute `plan` on the model input x (B, 3, Hp, Wp) with the style and steps; `frame_norm()` gives
-        the whole frame's normalization (asked for only when the whole frame is computed)."""
+        the whole frame's normalization (asked for only by a FULL plan: crops use the context frame's)."""
         from models.stages import run_frame
 
         cache, a = self._cache, plan.action
@@ -622,13 +622,13 @@ class TemporalReuse:
         elif a is Action.REUSE:
             out, dirty = cache.reference_output(), None if after_warp else ()
         elif a is Action.REFRESH:  # pasted into the reference output
-            for region, r, cost in self._regions(plan, x, style_vec, steps, frame_norm):
+            for region, r, cost in self._regions(plan, x, style_vec, steps):
                 cache.paste(plan, region, r.levels, r.rgb)
                 recomputed += cost
             out, dirty = cache.reference_output(), None if after_warp else _rects(plan.regions)
         else:  # WARP: pasted into the warped reference output
             y = self._ops.warp_affine(cache.reference_output(), plan.affine, border="replicate")  # (B, 3, Hp, Wp)
-            for region, r, cost in self._regions(plan, x, style_vec, steps, frame_norm):
+            for region, r, cost in self._regions(plan, x, style_vec, steps):
                 _paste(y, region, r.rgb, TOKEN)
                 recomputed += cost
             out, dirty = cache.show_warped(y), None
@@ -639,14 +639,12 @@ class TemporalReuse:
         self._last = plan
         return Reused(out, dirty)
 
-    def _regions(self, plan: Plan, x: Any, style_vec: Any, steps: int, frame_norm: Callable[[], Any]
-                 ) -> Iterator[tuple[Region, Any, int]]:
+    def _regions(self, plan: Plan, x: Any, style_vec: Any, steps: int) -> Iterator[tuple[Region, Any, int]]:
         """Each region of the plan with the stage chain's result over its box and the tokens that cost (0 for a
         box computed before: regions may share one, SCATTERED's whole frame)."""
         from models.stages import run_frame
 
         cache, cfg = self._cache, self._config
-        b, _, hp, wp = x.shape
         norm, ctx = cache.context()
         # under motion the reference tokens sit on a grid the camera left: quantize afresh (no hysteresis)
         hyst = cfg.hysteresis_margin if plan.action is Action.REFRESH else 0.0
@@ -656,14 +654,12 @@ class TemporalReuse:
             if box in done:
                 yield region, done[box], 0
                 continue
-            prev = cache.tokens(box) if hyst else None
-            if box == (0, hp // TOKEN, 0, wp // TOKEN):  # the whole frame: its own, current norm and ctx
-                r = run_frame(self._stages, self._ops, x, style_vec, steps, frame_norm(), prev_levels=prev, margin=hyst)
-            else:  # styled as a part of its frame: the context frame's norm and ctx
-                r = run_frame(self._stages, self._ops, _crop(x, box), style_vec, steps, norm, ctx=ctx, prev_levels=prev,
-                              margin=hyst)
+            # styled as a part of the output it is pasted into: the context frame's norm and ctx (also the whole
+            # frame of a SCATTERED plan: with its own, every paste restyled the still background around it)
+            r = run_frame(self._stages, self._ops, _crop(x, box), style_vec, steps, norm, ctx=ctx,
+                          prev_levels=cache.tokens(box) if hyst else None, margin=hyst)
             done[box] = r
-            yield region, r, b * (box[1] - box[0]) * (box[3] - box[2])
+            yield region, r, x.shape[0] * (box[1] - box[0]) * (box[3] - box[2])
 
 
 def _crop(x: Any, box: Box) -> Any:
