@@ -137,7 +137,7 @@ def test_backend_internal_scale_keeps_the_output_size_and_stays_close(photo):
     finally:
         backend.close()
     assert half.shape == tiny.shape == img.shape
-    assert backend.steps == 1 and backend.cache.reuse == 2.0
+    assert backend.steps == 1 and backend.reuse.change_scale == 2.0
     assert 15.0 < psnr(half, full) < PSNR_CAP_DB  # a softer rendition of the same picture, not the same one
 
 
