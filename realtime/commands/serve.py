@@ -47,6 +47,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-clients", type=int, default=4, metavar="N", help="camera sessions at once (default 4)")
     p.add_argument("--max-frame-mb", type=float, default=8.0, metavar="MB",
                    help="largest frame a page may send (default 8 MB)")
+    cl = p.add_argument_group("many viewers (the cluster extra: pip install \"generative-reality[cluster]\")")
+    cl.add_argument("--cluster", default=None, metavar="auto|ray://HOST:PORT|HOST:PORT",
+                    help="run each camera session's backend in a Ray actor: auto starts a local Ray here, "
+                         "ray://HOST:PORT (Ray Client) or HOST:PORT (the head's GCS) joins a running cluster")
+    cl.add_argument("--session-cpus", type=float, default=1.0, metavar="N",
+                    help="CPUs each session's actor asks for (default 1; fractions allowed)")
+    cl.add_argument("--session-gpus", type=float, default=0.0, metavar="F",
+                    help="GPUs each session's actor asks for (default 0; 0.25 puts four on a GPU)")
+    cl.add_argument("--session-timeout-s", type=float, default=5.0, metavar="S",
+                    help="replace a session's actor that does not answer for this long (default 5)")
     add_pipeline_options(p)
     return p
 
@@ -64,7 +74,14 @@ def serve_config(args: argparse.Namespace) -> Any:
     if not 0.01 <= args.max_frame_mb <= 256:
         raise UserError(f"bad --max-frame-mb {args.max_frame_mb}: use 0.01 to 256")
     want_token = args.token or (not is_loopback(args.host) and not args.no_token)
+    cluster = None
+    if args.cluster is not None:
+        from realtime.serve.cluster import ClusterConfig
+
+        cluster = ClusterConfig(address=args.cluster, session_cpus=args.session_cpus,
+                                session_gpus=args.session_gpus, session_timeout_s=args.session_timeout_s)
     return ServeConfig(
+        cluster=cluster,
         host=args.host, port=args.port, tls=args.tls, cert=args.cert, key=args.key,
         token=make_token() if want_token else None,
         backend=BackendConfig(name=args.backend, device=args.device, style=args.style, steps=args.steps,

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from genreal_errors import UserError
+from realtime.serve.cluster import NoFreeWorker, RemoteSession
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.protocol import FrameError, decode_frame, encode_frame, parse_control, parse_header
 from realtime.serve.session import Session
@@ -138,6 +139,8 @@ class WsClient:
                 return
 
     def _restyle(self, data: bytes, t_in: int) -> bytes:
+        if isinstance(self.session, RemoteSession):  # --cluster: the message goes to its Ray actor as it came
+            return self.session.relay_message(data, t_in)
         up = decode_frame(data, self.state.limits)
         out = self.session.process(up.image, stereo=up.stereo)
         server_ms = (time.monotonic_ns() - t_in) / 1e6
@@ -158,6 +161,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         session = await loop.run_in_executor(state.executor, state.sessions.open, "websocket",
                                              request.remote or "")
+    except NoFreeWorker as exc:  # --cluster is full: the page reads this as the socket's close reason
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        log.warning("refused a client from %s: %s", request.remote, exc)
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=str(exc)[:120].encode())
+        return ws
     except UserError as exc:
         raise web.HTTPInternalServerError(text=f"cannot start a backend: {exc}") from None
     # no permessage-deflate: JPEG does not shrink, and deflating raw frames costs more than sending them
