@@ -41,6 +41,11 @@ HOW_TO_GET = 'genreal serve --cluster needs Ray: pip install "generative-reality
 NOTICE = "restarted on another worker"
 _WINDOW = 600  # relay / frame time samples kept per session
 _AUTO_OBJECT_STORE = 256 << 20  # --cluster auto: frames are small and travel inline, so a small store will do
+#: how long Ray's raylet waits for a worker to exit on its own before it kills it (its own default is 5 s here);
+#: until then a frozen session's CPU stays taken, so its replacement waits. `--cluster auto` sets it; for a cluster
+#: of your own, start each node with RAY_kill_worker_timeout_milliseconds=500 in its environment.
+KILL_GRACE_MS = 500
+_RESTART_WAIT_S = 6.0  # on top of --session-timeout-s: a replacement waits for Ray to free the frozen one's CPUs
 _ADDRESS = re.compile(r"^(ray://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
@@ -81,7 +86,7 @@ def connect(config: ClusterConfig) -> bool:
     try:
         if config.address == "auto":
             ray.init(address="local", include_dashboard=False, object_store_memory=_AUTO_OBJECT_STORE,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.WARNING, _system_config={"kill_worker_timeout_milliseconds": KILL_GRACE_MS})
             return True
         ray.init(address=config.address, logging_level=logging.WARNING)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
@@ -191,14 +196,14 @@ class RemoteSession(Session):
         super().__init__(transport, _BackendView(info), peer)  # type: ignore[arg-type]
 
     # -- the actor ------------------------------------------------------------------------
-    def _start(self) -> dict[str, Any]:
+    def _start(self, extra_wait_s: float = 0.0) -> dict[str, Any]:
         """A new actor, answering (raises `NoFreeWorker` when the cluster has no room for it)."""
         import ray
 
         actor = self._pool.actor_class.remote(self._pool.backend_config, self.transport,
                                               self._pool.limits)
         try:
-            info = ray.get(actor.info.remote(), timeout=self._pool.cluster.session_timeout_s)
+            info = ray.get(actor.info.remote(), timeout=self._pool.cluster.session_timeout_s + extra_wait_s)
         except ray.exceptions.GetTimeoutError:
             ray.kill(actor)
             raise self._pool.no_room() from None
@@ -216,7 +221,7 @@ class RemoteSession(Session):
         self.actor_state = "restarting"
         log.warning("session %d: its worker %s (pid %d on %s); starting a new one", self.id, why, self.pid, self.node)
         ray.kill(self._actor, no_restart=True)
-        self._start()
+        self._start(extra_wait_s=_RESTART_WAIT_S)
         replay = {k: v for k, v in dataclasses.asdict(self.settings).items() if v is not None}
         error, _ = self._call_once("configure", {"type": "config", **replay})
         if error:  # pragma: no cover - these settings were accepted by the last actor
