@@ -57,6 +57,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     help="GPUs each session's actor asks for (default 0; 0.25 puts four on a GPU)")
     cl.add_argument("--session-timeout-s", type=float, default=5.0, metavar="S",
                     help="replace a session's actor that does not answer for this long (default 5)")
+    cl.add_argument("--spare-sessions", type=int, default=1, metavar="N",
+                    help="actors started ahead of need, so that a new or restarted session gets one at once "
+                         "(default 1; each holds --session-cpus/--session-gpus while it waits)")
     add_pipeline_options(p)
     return p
 
@@ -79,7 +82,8 @@ def serve_config(args: argparse.Namespace) -> Any:
         from realtime.serve.cluster import ClusterConfig
 
         cluster = ClusterConfig(address=args.cluster, session_cpus=args.session_cpus,
-                                session_gpus=args.session_gpus, session_timeout_s=args.session_timeout_s)
+                                session_gpus=args.session_gpus, session_timeout_s=args.session_timeout_s,
+                                spares=args.spare_sessions)
     return ServeConfig(
         cluster=cluster,
         host=args.host, port=args.port, tls=args.tls, cert=args.cert, key=args.key,

@@ -61,6 +61,7 @@ class ClusterConfig:
     session_cpus: float = 1.0
     session_gpus: float = 0.0
     session_timeout_s: float = 5.0  # an actor silent this long on a call is replaced
+    spares: int = 1  # actors started ahead of need: a new or restarted session takes one that is ready
 
     def __post_init__(self) -> None:
         if self.address != "auto" and not _ADDRESS.match(self.address):
@@ -73,6 +74,8 @@ class ClusterConfig:
             raise UserError(f"bad --session-gpus {self.session_gpus:g}: use 0 to 64 (fractions share a GPU)")
         if not 0.1 <= self.session_timeout_s <= 3600:
             raise UserError(f"bad --session-timeout-s {self.session_timeout_s:g}: use 0.1 to 3600 seconds")
+        if not 0 <= self.spares <= 64:
+            raise UserError(f"bad --spare-sessions {self.spares}: use 0 to 64")
 
 
 def connect(config: ClusterConfig) -> bool:
@@ -197,13 +200,16 @@ class RemoteSession(Session):
 
     # -- the actor ------------------------------------------------------------------------
     def _start(self, extra_wait_s: float = 0.0) -> dict[str, Any]:
-        """A new actor, answering (raises `NoFreeWorker` when the cluster has no room for it)."""
+        """A spare actor, or a new one, answering (raises `NoFreeWorker` when the cluster has no room for it)."""
         import ray
 
-        actor = self._pool.actor_class.remote(self._pool.backend_config, self.transport,
-                                              self._pool.limits)
+        actor, ready = self._pool.take() or self._pool.spawn()
         try:
-            info = ray.get(actor.info.remote(), timeout=self._pool.cluster.session_timeout_s + extra_wait_s)
+            try:
+                info = ray.get(ready, timeout=self._pool.cluster.session_timeout_s + extra_wait_s)
+            except ray.exceptions.RayActorError:  # a spare lost with its worker or node: one more try
+                actor, ready = self._pool.spawn()
+                info = ray.get(ready, timeout=self._pool.cluster.session_timeout_s + extra_wait_s)
         except ray.exceptions.GetTimeoutError:
             ray.kill(actor)
             raise self._pool.no_room() from None
@@ -321,12 +327,43 @@ class ClusterSessions(Sessions):
 
         self.actor_class = ray.remote(SessionWorker).options(
             num_cpus=cluster.session_cpus, num_gpus=cluster.session_gpus, max_restarts=0)
+        self._spares: list[tuple[Any, Any]] = []  # (actor, its info() ref): started ahead, Ray places them
+        self._spare_lock = threading.Lock()
+        with self._spare_lock:
+            self._top_up()
 
     def new_session(self, transport: str, peer: str) -> Session:
-        free = self.free()
-        if free.get("CPU", 0.0) < self.cluster.session_cpus - 1e-9 or free.get("GPU", 0.0) < self.cluster.session_gpus - 1e-9:
-            raise self.no_room(free)
+        if not self.spare_ready(wait_s=min(2.0, self.cluster.session_timeout_s)):  # it may be starting up
+            free = self.free()
+            if (free.get("CPU", 0.0) < self.cluster.session_cpus - 1e-9
+                    or free.get("GPU", 0.0) < self.cluster.session_gpus - 1e-9):
+                raise self.no_room(free)
         return RemoteSession(transport, peer, self)
+
+    # -- spare actors: a session that needs one takes it, and another is started in its place --------
+    def spawn(self) -> tuple[Any, Any]:
+        """A new actor and the ref of its `info()` (ready once it has built its backend)."""
+        actor = self.actor_class.remote(self.backend_config, "websocket", self.limits)
+        return actor, actor.info.remote()
+
+    def take(self) -> Optional[tuple[Any, Any]]:
+        """The oldest spare (ready or still starting: it is the one Ray gives the next free CPUs), or None."""
+        with self._spare_lock:
+            got = self._spares.pop(0) if self._spares else None
+            self._top_up()
+        return got
+
+    def spare_ready(self, wait_s: float = 0.0) -> bool:
+        """Whether the next spare has built its backend (waiting up to `wait_s` for it)."""
+        import ray
+
+        with self._spare_lock:
+            ref = self._spares[0][1] if self._spares else None
+        return ref is not None and bool(ray.wait([ref], timeout=wait_s)[0])
+
+    def _top_up(self) -> None:
+        while len(self._spares) < self.cluster.spares:
+            self._spares.append(self.spawn())
 
     def no_room(self, free: Optional[dict[str, float]] = None) -> NoFreeWorker:
         free = self.free() if free is None else free
@@ -353,11 +390,16 @@ class ClusterSessions(Sessions):
 
         return {"address": self.cluster.address, "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
                 "free": pick(free), "total": pick(total),
-                "session_cpus": self.cluster.session_cpus, "session_gpus": self.cluster.session_gpus}
+                "session_cpus": self.cluster.session_cpus, "session_gpus": self.cluster.session_gpus,
+                "spares": len(self._spares), "spare_ready": self.spare_ready()}
 
     def shutdown(self) -> None:
         """Stop the local Ray of ``--cluster auto`` (a joined cluster is left running)."""
         import ray
 
+        with self._spare_lock:
+            spares, self._spares = self._spares, []
+        for actor, _ in spares:
+            ray.kill(actor, no_restart=True)
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
