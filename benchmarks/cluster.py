@@ -108,11 +108,24 @@ def _limits() -> Any:
     return Limits()
 
 
+def _all_free(timeout_s: float = 30.0) -> None:
+    """Wait until the last case's actors have gone (Ray frees their CPUs a moment after they are killed)."""
+    import ray
+
+    end = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0) - 1e-9:
+        if time.monotonic() > end:
+            raise RuntimeError(f"the cluster's CPUs are still taken after {timeout_s:g} s")
+        time.sleep(0.1)
+
+
 def _server(backend: str, cluster: Optional[Any] = None, max_clients: int = 16) -> Any:
     from realtime.config import BackendConfig
     from realtime.serve.app import ServeConfig, ServerThread
     from realtime.serve.protocol import Limits
 
+    if cluster is not None:
+        _all_free()
     return ServerThread(ServeConfig(port=0, backend=BackendConfig(name=backend),
                                     limits=Limits(max_clients=max_clients, max_rate=1000), cluster=cluster)).start()
 

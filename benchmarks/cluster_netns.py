@@ -49,12 +49,12 @@ def two_node_cluster(cpus_per_node: int = 1, object_store_mb: int = 80, nodes: i
         raise RuntimeError("start Ray only inside the loopback-only namespace (benchmarks.cluster_netns.run)")
     from ray.cluster_utils import Cluster
 
-    from realtime.serve.cluster import KILL_GRACE_MS
+    from realtime.serve.cluster import SYSTEM_CONFIG
 
     store = object_store_mb << 20
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cpus_per_node, "object_store_memory": store, "include_dashboard": False,
-        "_system_config": {"kill_worker_timeout_milliseconds": KILL_GRACE_MS}})  # as --cluster auto sets it
+        "_system_config": SYSTEM_CONFIG})  # as --cluster auto sets it
     try:
         for _ in range(nodes - 1):
             cluster.add_node(num_cpus=cpus_per_node, object_store_memory=store)

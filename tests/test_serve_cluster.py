@@ -53,6 +53,20 @@ def test_bad_cluster_options_are_one_line_errors(argv, words, capsys):
     assert len(err) == 1 and words in err[0], err
 
 
+def test_front_ends_behind_a_balancer_share_one_token(monkeypatch, capsys):
+    from realtime.cli import build_parser
+    from realtime.commands.serve import serve_config
+
+    argv = ["serve", "--host", "0.0.0.0", "--tls", "--cluster", "auto"]
+    monkeypatch.setenv("GENREAL_SERVE_TOKEN", "venue-token-0123456789")
+    assert serve_config(build_parser().parse_args(argv)).token == "venue-token-0123456789"
+    monkeypatch.setenv("GENREAL_SERVE_TOKEN", "short")
+    assert main([*argv, "--port", "0"]) == 2
+    assert "GENREAL_SERVE_TOKEN must be at least 16" in capsys.readouterr().err
+    monkeypatch.delenv("GENREAL_SERVE_TOKEN")
+    assert len(serve_config(build_parser().parse_args(argv)).token) >= 16
+
+
 def test_serve_help_lists_the_cluster_options(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])

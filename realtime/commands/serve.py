@@ -87,10 +87,24 @@ def serve_config(args: argparse.Namespace) -> Any:
     return ServeConfig(
         cluster=cluster,
         host=args.host, port=args.port, tls=args.tls, cert=args.cert, key=args.key,
-        token=make_token() if want_token else None,
+        token=shared_token() or make_token() if want_token else None,
         backend=BackendConfig(name=args.backend, device=args.device, style=args.style, steps=args.steps,
                               temporal=not args.no_temporal, precision=args.precision, model_dir=args.model),
         limits=Limits(max_bytes=int(args.max_frame_mb * (1 << 20)), max_clients=args.max_clients))
+
+
+TOKEN_ENV = "GENREAL_SERVE_TOKEN"
+
+
+def shared_token() -> Any:
+    """$GENREAL_SERVE_TOKEN: one access token for every front end behind a load balancer (else each makes its own)."""
+    import os
+
+    token = os.environ.get(TOKEN_ENV)
+    if token is not None and (len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token):
+        raise UserError(f"${TOKEN_ENV} must be at least 16 printable ASCII characters without spaces "
+                        f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(18))')")
+    return token
 
 
 class _SourceThread:

@@ -45,6 +45,10 @@ _AUTO_OBJECT_STORE = 256 << 20  # --cluster auto: frames are small and travel in
 #: until then a frozen session's CPU stays taken, so its replacement waits. `--cluster auto` sets it; for a cluster
 #: of your own, start each node with RAY_kill_worker_timeout_milliseconds=500 in its environment.
 KILL_GRACE_MS = 500
+#: Ray runs its workers at nice 15, so on a shared machine a session's model gets the CPU last (half the frame
+#: rate measured here); a session actor serves a live viewer, so `--cluster auto` runs workers at nice 0.
+#: For a cluster of your own: RAY_worker_niceness=0 in each node's environment.
+SYSTEM_CONFIG = {"kill_worker_timeout_milliseconds": KILL_GRACE_MS, "worker_niceness": 0}
 _RESTART_WAIT_S = 6.0  # on top of --session-timeout-s: a replacement waits for Ray to free the frozen one's CPUs
 _ADDRESS = re.compile(r"^(ray://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
@@ -89,7 +93,7 @@ def connect(config: ClusterConfig) -> bool:
     try:
         if config.address == "auto":
             ray.init(address="local", include_dashboard=False, object_store_memory=_AUTO_OBJECT_STORE,
-                     logging_level=logging.WARNING, _system_config={"kill_worker_timeout_milliseconds": KILL_GRACE_MS})
+                     logging_level=logging.WARNING, _system_config=SYSTEM_CONFIG)
             return True
         ray.init(address=config.address, logging_level=logging.WARNING)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
