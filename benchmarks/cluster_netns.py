@@ -42,9 +42,43 @@ def run(argv: list[str], timeout: float, **kw: Any) -> subprocess.CompletedProce
     return subprocess.run(command(argv), env=env, timeout=timeout, **kw)
 
 
+def _tree(root: int) -> list[int]:
+    """`root` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def pin(node: Any, cores: set[int]) -> None:
+    """Pin a node's raylet and its worker processes (every thread) to `cores`; workers it starts later
+    inherit them. So the nodes of one machine's `Cluster` stop sharing cores."""
+    from ray._private import ray_constants
+
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    for pid in _tree(raylet):
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cores)
+        except OSError:  # a thread or process that ended meanwhile
+            continue
+
+
 @contextmanager
-def two_node_cluster(cpus_per_node: int = 1, object_store_mb: int = 80, nodes: int = 2) -> Iterator[Any]:
-    """A `ray.cluster_utils.Cluster` of `nodes` nodes (the head one of them); only inside the namespace."""
+def two_node_cluster(cpus_per_node: int = 1, object_store_mb: int = 80, nodes: int = 2,
+                     cores: Optional[list[set[int]]] = None) -> Iterator[Any]:
+    """A `ray.cluster_utils.Cluster` of `nodes` nodes (the head one of them); only inside the namespace.
+    `cores`: one set of CPU cores per node to pin it to (`pin`)."""
     if not inside():
         raise RuntimeError("start Ray only inside the loopback-only namespace (benchmarks.cluster_netns.run)")
     from ray.cluster_utils import Cluster
@@ -59,6 +93,8 @@ def two_node_cluster(cpus_per_node: int = 1, object_store_mb: int = 80, nodes: i
         for _ in range(nodes - 1):
             cluster.add_node(num_cpus=cpus_per_node, object_store_memory=store)
         cluster.wait_for_nodes()
+        for node, node_cores in zip(cluster.list_all_nodes(), cores or []):
+            pin(node, node_cores)
         yield cluster
     finally:
         import ray
