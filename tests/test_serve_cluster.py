@@ -210,13 +210,17 @@ def case_two_sessions_on_two_nodes_keep_their_own_styles(front):
             await a.style(styles[0])
             await b.style(styles[1])
             (_, out_a), (_, out_b) = await a.roundtrip(0, img), await b.roundtrip(0, img)
-            return _session(front, a.hello), _session(front, b.hello), out_a, out_b
+            # the WebRTC path (a decoded frame, relayed as a JPEG message) of the same session
+            remote = next(s for s in front.state.sessions._sessions.values() if s.id == a.hello["session"])
+            again = await asyncio.get_running_loop().run_in_executor(None, remote.process, sent)
+            return _session(front, a.hello), _session(front, b.hello), out_a, out_b, again
 
-    sa, sb, out_a, out_b = _run(go())
+    sent = decode_frame(_frame(0, img), Limits()).image
+    sa, sb, out_a, out_b, again = _run(go())
+    assert again.shape == sent.shape and np.abs(again.astype(np.float32) - out_a).mean() < 6.0
     assert sa["node_id"] != sb["node_id"], "two 1-CPU sessions on two 1-CPU nodes must land on different nodes"
     assert sa["style"] != sb["style"] and sa["actor"] == sb["actor"] == "alive"
     # each output is what an in-process backend of its own style makes of the (JPEG-decoded) input
-    sent = decode_frame(_frame(0, img), Limits()).image
     for style, out in ((sa["style"], out_a), (sb["style"], out_b)):
         backend = create_backend(BackendConfig(style=style))
         ref = backend([sent])[0]

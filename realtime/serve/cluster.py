@@ -32,7 +32,7 @@ from genreal_errors import UserError
 from models.metrics import percentiles
 from realtime.backends.base import Backend
 from realtime.config import BackendConfig
-from realtime.serve.protocol import FrameError, Limits, pack, parse_header
+from realtime.serve.protocol import FrameError, Limits, decode_frame, encode_frame, pack, parse_header
 from realtime.serve.session import Session, Sessions, Settings
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,6 @@ class SessionWorker:
 
     def restyle(self, data: bytes) -> tuple[Optional[str], bytes, float]:
         """A page's GRF1 message → (error or None, the GRF1 reply, this worker's ms)."""
-        from realtime.serve.protocol import decode_frame, encode_frame
-
         t0 = time.perf_counter()
         try:
             up = decode_frame(data, self.limits)
@@ -143,27 +141,6 @@ class SessionWorker:
         reply = encode_frame(up.header, out, up.fmt, 0.0)
         return None, reply, (time.perf_counter() - t0) * 1e3
 
-    def restyle_jpeg(self, jpeg: bytes, stereo: bool) -> tuple[bytes, float]:
-        """A JPEG (a WebRTC frame) → (the restyled JPEG, this worker's ms)."""
-        t0 = time.perf_counter()
-        out = self.session.process(_decode_jpeg(jpeg), stereo=stereo)
-        return _encode_jpeg(out), (time.perf_counter() - t0) * 1e3
-
-
-def _encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def _decode_jpeg(data: bytes) -> np.ndarray:
-    import cv2
-
-    return np.ascontiguousarray(cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
-                                             cv2.COLOR_BGR2RGB))
 
 
 class _BackendView:
@@ -225,9 +202,9 @@ class RemoteSession(Session):
         return info
 
     def _restart(self, why: str) -> None:
-        t0 = time.perf_counter()
         import ray
 
+        t0 = time.perf_counter()  # the failure is seen now
         self.actor_state = "restarting"
         log.warning("session %d: its worker %s (pid %d on %s); starting a new one", self.id, why, self.pid, self.node)
         ray.kill(self._actor, no_restart=True)
@@ -289,13 +266,16 @@ class RemoteSession(Session):
             return pack(header, bytes(payload))
 
     def process(self, image: np.ndarray, stereo: bool = False) -> np.ndarray:
-        """The WebRTC path (a decoded frame): relayed as JPEG."""
+        """The WebRTC path (a decoded frame): relayed as a GRF1 JPEG message, like a page's."""
         with self._call_lock:
             t0 = time.perf_counter()
-            jpeg, frame_ms = self._call("restyle_jpeg", _encode_jpeg(image), stereo)
+            up = encode_frame({"stereo": True} if stereo else {}, image, "jpeg", 0.0, quality=90)
+            error, reply, frame_ms = self._call("restyle", up)
+            if error:  # pragma: no cover - we encoded it
+                raise FrameError(error)
             self._timed(t0, frame_ms)
-            self._notice = None  # WebRTC frames carry no header: the page reads the restart count in stats
-            return _decode_jpeg(jpeg)
+            self._notice = None  # WebRTC frames carry no header: the restart shows in the session's stats
+            return decode_frame(reply, self._pool.limits).image
 
     def _timed(self, t0: float, frame_ms: float) -> None:
         self._frame_ms.append(frame_ms)
