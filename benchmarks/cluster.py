@@ -91,13 +91,16 @@ class Client:
 
     async def run(self, seconds: float, fps: Optional[float] = None) -> None:
         """Stream for `seconds`: paced at `fps`, or as fast as the answers come (None)."""
-        end, i = time.monotonic() + seconds, 0
-        while time.monotonic() < end:
-            t0 = time.monotonic()
+        start = time.monotonic()
+        i = 0
+        while time.monotonic() < start + seconds:
             await self.roundtrip(i)
             i += 1
-            if fps:
-                await asyncio.sleep(max(0.0, 1 / fps - (time.monotonic() - t0)))
+            if fps:  # a camera's clock: frame i is due at start + i / fps (a late answer is not made up for)
+                due = start + i / fps
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if time.monotonic() - due > 1 / fps:
+                    start, i = time.monotonic(), 0
 
     def fps_since(self, t0: float) -> float:
         n = [t for t in self.answered if t >= t0]

@@ -173,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     if config.host == "127.0.0.1":
         print(f"genreal serve: a headset on USB: adb reverse tcp:{server.port} tcp:{server.port}, "
               f"then open http://localhost:{server.port}/xr", flush=True)
+    if config.cluster is not None:
+        print(f"genreal serve: each camera session runs in a Ray actor (--cluster {config.cluster.address})", flush=True)
     print("genreal serve: Ctrl-C stops", flush=True)
     try:
         threading.Event().wait()
