@@ -189,6 +189,16 @@ async def _until(cond: Any, tasks: list[asyncio.Task], timeout_s: float = 60.0) 
         await asyncio.sleep(0.05)
 
 
+def _settled(front: Any, timeout_s: float = 60.0) -> None:
+    """Wait until the last case's actors are gone and the spare is up: 1 of the 2 CPUs free, the spare on the other."""
+    import ray
+
+    end = time.monotonic() + timeout_s
+    while not (front.state.sessions.spare_ready() and ray.available_resources().get("CPU", 0.0) >= 1.0):
+        assert time.monotonic() < end, f"the cluster did not settle: {ray.available_resources()}"
+        time.sleep(0.1)
+
+
 def _session(srv: Any, hello: dict[str, Any]) -> dict[str, Any]:
     return next(s for s in srv.state.sessions.stats() if s["id"] == hello["session"])
 
@@ -198,6 +208,7 @@ def _run(coro: Any) -> Any:
 
 
 def case_two_sessions_on_two_nodes_keep_their_own_styles(front):
+    _settled(front)
     from realtime.backends import create_backend
     from realtime.config import BackendConfig
 
@@ -230,6 +241,7 @@ def case_two_sessions_on_two_nodes_keep_their_own_styles(front):
 
 
 def case_a_killed_or_frozen_worker_is_replaced_and_the_other_session_goes_on(front):
+    _settled(front)
     img = _image()
 
     async def go() -> dict[str, Any]:
@@ -275,6 +287,7 @@ def case_a_killed_or_frozen_worker_is_replaced_and_the_other_session_goes_on(fro
 
 
 def case_a_full_cluster_refuses_with_the_reason(front):
+    _settled(front)
     async def go() -> tuple[int, str, dict[str, Any]]:
         async with aiohttp.ClientSession() as http:
             a, b = await Viewer.open(http, front), await Viewer.open(http, front)
