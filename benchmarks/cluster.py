@@ -92,8 +92,8 @@ class Client:
     async def run(self, seconds: float, fps: Optional[float] = None) -> None:
         """Stream for `seconds`: paced at `fps`, or as fast as the answers come (None)."""
         start = time.monotonic()
-        i = 0
-        while time.monotonic() < start + seconds:
+        end, i = start + seconds, 0
+        while time.monotonic() < end:
             await self.roundtrip(i)
             i += 1
             if fps:  # a camera's clock: frame i is due at start + i / fps (a late answer is not made up for)
