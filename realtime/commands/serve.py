@@ -50,6 +50,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "and 16, from one address)")
     p.add_argument("--max-frame-mb", type=float, default=8.0, metavar="MB",
                    help="largest frame a page may send (default 8 MB)")
+    cl = p.add_argument_group("many viewers (the cluster extra: pip install \"generative-reality[cluster]\")")
+    cl.add_argument("--cluster", default=None, metavar="auto|ray://HOST:PORT|HOST:PORT",
+                    help="run each camera session's backend in a Ray actor: auto starts a local Ray here, "
+                         "ray://HOST:PORT (Ray Client) or HOST:PORT (the head's GCS) joins a running cluster")
+    cl.add_argument("--session-cpus", type=float, default=1.0, metavar="N",
+                    help="CPUs each session's actor asks for (default 1; fractions allowed)")
+    cl.add_argument("--session-gpus", type=float, default=0.0, metavar="F",
+                    help="GPUs each session's actor asks for (default 0; 0.25 puts four on a GPU)")
+    cl.add_argument("--session-timeout-s", type=float, default=5.0, metavar="S",
+                    help="replace a session's actor that does not answer for this long (default 5)")
+    cl.add_argument("--spare-sessions", type=int, default=1, metavar="N",
+                    help="actors started ahead of need, so that a new or restarted session gets one at once "
+                         "(default 1; each holds --session-cpus/--session-gpus while it waits)")
     add_pipeline_options(p)
     return p
 
@@ -69,13 +82,35 @@ def serve_config(args: argparse.Namespace) -> Any:
     if not 0.01 <= args.max_frame_mb <= 256:
         raise UserError(f"bad --max-frame-mb {args.max_frame_mb}: use 0.01 to 256")
     want_token = args.token or (not is_loopback(args.host) and not args.no_token)
+    cluster = None
+    if args.cluster is not None:
+        from realtime.serve.cluster import ClusterConfig
+
+        cluster = ClusterConfig(address=args.cluster, session_cpus=args.session_cpus,
+                                session_gpus=args.session_gpus, session_timeout_s=args.session_timeout_s,
+                                spares=args.spare_sessions)
     return ServeConfig(
+        cluster=cluster,
         host=args.host, port=args.port, tls=args.tls, cert=args.cert, key=args.key,
-        token=make_token() if want_token else None,
+        token=shared_token() or make_token() if want_token else None,
         backend=backend_config(args),
         limits=Limits(max_bytes=int(args.max_frame_mb * (1 << 20)), max_clients=args.max_clients,
                       max_watchers=args.max_watchers,
                       max_watchers_per_address=min(16, max(1, (args.max_watchers + 1) // 2))))
+
+
+TOKEN_ENV = "GENREAL_SERVE_TOKEN"
+
+
+def shared_token() -> Any:
+    """$GENREAL_SERVE_TOKEN: one access token for every front end behind a load balancer (else each makes its own)."""
+    import os
+
+    token = os.environ.get(TOKEN_ENV)
+    if token is not None and (len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token):
+        raise UserError(f"${TOKEN_ENV} must be at least 16 printable ASCII characters without spaces "
+                        f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(18))')")
+    return token
 
 
 class _SourceThread:
@@ -146,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     if is_loopback(config.host):
         print(f"genreal serve: a headset on USB: adb reverse tcp:{server.port} tcp:{server.port}, "
               f"then open {server.url('/xr')}", flush=True)
+    if config.cluster is not None:
+        print(f"genreal serve: each camera session runs in a Ray actor (--cluster {config.cluster.address})", flush=True)
     print("genreal serve: Ctrl-C stops", flush=True)
     try:
         threading.Event().wait()

@@ -22,6 +22,7 @@ from realtime.config import BackendConfig
 from genreal_errors import UserError
 from realtime.serve import security
 from realtime.serve.broadcast import Broadcast
+from realtime.serve.cluster import ClusterConfig, ClusterSessions
 from realtime.serve.protocol import Limits
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.quietlog import Throttle
@@ -45,6 +46,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     camera_sessions: bool = True  # pages may send their own camera (False: watch the server source only)
     webrtc_loopback: bool = True  # offer a 127.0.0.1 ICE candidate when bound to loopback
+    cluster: Optional[ClusterConfig] = None  # --cluster: each camera session's backend in a Ray actor
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -64,7 +66,9 @@ class State:
     def __init__(self, config: ServeConfig, broadcast: Broadcast) -> None:
         self.config = config
         self.limits = config.limits
-        self.sessions = Sessions(backend_factory(config.backend), config.limits.max_clients)
+        self.sessions = Sessions(backend_factory(config.backend), config.limits.max_clients) if config.cluster is None \
+            else ClusterSessions(backend_factory(config.backend), config.limits.max_clients, config.backend,
+                                 config.cluster, config.limits)
         self.executor = ThreadPoolExecutor(max_workers=config.limits.max_clients + 2, thread_name_prefix="serve")
         self.broadcast = broadcast
         self.peers: set[Any] = set()  # WebRTC peer connections
@@ -128,10 +132,14 @@ async def _styles(request: web.Request) -> web.Response:
 async def _stats(request: web.Request) -> web.Response:
     state: State = request.app[STATE_KEY]
     b = state.broadcast
+    cluster = None
+    if isinstance(state.sessions, ClusterSessions):  # --cluster: free resources (a call to Ray, off the loop)
+        cluster = await asyncio.get_running_loop().run_in_executor(state.executor, state.sessions.cluster_stats)
     return web.json_response({
         "sessions": state.sessions.stats(), "clients": len(state.sessions),
         "max_clients": state.sessions.max_clients,
         "source": {"active": b.active, "spec": b.label, "frames": b.frames, "watchers": b.watchers},
+        "cluster": cluster,
     })
 
 
@@ -171,6 +179,8 @@ def build_app(config: ServeConfig, broadcast: Optional[Broadcast] = None) -> web
 
     async def on_cleanup(app: web.Application) -> None:
         state.executor.shutdown(wait=False, cancel_futures=True)
+        if isinstance(state.sessions, ClusterSessions):
+            state.sessions.shutdown()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

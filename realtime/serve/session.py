@@ -176,13 +176,17 @@ class Sessions:
     def open(self, transport: str, peer: str) -> Session:
         """Build a session for a reserved slot (blocking: loads a backend)."""
         try:
-            session = Session(transport, self.make_backend(), peer)
+            session = self.new_session(transport, peer)
         finally:
             with self._lock:
                 self._pending -= 1
         with self._lock:
             self._sessions[session.id] = session
         return session
+
+    def new_session(self, transport: str, peer: str) -> Session:
+        """A session with its own backend here (`cluster.ClusterSessions`: in a Ray actor)."""
+        return Session(transport, self.make_backend(), peer)
 
     def close(self, session: Session) -> None:
         with self._lock:

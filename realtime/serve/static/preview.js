@@ -77,6 +77,7 @@
       const rtt = performance.now() - header.t;
       state.rtt.add(rtt); state.server.add(header.server_ms); state.rate.tick(); state.rttBatch.push(+rtt.toFixed(2));
       state.lastOutput = header;
+      if (header.notice) showError(header.notice);  // --cluster: "restarted on another worker"
       if (hooks.onOutput) hooks.onOutput(header, ui.out);
       pump(fmt);
     };

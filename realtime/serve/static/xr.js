@@ -126,6 +126,7 @@
     if (header.t !== undefined) { state.rtt.add(performance.now() - header.t); state.inFlight = 0; }
     state.rate.tick();
     state.lastEcho = header;
+    if (header.notice) error(header.notice);  // --cluster: "restarted on another worker"
     const gl = state.gl;
     if (gl && state.session) {
       gl.bindTexture(gl.TEXTURE_2D, state.tex);  // no UNPACK_FLIP_Y: WebGL ignores it for ImageBitmaps

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from genreal_errors import UserError
+from realtime.serve.cluster import NoFreeWorker, RemoteSession
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.protocol import FrameError, decode_frame, encode_frame, parse_control, parse_header, short_reason
 from realtime.serve.security import TokenBucket
@@ -137,6 +138,8 @@ class WsClient:
                 return
 
     def _restyle(self, data: bytes, t_in: int) -> bytes:
+        if isinstance(self.session, RemoteSession):  # --cluster: the message goes to its Ray actor as it came
+            return self.session.relay_message(data, t_in)
         up = decode_frame(data, self.state.limits)
         out = restyle(self.state, self.session, up.image, up.stereo)
         server_ms = (time.monotonic_ns() - t_in) / 1e6
@@ -205,6 +208,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         try:
             session = await open_session(state, "websocket", request.remote or "")
+        except NoFreeWorker as exc:  # --cluster is full: the page reads this as the socket's close reason
+            state.refusals.warning(log, "no free worker", "refused a client from %s: %s", request.remote, exc)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=str(exc)[:120].encode())
+            return ws
         except Exception as exc:
             log.warning("refused a client from %s: cannot start a backend: %s", request.remote, exc)
             await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"cannot start a backend (see the server log)")
