@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 MAX_README_LINES = 350
 INSTALL_AND_DEMO = "python3 -m venv .venv && . .venv/bin/activate && pip install . && genreal demo"
-INSTALL_AND_TEST = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev,train,kernels]" '
+INSTALL_AND_TEST = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev,train,kernels,cluster]" '
                     "torch==2.13.0 && pytest -q")
 
 #: [text](target) and ![alt](target); the target ends at whitespace or ')'
