@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from realtime.commands.run import SOURCE_HELP, add_pipeline_options, parse_budget
+from realtime.commands.run import SOURCE_HELP, add_pipeline_options, detail_config, parse_budget
 from genreal_errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def serve_config(args: argparse.Namespace) -> Any:
         host=args.host, port=args.port, tls=args.tls, cert=args.cert, key=args.key,
         token=make_token() if want_token else None,
         backend=BackendConfig(name=args.backend, device=args.device, style=args.style, steps=args.steps,
-                              temporal=not args.no_temporal, precision=args.precision, model_dir=args.model),
+                              temporal=not args.no_temporal, precision=args.precision, model_dir=args.model,
+                              detail=detail_config(args)),
         limits=Limits(max_bytes=int(args.max_frame_mb * (1 << 20)), max_clients=args.max_clients))
 
 
