@@ -68,6 +68,8 @@ def clip_frames(name: str, frames: int, width: int) -> list[np.ndarray]:
         h = int(round(width * 9 / 16 / 8)) * 8
         clip = DemoClip(size=(width, h), fps=30.0, n_frames=max(frames, 2))
         return [np.ascontiguousarray(clip.frame(t)) for t in range(frames)]
+    if name == "bikes":  # bikes.mp4 cuts to another shot after its first 30 frames (E_warp would measure the cut)
+        frames = min(frames, 30)
     if name == "still":
         from realtime.sources.synthetic import add_sensor_noise
 
@@ -77,6 +79,13 @@ def clip_frames(name: str, frames: int, width: int) -> list[np.ndarray]:
     if not path.is_file():
         raise UserError(f"no such clip {name!r}: use bikes, carphone, demo, still or a video file")
     return read_clip(path, frames, width)
+
+
+def steadiness_from(flow: Any, outs: Sequence[np.ndarray], e_in: float, start: int) -> float:
+    """E_warp over the input's own on the pairs (t-1, t) with t > `start` only."""
+    e_out = [float(e[m].mean()) for e, m in zip(flow._errors(outs), flow.masks)][start:]
+    e_inp = [float(e[m].mean()) for e, m in zip(flow._errors(flow.frames), flow.masks)][start:]
+    return float(np.mean(e_out) / max(np.mean(e_inp), 1e-12)) if e_out else float("nan")
 
 
 def run_frames(fn: Callable[[np.ndarray], np.ndarray], frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
@@ -149,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         teacher = create_backend(BackendConfig(name="teacher", device="cpu"))
         ours = create_backend(BackendConfig(name="onnxruntime", device="cpu"))
     except UserError as exc:
-        print(f"video_look: error: {exc}", file=sys.stderr)
+        print(f"video_look: error: {exc}", file=sys.stderr)  # noqa: T201 (the CLI's one line)
         return 2
     meter = StyleMeter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for cname, frames in clips.items():
         h, w = frames[0].shape[:2]
         flow = InputFlow(frames)
+        flow.frames = frames
         e_in = flow.e_warp(frames)
         v_in = [meter.vector(f) for f in frames[:: args.every]]
         rows = []
@@ -201,6 +211,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             "ms_per_frame": round(ms[key], 1), "fps": round(1e3 / ms[key], 2),
                             "border": round(float(np.mean([border_ratio(f) for f in o[:: args.every]])), 2)}
             row["on"]["layer"] = layer
+            # after the first keyframe landed and faded in (1 / rise frames): the layer's steady state
+            first = next((i for i, st in enumerate(det.layer.history) if st.keyframe), None)
+            if first is not None and first + 6 < len(frames) - 2:
+                row["settled_from_frame"] = first + 6
+                for key in ("teacher", "half", "off", "on"):
+                    row[key]["steadiness_settled"] = round(steadiness_from(flow, outs[key], e_in, first + 5), 3)
             row["on_vs_teacher_throughput"] = round(ms["teacher"] / ms["on"], 2)
             row["off_vs_teacher_throughput"] = round(ms["teacher"] / ms["off"], 2)
             log.info("  %-12s dist teacher/half/off/on %.2f/%.2f/%.2f/%.2f  steady %.1f/%.1f/%.1f/%.1f  ms %.0f/%.0f/%.0f/%.0f"
@@ -215,7 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sheet_rows.append(panel_row([p[mid] for p in panels], 256))
             write_video(args.out / f"{cname}_{name}.mp4",
                         [panel_row([p[t] for p in panels], args.video_tile) for t in range(len(frames))])
-        result["clips"][cname] = {"size": [w, h], "input_e_warp": round(e_in, 6), "styles": rows}
+        result["clips"][cname] = {"size": [w, h], "frames": len(frames), "input_e_warp": round(e_in, 6), "styles": rows}
+        (args.out / "video_look.json").write_text(json.dumps(result, indent=1) + "\n")  # so far
     ours.close()
     teacher.close()
     width = max(r.shape[1] for r in sheet_rows)

@@ -58,14 +58,17 @@ class DetailConfig:
     max_age: int = 48  # moving frames a pixel's carried detail lives before it is repainted
     low_conf_frac: float = 0.08  # ask for a keyframe when this share of the frame lacks detail
     flow_scale: float = 0.5  # the flow's size relative to the frame
-    flow_preset: str = "ultrafast"  # OpenCV DIS preset
+    flow_preset: str = "medium"  # OpenCV DIS preset (ultrafast at half size: 3-5x less steady on bikes.mp4)
+    flow_refine: Optional[int] = None  # DIS variational refinement iterations (None: the preset's)
     still_px: float = 0.35  # flow under this (frame px) where the grey did not change counts as none
-    anchor_gain: float = 0.5  # share of the drift against the anchor frame corrected per frame (0: none)
+    anchor_gain: float = 0.0  # share of the drift against the anchor frame corrected per frame (0: none)
+    blend: float = 0.0  # weight of the last output (warped) where the input warps well: an online temporal filter
     rise: float = 0.2  # confidence regained per frame (fade-in; drops are immediate)
     seam_px: float = 12.0  # softness of a keyframe's replacement seam (frame px)
     cut_frac: float = 0.5  # a frame where under this share of the flow checks pass is a scene cut
     teacher_threads: int = 1  # ONNX Runtime threads of the keyframe teacher (the frame loop keeps the rest)
     synchronous: bool = False  # tests and offline use: the keyframe is painted inline (blocks the frame)
+    latency_frames: int = 0  # synchronous only: the keyframe lands this many frames after it was taken
 
     def __post_init__(self) -> None:
         if self.mode not in DETAIL_MODES:
@@ -163,6 +166,16 @@ def paint(teacher: Teacher, job: _Job) -> _Painted:
     return _Painted(job.serial, res, (time.perf_counter() - t0) * 1e3)
 
 
+def _edge_fixed(img: np.ndarray) -> np.ndarray:
+    """A copy of uint8 (H, W, 3) `img` with its outermost rows and columns replaced by their neighbours."""
+    if img.shape[0] < 3 or img.shape[1] < 3:
+        return img
+    out = np.array(img)
+    out[0], out[-1] = out[1], out[-2]
+    out[:, 0], out[:, -1] = out[:, 1], out[:, -2]
+    return out
+
+
 def _sq(v: np.ndarray) -> np.ndarray:
     """|v|² of a (h, w, 2) float32 field, (h, w)."""
     import cv2
@@ -194,10 +207,14 @@ class _Eye:
         preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[cfg.flow_preset]
         self.dis = cv2.DISOpticalFlow_create(preset)
+        if cfg.flow_refine is not None:  # variational refinement: a smooth flow, not patchwise constant
+            self.dis.setVariationalRefinementIterations(int(cfg.flow_refine))
         fh, fw = self.fhw
         self.grid = np.stack(np.meshgrid(np.arange(fw, dtype=np.float32), np.arange(fh, dtype=np.float32)), -1)
         self.full_grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
         self.grey: Optional[np.ndarray] = None  # the last frame's grey at the flow's size
+        self.step: Optional[tuple[np.ndarray, np.ndarray]] = None  # this frame's (flow to the last, blend weight)
+        self.shown: Optional[np.ndarray] = None  # the last output (the temporal blend's)
         self.residual: Optional[np.ndarray] = None  # the anchor's detail, float32 (H, W, 3)
         self.anchor_grey: Optional[np.ndarray] = None
         self.chain = _Chain(self.fhw)
@@ -224,6 +241,7 @@ class DetailLayer:
         self._since_request = 10 ** 9  # frames since the last keyframe was asked for
         self._anchor_age = -1  # frames since the newest keyframe in the anchor was taken
         self._pending_age = -1
+        self._held: Optional[tuple[int, _Painted]] = None  # synchronous: (frames to wait, the keyframe)
         self.history: list[DetailStats] = []
         self.teacher_ms: list[float] = []
 
@@ -231,6 +249,7 @@ class DetailLayer:
     def reset(self) -> None:
         """Forget the carried detail (style switch, seek). A keyframe in flight is discarded when it lands."""
         self._eyes = []
+        self._held = None
         self._landed_serial = self._serial
         self._since_request = 10 ** 9
         self._anchor_age = self._pending_age = -1
@@ -250,6 +269,9 @@ class DetailLayer:
             self._eyes = [_Eye(cfg, s) for s in shapes]
             self._landed_serial = self._serial  # a keyframe in flight was for other frames
             self._anchor_age = self._pending_age = -1
+        # the student's outermost rows and columns carry a line (its decoder's padding, 2-6x the frame's
+        # gradient): the layer shows, and takes its residual against, the student with them replicated
+        outputs = [_edge_fixed(o) for o in outputs]
         # 1. flow and the chains, per eye
         cut, low = False, 0.0
         for eye, img in zip(self._eyes, inputs):
@@ -281,15 +303,25 @@ class DetailLayer:
         in_flight = self._eyes[0].pending is not None
         if want and not in_flight and (cut or self._since_request >= cfg.keyframe_every):
             requested = self._request(inputs, outputs)
-        if requested and cfg.synchronous:  # inline: the keyframe lands on the frame it was taken on
+        if requested and cfg.synchronous:  # inline: painted now, landing `latency_frames` frames later
             done = paint(self._teacher, self._last_job)
+            self._last_job = None
             self.teacher_ms.append(done.ms)
-            self._land(done)
-            landed = True
+            self._held = (cfg.latency_frames, done)
+        if self._held is not None and self._held[1].serial > self._landed_serial:
+            wait, done = self._held
+            if wait <= 0:
+                self._land(done)
+                self._held = None
+                landed = True
+            else:
+                self._held = (wait - 1, done)
         # 4. the detail on the student's output
         outs, conf = [], 0.0
         for eye, out in zip(self._eyes, outputs):
             shown, frac = self._compose(eye, out)
+            if cfg.blend > 0:
+                shown = self._blend(eye, shown)
             outs.append(shown)
             conf += frac / len(self._eyes)
         st = DetailStats(keyframe=landed, requested=requested, keyframe_age=self._anchor_age, confidence=round(conf, 4),
@@ -306,6 +338,7 @@ class DetailLayer:
         fh, fw = eye.fhw
         grey = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (fw, fh), interpolation=cv2.INTER_AREA)
         prev, eye.grey = eye.grey, grey
+        eye.step = None
         if prev is None or eye.residual is None and eye.pending is None:
             return False, 1.0
         back = eye.dis.calc(grey, prev, None)  # p of this frame sits at p + back(p) in the last one
@@ -328,6 +361,9 @@ class DetailLayer:
         ok[~moved] = 1.0
         m = eye.grid + back
         moved_f = moved.astype(np.float32)
+        if cfg.blend > 0:  # where the input itself warps well, the output may lean on the last one
+            agree = ((cv2.absdiff(grey, prev_at) < 8) & (ok > 0)).astype(np.float32)
+            eye.step = (back.copy(), cv2.blur(agree, (5, 5)) * cfg.blend)
         low = 0.0
         for chain, anchor_grey in ((eye.chain, eye.anchor_grey), (eye.pending, eye.pending_grey)):
             if chain is None or anchor_grey is None:
@@ -481,6 +517,25 @@ class DetailLayer:
         detail = self._warp_full(eye, eye.residual, eye.chain.disp)
         c = cv2.cvtColor(cv2.resize(conf, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
         return cv2.add(out, cv2.multiply(detail, c), dtype=cv2.CV_8U), frac  # rounded, saturated
+
+    def _blend(self, eye: _Eye, shown: np.ndarray) -> np.ndarray:
+        """The online temporal filter: the last output warped to this frame, mixed in where the input warps well."""
+        import cv2
+
+        last, eye.shown = eye.shown, shown
+        if eye.step is None or last is None or last.shape != shown.shape:
+            return shown
+        back, weight = eye.step
+        h, w = eye.shape
+        m = cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR)
+        m *= 1.0 / self.config.flow_scale
+        m += eye.full_grid
+        last_at = cv2.remap(last, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        a = cv2.cvtColor(cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
+        mixed = cv2.add(shown.astype(np.float32), cv2.multiply(a, cv2.subtract(last_at.astype(np.float32),
+                                                                                shown.astype(np.float32))))
+        eye.shown = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+        return eye.shown
 
     # -- summary -------------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
