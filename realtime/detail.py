@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from genreal_errors import UserError
+from kernels.detail import detail_add
 
 log = logging.getLogger(__name__)
 
@@ -513,10 +514,7 @@ class DetailLayer:
         frac = cv2.countNonZero((conf > 0.5).view(np.uint8)) / conf.size
         if not cv2.countNonZero(conf):
             return out, frac
-        h, w = eye.shape
-        detail = self._warp_full(eye, eye.residual, eye.chain.disp)
-        c = cv2.cvtColor(cv2.resize(conf, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
-        return cv2.add(out, cv2.multiply(detail, c), dtype=cv2.CV_8U), frac  # rounded, saturated
+        return detail_add(out, eye.residual, eye.chain.disp, conf, 1.0 / self.config.flow_scale), frac
 
     def _blend(self, eye: _Eye, shown: np.ndarray) -> np.ndarray:
         """The online temporal filter: the last output warped to this frame, mixed in where the input warps well."""
