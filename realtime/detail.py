@@ -64,6 +64,7 @@ class DetailConfig:
     still_px: float = 0.35  # flow under this (frame px) where the grey did not change counts as none
     anchor_gain: float = 0.0  # share of the drift against the anchor frame corrected per frame (0: none)
     blend: float = 0.0  # weight of the last output (warped) where the input warps well: an online temporal filter
+    stretch: float = 0.25  # the map's summed |gradient| at which carried detail starts fading (gone at twice it)
     rise: float = 0.2  # confidence regained per frame (fade-in; drops are immediate)
     seam_px: float = 12.0  # softness of a keyframe's replacement seam (frame px)
     cut_frac: float = 0.5  # a frame where under this share of the flow checks pass is a scene cut
@@ -413,7 +414,13 @@ class DetailLayer:
         a = eye.grid + chain.disp
         warped = cv2.remap(anchor_grey, a, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         err = cv2.GaussianBlur(cv2.absdiff(warped, grey).astype(np.float32), (0, 0), 1.5)
-        return np.clip((36.0 - err) / 24.0, 0.0, 1.0)
+        photo = np.clip((36.0 - err) / 24.0, 0.0, 1.0)
+        if self.config.stretch > 0:  # a map that stretches or shears drags strokes into smears (flat areas
+            # pass the photometric check whatever the flow): the map's spatial gradient, per flow px
+            g = sum(np.abs(cv2.Sobel(chain.disp[..., i], cv2.CV_32F, dx, 1 - dx, ksize=3)) for i in (0, 1)
+                    for dx in (0, 1)) * 0.125
+            photo *= np.clip(1.0 - (g - self.config.stretch) / self.config.stretch, 0.0, 1.0)
+        return photo
 
     def _poll(self) -> Optional[_Painted]:
         if self._worker is None:
