@@ -88,6 +88,40 @@ def steadiness_from(flow: Any, outs: Sequence[np.ndarray], e_in: float, start: i
     return float(np.mean(e_out) / max(np.mean(e_inp), 1e-12)) if e_out else float("nan")
 
 
+def layer_cost(ours: Any, frames: Sequence[np.ndarray], style: str) -> dict[str, Any]:
+    """The layer's own per-frame cost against the student's, measured alternately on the same frames
+    (`time_pair_ms`: load from other processes falls on both alike): flow + confidence + warp + add, with a
+    keyframe already in place and no teacher running (a keyframe's landing is timed apart)."""
+    from models.metrics import percentiles, time_pair_ms
+    from realtime.detail import DetailConfig, DetailLayer
+
+    ours.set_style(style)
+    ours.reset()
+    outs = [ours([f])[0] for f in frames]
+    layer = DetailLayer(DetailConfig(mode="on", synchronous=True, keyframe_every=10_000, low_conf_frac=1.0,
+                                     max_age=10 ** 6), lambda img: img)
+    layer.apply([frames[0]], [outs[0]])  # the keyframe
+    i = [0]
+
+    def step_layer() -> None:
+        i[0] = i[0] % (len(frames) - 1) + 1
+        layer.apply([frames[i[0]]], [outs[i[0]]])
+
+    def step_student() -> None:
+        ours([frames[i[0]]])
+
+    lay, stu = time_pair_ms(step_layer, step_student, warmup=2, iters=max(10, len(frames) - 3))
+    landing = DetailLayer(DetailConfig(mode="on", synchronous=True, keyframe_every=1), lambda img: img)
+    land = []
+    for f, o in zip(frames[:6], outs[:6]):
+        landing.apply([f], [o])
+        land.append(landing.history[-1].ms)
+    layer.close()
+    landing.close()
+    return {"layer": lay, "student": stu, "layer_over_student": round(lay["p50_ms"] / max(stu["p50_ms"], 1e-9), 3),
+            "with_keyframe_landing": percentiles(land[1:]), "style": style}
+
+
 def run_frames(fn: Callable[[np.ndarray], np.ndarray], frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
     """Outputs and ms per frame (wall time of the whole loop, the first frame included)."""
     t0 = time.perf_counter()
@@ -129,6 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--keyframe-every", type=int, default=None, help="--detail on's cap (default: its own)")
     ap.add_argument("--every", type=int, default=2, help="style distance on every N-th frame (default 2)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/video_look"), help="output folder")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="only the layer's per-frame cost against the student's (flow, confidence, warp, add)")
     ap.add_argument("--video-tile", type=int, default=320, help="width of one panel in the videos (default 320)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -160,8 +196,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         print(f"video_look: error: {exc}", file=sys.stderr)  # noqa: T201 (the CLI's one line)
         return 2
-    meter = StyleMeter()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.cost_only:
+        cost = {c: layer_cost(ours, f, names[0]) for c, f in clips.items()}
+        for c, v in cost.items():
+            log.info("%s: layer p50 %.2f ms, student p50 %.2f ms (%.0f%%)", c, v["layer"]["p50_ms"],
+                     v["student"]["p50_ms"], 100 * v["layer_over_student"])
+        (args.out / "layer_cost.json").write_text(json.dumps({"machine": describe_machine(), "cost": cost}, indent=1))
+        return 0
+    meter = StyleMeter()
     result: dict[str, Any] = {"machine": describe_machine(), "frames": args.frames, "width": args.width,
                               "detail": {k: getattr(dcfg, k) for k in dcfg.__dataclass_fields__},
                               "note": "ms_per_frame: wall time of each loop on this shared machine; 'on' includes the "
