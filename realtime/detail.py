@@ -241,6 +241,7 @@ class DetailLayer:
         self._serial = 0  # keyframes asked for
         self._landed_serial = -1
         self._since_request = 10 ** 9  # frames since the last keyframe was asked for
+        self._since_landing = 10 ** 9  # frames since the last keyframe landed
         self._anchor_age = -1  # frames since the newest keyframe in the anchor was taken
         self._pending_age = -1
         self._held: Optional[tuple[int, _Painted]] = None  # synchronous: (frames to wait, the keyframe)
@@ -291,6 +292,7 @@ class DetailLayer:
         if self._pending_age >= 0:
             self._pending_age += 1
         self._since_request += 1
+        self._since_landing += 1
         # 2. a keyframe that landed
         landed = False
         painted = self._poll()
@@ -301,7 +303,8 @@ class DetailLayer:
         requested = False
         has_anchor = self._eyes[0].residual is not None
         aged = has_anchor and max(float(np.mean(e.chain.age >= 0.75 * cfg.max_age)) for e in self._eyes) > cfg.low_conf_frac
-        want = cut or not has_anchor or low > cfg.low_conf_frac or aged
+        fading = self._since_landing <= int(np.ceil(1.0 / cfg.rise))  # a fresh keyframe still fading in
+        want = cut or not has_anchor or (low > cfg.low_conf_frac and not fading) or aged
         in_flight = self._eyes[0].pending is not None
         if want and not in_flight and (cut or self._since_request >= cfg.keyframe_every):
             requested = self._request(inputs, outputs)
@@ -458,6 +461,7 @@ class DetailLayer:
 
         cfg = self.config
         self._landed_serial = painted.serial
+        self._since_landing = 0
         for eye, res in zip(self._eyes, painted.residuals):
             if eye.pending is None or res.shape[:2] != eye.shape:
                 continue
