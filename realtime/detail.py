@@ -244,6 +244,7 @@ class DetailLayer:
         self._since_landing = 10 ** 9  # frames since the last keyframe landed
         self._anchor_age = -1  # frames since the newest keyframe in the anchor was taken
         self._pending_age = -1
+        self._last_job: Optional[_Job] = None  # synchronous: the job just asked for
         self._held: Optional[tuple[int, _Painted]] = None  # synchronous: (frames to wait, the keyframe)
         self.history: list[DetailStats] = []
         self.teacher_ms: list[float] = []
@@ -437,8 +438,6 @@ class DetailLayer:
             self.teacher_ms.append(p.ms)
         return painted
 
-    _last_job: Optional[_Job] = None
-
     def _request(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
         job = _Job(self._serial + 1, tuple(np.array(i) for i in inputs), tuple(np.array(o) for o in outputs))
         if self._worker is not None and not self._worker.submit(job):
@@ -446,7 +445,8 @@ class DetailLayer:
         self._serial += 1
         self._since_request = 0
         self._pending_age = 0
-        self._last_job = job
+        if self.config.synchronous:
+            self._last_job = job
         for eye in self._eyes:
             has = eye.residual is not None
             eye.pending = _Chain(eye.fhw)
