@@ -22,10 +22,14 @@ teacher is done):
 - ``ms_per_frame`` and ``fps`` (wall time of the loop; for ``on`` it includes the keyframe thread's
   share of the 2 cores), and ``border``: the outermost rows' and columns' mean grey gradient over the
   frame's median row/column gradient (1 = no line along the border);
-- for ``on``: the layer's own figures (keyframes, confidence, its ms per frame).
+- for ``on``: the layer's own figures (keyframes, confidence, its ms per frame);
+- ``paced``: ``on`` again with the frames handed over at `--pace-fps` (default 30) as a camera would:
+  as fast as it goes, a cheap frame (a reused one: a few ms) leaves the keyframe thread (hundreds of ms)
+  dozens of frames behind, which a camera's pace does not.
 
-Writes JSON, a contact sheet PNG (a middle frame per clip and style: input | teacher | half | off | on)
-and, per clip and style, a side-by-side MP4 with the same five panels. Look at them.
+Writes JSON, a contact sheet PNG (a middle frame per clip and style: input | teacher | half | off | on, the
+last one the paced run when there is one) and, per clip and style, a side-by-side MP4 with the same five
+panels. Look at them.
 """
 from __future__ import annotations
 
@@ -122,6 +126,19 @@ def layer_cost(ours: Any, frames: Sequence[np.ndarray], style: str) -> dict[str,
             "with_keyframe_landing": percentiles(land[1:]), "style": style}
 
 
+def run_paced(fn: Callable[[np.ndarray], np.ndarray], frames: Sequence[np.ndarray],
+              fps: float) -> tuple[list[np.ndarray], float]:
+    """Outputs with frame i handed over no earlier than i / fps after the first (a camera's pace)."""
+    t0 = time.perf_counter()
+    outs = []
+    for i, img in enumerate(frames):
+        delay = t0 + i / fps - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        outs.append(fn(img))
+    return outs, (time.perf_counter() - t0) * 1e3 / len(frames)
+
+
 def run_frames(fn: Callable[[np.ndarray], np.ndarray], frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
     """Outputs and ms per frame (wall time of the whole loop, the first frame included)."""
     t0 = time.perf_counter()
@@ -163,6 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--keyframe-every", type=int, default=None, help="--detail on's cap (default: its own)")
     ap.add_argument("--every", type=int, default=2, help="style distance on every N-th frame (default 2)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/video_look"), help="output folder")
+    ap.add_argument("--pace-fps", type=float, default=30.0,
+                    help="also run 'on' with the frames handed over at this rate, as a camera would (0: not)")
     ap.add_argument("--cost-only", action="store_true",
                     help="only the layer's per-frame cost against the student's (flow, confidence, warp, add)")
     ap.add_argument("--video-tile", type=int, default=320, help="width of one panel in the videos (default 320)")
@@ -237,12 +256,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ours.reset()
             det = wrap_detail(ours, dcfg)
             det.set_style(name)
-            outs["on"], ms["on"] = run_frames(lambda f: det([f])[0], frames)
+            outs["on"], ms["on"] = run_frames(lambda f: det([f])[0], frames)  # as fast as it goes: throughput
             layer = det.layer.summary()
+            history = det.layer.history
             det.layer.close()
+            if args.pace_fps > 0:  # frames as a camera delivers them: the keyframe thread's time is real time
+                ours.reset()
+                det = wrap_detail(ours, dcfg)
+                det.set_style(name)
+                outs["paced"], _ = run_paced(lambda f: det([f])[0], frames, args.pace_fps)
+                paced_layer = det.layer.summary()
+                det.layer.close()
             v_t = [meter.vector(f) for f in outs["teacher"][:: args.every]]
             row: dict[str, Any] = {"style": name, "teacher_spec": teachers[name]}
-            for key in ("teacher", "half", "off", "on"):
+            for key in [k for k in ("teacher", "half", "off", "on", "paced") if k in outs]:
                 o = outs[key]
                 v_o = [meter.vector(f) for f in o[:: args.every]] if key != "teacher" else v_t
                 dist = [float(np.linalg.norm(a - b) / max(np.linalg.norm(c - b), 1e-9))
@@ -251,11 +278,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             "style_distance_max": round(float(np.max(dist)), 3),
                             "texture": round(float(np.mean([texture_ratio(a, b) for a, b in zip(o, outs["teacher"])])), 3),
                             "steadiness": round(flow.e_warp(o) / max(e_in, 1e-12), 3),
-                            "ms_per_frame": round(ms[key], 1), "fps": round(1e3 / ms[key], 2),
+                            **({"ms_per_frame": round(ms[key], 1), "fps": round(1e3 / ms[key], 2)} if key in ms else {}),
                             "border": round(float(np.mean([border_ratio(f) for f in o[:: args.every]])), 2)}
             row["on"]["layer"] = layer
+            if "paced" in outs:
+                row["paced"]["layer"] = paced_layer
+                row["paced"]["fps_in"] = args.pace_fps
             # after the first keyframe landed and faded in (1 / rise frames): the layer's steady state
-            first = next((i for i, st in enumerate(det.layer.history) if st.keyframe), None)
+            first = next((i for i, st in enumerate(history) if st.keyframe), None)
             if first is not None and first + 6 < len(frames) - 2:
                 row["settled_from_frame"] = first + 6
                 for key in ("teacher", "half", "off", "on"):
@@ -268,9 +298,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      *(row[k]["steadiness"] for k in ("teacher", "half", "off", "on")),
                      *(row[k]["ms_per_frame"] for k in ("teacher", "half", "off", "on")),
                      layer.get("keyframes"), layer.get("confidence_mean", 0.0), layer.get("ms", {}).get("p50_ms", 0.0))
+            if "paced" in row:
+                log.info("  %-12s paced at %g fps: dist %.2f steady %.1f keyframes %s conf %.2f", name, args.pace_fps,
+                         row["paced"]["style_distance"], row["paced"]["steadiness"],
+                         row["paced"]["layer"].get("keyframes"), row["paced"]["layer"].get("confidence_mean", 0.0))
             rows.append(row)
             mid = len(frames) // 2
-            panels = [frames, outs["teacher"], outs["half"], outs["off"], outs["on"]]
+            panels = [frames, outs["teacher"], outs["half"], outs["off"], outs.get("paced", outs["on"])]
             sheet_rows.append(panel_row([p[mid] for p in panels], 256))
             write_video(args.out / f"{cname}_{name}.mp4",
                         [panel_row([p[t] for p in panels], args.video_tile) for t in range(len(frames))])
