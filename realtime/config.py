@@ -12,6 +12,7 @@ from typing import Optional
 
 from genreal_errors import UserError
 from models.style_blend import blend_terms
+from realtime.detail import DetailConfig
 
 Size = tuple[int, int]  # (width, height)
 
@@ -63,6 +64,7 @@ class BackendConfig:
     temporal: bool = True
     precision: str = "auto"  # auto | fp32 | fp16 | int8 (our model's engines; auto = the engine's best)
     model_dir: Optional[Path] = None  # None = the shipped model
+    detail: DetailConfig = field(default_factory=DetailConfig)  # the keyframe detail layer (--detail)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):

@@ -52,7 +52,22 @@ def _load(name: str) -> Callable[[BackendConfig], Backend]:
 
 
 def create_backend(config: BackendConfig) -> Backend:
-    """Build the configured backend. For ``auto``, log the choice in one line (the reasons at debug level)."""
+    """Build the configured backend, with the keyframe detail layer after it when ``--detail`` asks
+    (realtime/backends/detail_backend.py; ``off`` wraps nothing)."""
+    backend = _create(config)
+    if config.detail.mode == "off":
+        return backend
+    from realtime.backends.detail_backend import wrap_detail
+
+    try:
+        return wrap_detail(backend, config.detail, config.model_dir)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def _create(config: BackendConfig) -> Backend:
+    """The configured backend. For ``auto``, log the choice in one line (the reasons at debug level)."""
     if config.name != "auto":
         return _load(config.name)(config)
     skipped: list[str] = []

@@ -10,6 +10,7 @@ from typing import Any
 from realtime.budget import BUDGET_PRESETS
 from realtime.config import (DEFAULT_RECONNECTS, DEFAULT_STALL_S, MAX_SIDE, MIN_SIDE, PRECISIONS, BackendConfig,
                              PipelineConfig, SourceConfig, parse_size)
+from realtime.detail import DETAIL_MODES, DetailConfig
 from genreal_errors import UserError
 
 SOURCE_HELP = (
@@ -52,6 +53,12 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = Non
                    help="refine steps of our model: 1 up to the steps its manifest measured as helping "
                         "(evaluation.steps; a model without that record runs 1 to its maximum; default: the model's own)")
     p.add_argument("--no-temporal", action="store_true", help="turn temporal latent reuse off")
+    p.add_argument("--detail", default="off", choices=DETAIL_MODES,
+                   help="the keyframe detail layer: the style's teacher paints keyframes in the background and "
+                        "optical flow carries their strokes to the frames between (on; auto: on where the style "
+                        "has a fast teacher; default off)")
+    p.add_argument("--keyframe-every", type=int, default=DetailConfig.keyframe_every, metavar="N",
+                   help=f"--detail: at most one keyframe every N frames (default {DetailConfig.keyframe_every})")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--stats-json", type=Path, default=None, metavar="PATH",
                    help="write the run's statistics as JSON (checked writable before the run starts)")
@@ -86,6 +93,8 @@ def backend_config(args: argparse.Namespace, **overrides: Any) -> BackendConfig:
     fields = dict(name=args.backend, device=args.device, style=args.style, steps=args.steps,
                   temporal=not getattr(args, "no_temporal", False), precision=getattr(args, "precision", "auto"),
                   model_dir=args.model)
+    if hasattr(args, "detail"):  # run, demo and serve have the detail layer's options
+        fields["detail"] = detail_config(args)
     return BackendConfig(**{**fields, **overrides})
 
 
@@ -101,6 +110,11 @@ def pipeline_config(args: argparse.Namespace, source: str, sinks: list[str]) -> 
         stats_json=args.stats_json,
         strength=getattr(args, "strength", 1.0),
     )
+
+
+def detail_config(args: argparse.Namespace) -> DetailConfig:
+    """`--detail` and `--keyframe-every` → the detail layer's config (a `UserError` for bad values)."""
+    return DetailConfig(mode=args.detail, keyframe_every=args.keyframe_every)
 
 
 def print_summary(stats: Any) -> None:

@@ -1,0 +1,106 @@
+"""The detail layer's per-frame pass (realtime/detail.py): warp the anchor's detail through the flow-size map,
+weight it by the confidence, add it to the student's frame. One fused pass per frame.
+
+    out = detail_add(student, residual, disp, conf, disp_scale)      # the CPU version (OpenCV)
+
+Semantics (the reference, `detail_add_reference`, spells them out in numpy):
+
+- ``student`` uint8 (H, W, 3); ``residual`` float32 (H, W, 3): the anchor frame's detail;
+- ``disp`` float32 (h, w, 2) and ``conf`` float32 (h, w) at the flow's size: for each pixel, where it
+  was in the anchor frame (x, y offsets in flow px) and how much of the detail to show;
+- both are upsampled bilinearly to (H, W) with OpenCV's half-pixel-centre convention (``cv2.resize``,
+  ``INTER_LINEAR``, edges replicated); the offset is multiplied by ``disp_scale`` (frame px per flow px);
+- the residual is sampled bilinearly at ``p + offset`` (coordinates clamped to the frame: edges
+  replicated), multiplied by the confidence and added; the sum is rounded (half to even) and saturated.
+
+The CPU version goes through OpenCV's fixed-point remap (1/32 px): it matches the reference within a few
+levels where the residual is steep (tests/test_kernels_detail.py). `kernels/detail_triton.py` is the CUDA
+version: one Triton program per block of pixels, all of it in one pass. Nothing heavy at import.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def _check(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf: np.ndarray) -> None:
+    if student.dtype != np.uint8 or student.ndim != 3 or student.shape[2] != 3:
+        raise ValueError(f"student must be uint8 (H, W, 3), got {student.dtype} {student.shape}")
+    if residual.shape != student.shape:
+        raise ValueError(f"residual {residual.shape} must match the student's {student.shape}")
+    if disp.ndim != 3 or disp.shape[2] != 2 or conf.shape != disp.shape[:2]:
+        raise ValueError(f"disp must be (h, w, 2) and conf (h, w): got {disp.shape} and {conf.shape}")
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> np.ndarray:
+    g = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
+    g.setflags(write=False)
+    return g
+
+
+def detail_add(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf: np.ndarray,
+               disp_scale: float) -> np.ndarray:
+    """The CPU pass (OpenCV): resize the map and the confidence, remap, multiply, add with saturation."""
+    import cv2
+
+    _check(student, residual, disp, conf)
+    h, w = student.shape[:2]
+    if cv2.countNonZero(disp.reshape(-1)):
+        m = cv2.resize(disp, (w, h), interpolation=cv2.INTER_LINEAR)
+        m *= disp_scale
+        m += _grid(h, w)
+        detail = cv2.remap(residual, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    else:
+        detail = residual  # the identity map: no resampling at all
+    c = cv2.cvtColor(cv2.resize(conf, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
+    return cv2.add(student, cv2.multiply(detail, c), dtype=cv2.CV_8U)
+
+
+def _upsample_coords(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's INTER_LINEAR source taps for one axis: (i0, i1, frac) with edges replicated."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def _upsample(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear (h_in, w_in, C) → (h, w, C), float64."""
+    a = a.astype(np.float64)
+    y0, y1, fy = _upsample_coords(h, a.shape[0])
+    x0, x1, fx = _upsample_coords(w, a.shape[1])
+    rows = a[y0] * (1 - fy)[:, None, None] + a[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+def _sample(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear sample of (H, W, C) at float coordinates, clamped to the image (edges replicated)."""
+    h, w = img.shape[:2]
+    x = np.clip(x, 0.0, w - 1)
+    y = np.clip(y, 0.0, h - 1)
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    a = img.astype(np.float64)
+    top = a[y0, x0] * (1 - fx) + a[y0, x1] * fx
+    bot = a[y1, x0] * (1 - fx) + a[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def detail_add_reference(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf: np.ndarray,
+                         disp_scale: float) -> np.ndarray:
+    """The semantics in plain numpy (float64): the yardstick for the CPU and CUDA versions."""
+    _check(student, residual, disp, conf)
+    h, w = student.shape[:2]
+    d = _upsample(disp, h, w) * disp_scale  # (H, W, 2)
+    c = _upsample(conf[..., None], h, w)  # (H, W, 1)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    detail = _sample(residual, gx + d[..., 0], gy + d[..., 1])
+    return np.clip(np.rint(student.astype(np.float64) + c * detail), 0, 255).astype(np.uint8)
+
+
+__all__ = ["detail_add", "detail_add_reference"]
