@@ -23,6 +23,8 @@ import functools
 
 import numpy as np
 
+from kernels.reference import resize_bilinear
+
 
 def _check(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf: np.ndarray) -> None:
     if student.dtype != np.uint8 or student.ndim != 3 or student.shape[2] != 3:
@@ -58,24 +60,6 @@ def detail_add(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf
     return cv2.add(student, cv2.multiply(detail, c), dtype=cv2.CV_8U)
 
 
-def _upsample_coords(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV's INTER_LINEAR source taps for one axis: (i0, i1, frac) with edges replicated."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0.0, n_in - 1)
-    i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, src - i0
-
-
-def _upsample(a: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear (h_in, w_in, C) → (h, w, C), float64."""
-    a = a.astype(np.float64)
-    y0, y1, fy = _upsample_coords(h, a.shape[0])
-    x0, x1, fx = _upsample_coords(w, a.shape[1])
-    rows = a[y0] * (1 - fy)[:, None, None] + a[y1] * fy[:, None, None]
-    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
-
-
 def _sample(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Bilinear sample of (H, W, C) at float coordinates, clamped to the image (edges replicated)."""
     h, w = img.shape[:2]
@@ -96,8 +80,8 @@ def detail_add_reference(student: np.ndarray, residual: np.ndarray, disp: np.nda
     """The semantics in plain numpy (float64): the yardstick for the CPU and CUDA versions."""
     _check(student, residual, disp, conf)
     h, w = student.shape[:2]
-    d = _upsample(disp, h, w) * disp_scale  # (H, W, 2)
-    c = _upsample(conf[..., None], h, w)  # (H, W, 1)
+    d = resize_bilinear(disp, w, h) * disp_scale  # (H, W, 2)
+    c = resize_bilinear(conf[..., None], w, h)  # (H, W, 1)
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     detail = _sample(residual, gx + d[..., 0], gy + d[..., 1])
     return np.clip(np.rint(student.astype(np.float64) + c * detail), 0, 255).astype(np.uint8)
