@@ -452,9 +452,3 @@ class TritonOps:
         grid = (triton.cdiv(h * w, _BLOCK), bsz)
         _blend_kernel[grid](a, b, mask_arg, out, c, h * w, MASK_FLOAT=is_float, BLOCK=_BLOCK, **_LAUNCH)
         return out
-
-    def warp_and_blend(self, prev_latent: torch.Tensor, A: Any, new_latent: torch.Tensor, mask: torch.Tensor,
-                       border: str = "replicate") -> torch.Tensor:
-        """Fused masked_blend(warp_affine(prev, A), new, mask): previous values are gathered only
-        where the mask does not take the new latent."""
-        return self._warp_blend(prev_latent, A, tuple(new_latent.shape[2:]), border, new_latent, mask)
