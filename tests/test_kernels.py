@@ -447,8 +447,8 @@ _PRE_SIG = dict(src_ptr="*u8", out_ptr="*fp16", h_in="i32", w_in="i32", src_stri
 _POST_SIG = dict(x_ptr="*fp16", out_ptr="*u8", H="i32", W="i32", Hp="i32", Wp="i32", Ho="i32",
                  Wo="i32", scale_y="fp32", scale_x="fp32", max_sy="fp32", max_sx="fp32", out_stride_b="i32",
                  out_stride_y="i32")
-_WARP_SIG = dict(src_ptr="*fp16", a_ptr="*fp32", new_ptr="*fp16", mask_ptr="*u8", out_ptr="*fp16", C="i32",
-                 h_in="i32", w_in="i32", H="i32", W="i32", a_stride_b="i32")
+_WARP_SIG = dict(src_ptr="*fp16", a_ptr="*fp32", out_ptr="*fp16", C="i32", h_in="i32", w_in="i32", H="i32",
+                 W="i32", a_stride_b="i32")
 _COMPILE_CASES = [
     ("_preprocess_kernel", _PRE_SIG, dict(FMT=0, BLOCK_H=8, BLOCK_W=128)),
     ("_preprocess_kernel", _PRE_SIG, dict(FMT=2, BLOCK_H=8, BLOCK_W=128)),
@@ -457,9 +457,8 @@ _COMPILE_CASES = [
     ("_fsq_kernel", dict(z_ptr="*fp16", prev_ptr="*i32", levels_ptr="*i32", out_ptr="*i32", changed_ptr="*u8",
                          C="i32", HW="i32", margin="fp32"), dict(HAS_PREV=True, BLOCK=1024)),
     ("_dilate_kernel", dict(m_ptr="*u8", out_ptr="*u8", H="i32", W="i32", R="i32"), dict(BLOCK_H=8, BLOCK_W=64)),
-    ("_warp_blend_kernel", _WARP_SIG, dict(BORDER_ZEROS=True, MASK_MODE=0, BLOCK=1024)),
-    ("_warp_blend_kernel", dict(_WARP_SIG, src_ptr="*fp32", new_ptr="*fp32", mask_ptr="*fp32", out_ptr="*fp32"),
-     dict(BORDER_ZEROS=False, MASK_MODE=0, BLOCK=1024)),
+    ("_warp_kernel", _WARP_SIG, dict(BORDER_ZEROS=True, BLOCK=1024)),
+    ("_warp_kernel", dict(_WARP_SIG, src_ptr="*fp32", out_ptr="*fp32"), dict(BORDER_ZEROS=False, BLOCK=1024)),
     ("_blend_kernel", dict(a_ptr="*fp32", b_ptr="*fp32", mask_ptr="*u8", out_ptr="*fp32", C="i32", HW="i32"),
      dict(MASK_FLOAT=False, BLOCK=1024)),
 ]
