@@ -28,6 +28,7 @@ from benchmarks.serve_abuse import jpeg_claiming, mutate, png_bomb
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
 from realtime.serve.protocol import FrameError, Limits, decode_frame, pack, parse_control
+from tests.fakes import collect_track_frames
 
 LOGGER = "realtime.serve"
 
@@ -89,6 +90,15 @@ async def _closed(ws: Any) -> tuple[Optional[int], str]:
 async def _clients(http: Any, srv: ServerThread) -> int:
     async with http.get(srv.url("/api/stats")) as r:
         return (await r.json())["clients"]
+
+
+async def _wait_for_clients(http: Any, srv: ServerThread, n: int, tries: int, every_s: float) -> None:
+    """Poll /api/stats until the server counts `n` clients, at most `tries` times `every_s` apart
+    (the caller asserts the count it needs)."""
+    for _ in range(tries):
+        if await _clients(http, srv) == n:
+            return
+        await asyncio.sleep(every_s)
 
 
 def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
@@ -263,10 +273,7 @@ def test_a_webrtc_session_without_frames_frees_its_slot(caplog):
                 async with http.post(srv.url("/api/offer"), json={"type": "offer", "sdp": sdp}) as r:
                     assert r.status == 200, await r.text()  # answered, but the client never connects
                 assert await _clients(http, srv) == 1
-                for _ in range(60):
-                    if await _clients(http, srv) == 0:
-                        break
-                    await asyncio.sleep(0.1)
+                await _wait_for_clients(http, srv, 0, 60, 0.1)
                 assert await _clients(http, srv) == 0
                 async with http.ws_connect(srv.url("/ws")) as ws:  # the one slot is free again
                     await _hello(ws)
@@ -308,15 +315,7 @@ def test_a_webrtc_peer_whose_camera_stops_frees_its_slot(caplog):
     async def go():
         pc = RTCPeerConnection()
         pc.addTrack(Camera())
-        got = []
-
-        @pc.on("track")
-        def on_track(track):
-            async def pull():
-                while True:
-                    got.append(await track.recv())
-            asyncio.ensure_future(pull())
-
+        got = collect_track_frames(pc)
         await pc.setLocalDescription(await pc.createOffer())
         try:
             async with aiohttp.ClientSession() as http:
@@ -329,10 +328,7 @@ def test_a_webrtc_peer_whose_camera_stops_frees_its_slot(caplog):
                     await asyncio.sleep(0.1)
                 assert len(got) >= 3
                 stop.set()
-                for _ in range(100):
-                    if await _clients(http, srv) == 0:
-                        break
-                    await asyncio.sleep(0.1)
+                await _wait_for_clients(http, srv, 0, 100, 0.1)
                 assert await _clients(http, srv) == 0
         finally:
             await pc.close()
@@ -365,10 +361,7 @@ def test_plain_get_ws_allocates_nothing():
             async with http.ws_connect(srv.url("/ws")) as ws:
                 await _hello(ws)
                 assert await _clients(http, srv) == 1
-            for _ in range(50):
-                if await _clients(http, srv) == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await _wait_for_clients(http, srv, 0, 50, 0.05)
             async with http.ws_connect(srv.url("/ws")) as ws:  # the slot came back
                 await _hello(ws)
 
@@ -827,10 +820,7 @@ def test_mutated_messages_leave_the_server_up_and_no_fds_behind(caplog):
                 await _hello(ws)
                 hdr, img = await _roundtrip(ws, 7)
                 assert decode_index(img) == 7
-            for _ in range(100):
-                if await _clients(http, srv) == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await _wait_for_clients(http, srv, 0, 100, 0.05)
         return closes
 
     try:
