@@ -111,6 +111,14 @@ async def _wait_for_clients(http: Any, srv: ServerThread, n: int, tries: int, ev
         await asyncio.sleep(every_s)
 
 
+def _count_backends(srv: ServerThread) -> list:
+    """A list that grows by one each time the server builds a session's backend."""
+    made: list = []
+    make = srv.state.sessions.make_backend
+    srv.state.sessions.make_backend = lambda: made.append(1) or make()
+    return made
+
+
 def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
     assert "Traceback" not in caplog.text
@@ -204,9 +212,7 @@ GARBAGE_OFFERS = ["garbage", "", "v=0 garbage", "v=0\r\nm=audio 9 UDP/TLS/RTP/SA
 
 def test_garbage_offers_take_no_slot(caplog):
     srv = _server(max_clients=2)
-    made = []
-    make = srv.state.sessions.make_backend
-    srv.state.sessions.make_backend = lambda: made.append(1) or make()
+    made = _count_backends(srv)
 
     async def go():
         async with aiohttp.ClientSession() as http:
@@ -338,9 +344,7 @@ def test_a_webrtc_peer_whose_camera_stops_frees_its_slot(caplog):
 # -- 3. plain GET /ws ---------------------------------------------------------------------------------
 def test_plain_get_ws_allocates_nothing():
     srv = _server(max_clients=1)
-    made = []
-    make = srv.state.sessions.make_backend
-    srv.state.sessions.make_backend = lambda: made.append(1) or make()
+    made = _count_backends(srv)
 
     async def go():
         async with aiohttp.ClientSession() as http:
