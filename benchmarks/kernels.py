@@ -85,8 +85,7 @@ def _cpu_inputs(rng: np.random.Generator, frame_wh: tuple[int, int], scale: floa
         "z": z2,
         "prev": prev,
         "mask": rng.random((1, lh, lw)) < 0.1,
-        "lat_prev": rng.standard_normal((1, LATENT_CHANNELS, lh, lw)).astype(np.float32),
-        "lat_new": rng.standard_normal((1, LATENT_CHANNELS, lh, lw)).astype(np.float32),
+        "latent": rng.standard_normal((1, LATENT_CHANNELS, lh, lw)).astype(np.float32),
     }
 
 
@@ -98,7 +97,6 @@ def _cpu_cases(ops: Any, d: dict[str, Any], frame_wh: tuple[int, int]) -> dict[s
         "postprocess": lambda: ops.postprocess(d["styled"], (mh, mw), frame_wh),
         "fsq_hysteresis": lambda: ops.fsq_hysteresis(d["z"], d["prev"], LEVELS, MARGIN),
         "dilate_mask_r1": lambda: ops.dilate_mask(d["mask"], 1),
-        "warp_and_blend": lambda: ops.warp_and_blend(d["lat_prev"], MOTION, d["lat_new"], d["mask"]),
     }
 
 
@@ -134,7 +132,7 @@ def _cpu_candidates(d: dict[str, Any], frame_wh: tuple[int, int]) -> dict[str, d
         f = cv2.resize(f, frame_wh, interpolation=cv2.INTER_LINEAR)
         return (f * np.float32(255) + np.float32(0.5)).astype(np.uint8)
 
-    lat, mats = d["lat_prev"][0], np.ascontiguousarray(MOTION)
+    lat, mats = d["latent"][0], np.ascontiguousarray(MOTION)
     lh, lw = d["latent_hw"]
     return {
         "preprocess_rgb_f32": {
@@ -243,9 +241,6 @@ def _gpu_cases(bsz: int, frame_wh: tuple[int, int], dev: str = "cuda") -> dict[s
     z = torch.tanh(torch.randn((bsz, c, lh, lw), device=dev, generator=g))
     prev = torch.randint(0, 5, (bsz, c, lh, lw), dtype=torch.int32, device=dev, generator=g)
     mask = torch.rand((bsz, lh, lw), device=dev, generator=g) < 0.1
-    lat_prev = torch.randn((bsz, c, lh, lw), device=dev, generator=g)
-    lat_new = torch.randn((bsz, c, lh, lw), device=dev, generator=g)
-    motion = torch.tensor(MOTION, dtype=torch.float32, device=dev)
     frames = torch.stack(rgb) if stereo else rgb[0]  # a stacked (2, H, W, 3) batch: no copy in the call
     nv = torch.stack(nv12) if stereo else nv12[0]
     img_bytes = bsz * fh * fw * 3
@@ -259,9 +254,6 @@ def _gpu_cases(bsz: int, frame_wh: tuple[int, int], dev: str = "cuda") -> dict[s
                         bsz * 3 * fh * fw * 2 + img_bytes),
         "fsq_hysteresis": (lambda o: o.fsq_hysteresis(z, prev, LEVELS, MARGIN), 3 * lat_bytes + bsz * lh * lw),
         "dilate_mask_r1": (lambda o: o.dilate_mask(mask, 1), 2 * bsz * lh * lw),
-        # each output value comes from either the warped previous latent or the new one
-        "warp_and_blend": (lambda o: o.warp_and_blend(lat_prev, motion, lat_new, mask),
-                           2 * lat_bytes + bsz * lh * lw),
     }
 
 

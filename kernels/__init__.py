@@ -15,7 +15,7 @@ Every `Ops` has the same methods (exact semantics, conventions and tolerances: `
 - ``fsq_hysteresis(z, prev_levels, levels, margin)`` → (int32 levels (B, C, H, W), bool changed (B, H, W)).
 - ``dilate_mask(mask, radius)`` → bool (B, H, W).
 - ``warp_affine(latent, A, out_hw=None, border="replicate")`` → (B, C, Ho, Wo).
-- ``masked_blend(a, b, mask)``; ``warp_and_blend(prev_latent, A, new_latent, mask, border="replicate")``.
+- ``masked_blend(a, b, mask)``.
 
 Nothing heavy is imported here: cv2 on the first CPU call, torch/triton only for "cuda".
 """
@@ -48,9 +48,6 @@ class Ops(Protocol):
                     border: str = "replicate") -> Any: ...
 
     def masked_blend(self, a: Any, b: Any, mask: Any) -> Any: ...
-
-    def warp_and_blend(self, prev_latent: Any, A: Any, new_latent: Any, mask: Any,
-                       border: str = "replicate") -> Any: ...
 
 
 def available_devices() -> list[str]:

@@ -230,12 +230,6 @@ def masked_blend(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(a.dtype, copy=False)
 
 
-def warp_and_blend(prev_latent: np.ndarray, A: Any, new_latent: np.ndarray, mask: np.ndarray,
-                   border: str = "replicate") -> np.ndarray:
-    """masked_blend(warp_affine(prev, A) at new's size, new, mask)."""
-    warped = warp_affine(prev_latent, A, new_latent.shape[2:], border).astype(new_latent.dtype, copy=False)
-    return masked_blend(warped, new_latent, mask)
-
 
 class CpuOps:
     """The chosen CPU paths behind the common `Ops` interface: numpy arrays in and out, no torch."""
@@ -249,4 +243,3 @@ class CpuOps:
     dilate_mask = staticmethod(dilate_mask)
     warp_affine = staticmethod(warp_affine)
     masked_blend = staticmethod(masked_blend)
-    warp_and_blend = staticmethod(warp_and_blend)

@@ -205,12 +205,6 @@ def masked_blend(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (a64 + m.astype(np.float64) * (b.astype(np.float64) - a64)).astype(a.dtype)
 
 
-def warp_and_blend(prev_latent: np.ndarray, A: Any, new_latent: np.ndarray, mask: np.ndarray,
-                   border: str = "replicate") -> np.ndarray:
-    """masked_blend(warp_affine(prev, A) at new's size, new, mask)."""
-    warped = warp_affine(prev_latent, A, new_latent.shape[2:], border).astype(new_latent.dtype)
-    return masked_blend(warped, new_latent, mask)
-
 
 class ReferenceOps:
     """The references behind the common `Ops` interface (slow; for tests and the benchmark)."""
@@ -224,4 +218,3 @@ class ReferenceOps:
     dilate_mask = staticmethod(dilate_mask)
     warp_affine = staticmethod(warp_affine)
     masked_blend = staticmethod(masked_blend)
-    warp_and_blend = staticmethod(warp_and_blend)

@@ -67,9 +67,7 @@ Affine warp
 
 Masked blend
     bool mask (B, H, W): ``where(mask, b, a)`` over every channel; float mask (alpha in [0, 1]):
-    ``a + alpha * (b - a)``. ``warp_and_blend(prev, A, new, mask)`` =
-    ``masked_blend(warp_affine(prev, A), new, mask)``: where the mask is set (the content changed)
-    the new latent wins, elsewhere the warped previous latent is reused.
+    ``a + alpha * (b - a)``.
 """
 from __future__ import annotations
 

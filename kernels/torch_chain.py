@@ -115,8 +115,3 @@ class TorchChainOps:
         if mask.dtype == torch.bool:
             return torch.where(mask[:, None], b, a)
         return torch.lerp(a.float(), b.float(), mask[:, None].float()).to(a.dtype)
-
-    def warp_and_blend(self, prev_latent: torch.Tensor, A: Any, new_latent: torch.Tensor, mask: torch.Tensor,
-                       border: str = "replicate") -> torch.Tensor:
-        warped = self.warp_affine(prev_latent, A, tuple(new_latent.shape[2:]), border).to(new_latent.dtype)
-        return self.masked_blend(warped, new_latent, mask)

@@ -212,9 +212,9 @@ def _dilate_kernel(m_ptr, out_ptr, H, W, R, BLOCK_H: tl.constexpr, BLOCK_W: tl.c
 
 
 @triton.jit
-def _warp_blend_kernel(src_ptr, a_ptr, new_ptr, mask_ptr, out_ptr, C, h_in, w_in, H, W, a_stride_b,
-                       BORDER_ZEROS: tl.constexpr, MASK_MODE: tl.constexpr, BLOCK: tl.constexpr):
-    """out = blend(warp(src, A), new, mask); MASK_MODE 0: warp only, 1: bool mask, 2: alpha."""
+def _warp_kernel(src_ptr, a_ptr, out_ptr, C, h_in, w_in, H, W, a_stride_b,
+                 BORDER_ZEROS: tl.constexpr, BLOCK: tl.constexpr):
+    """out = warp(src, A): bilinear, A maps output → input pixels."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -250,29 +250,14 @@ def _warp_blend_kernel(src_ptr, a_ptr, new_ptr, mask_ptr, out_ptr, C, h_in, w_in
         ok_x1 = m
         ok_y0 = m
         ok_y1 = m
-    if MASK_MODE == 1:
-        mv = tl.load(mask_ptr + b.to(tl.int64) * H * W + offs, mask=m, other=0)  # uint8 0/1
-        take_new = mv != 0
-        need = m & (mv == 0)
-    elif MASK_MODE == 2:
-        alpha = tl.load(mask_ptr + b.to(tl.int64) * H * W + offs, mask=m, other=0.0).to(tl.float32)
-        need = m & (alpha < 1.0)
-    else:
-        need = m
     for c in range(C):
         plane = src_ptr + (b * C + c).to(tl.int64) * h_in * w_in
-        v00 = tl.load(plane + y0 * w_in + x0, mask=need & ok_y0 & ok_x0, other=0.0).to(tl.float32)
-        v01 = tl.load(plane + y0 * w_in + x1, mask=need & ok_y0 & ok_x1, other=0.0).to(tl.float32)
-        v10 = tl.load(plane + y1 * w_in + x0, mask=need & ok_y1 & ok_x0, other=0.0).to(tl.float32)
-        v11 = tl.load(plane + y1 * w_in + x1, mask=need & ok_y1 & ok_x1, other=0.0).to(tl.float32)
+        v00 = tl.load(plane + y0 * w_in + x0, mask=m & ok_y0 & ok_x0, other=0.0).to(tl.float32)
+        v01 = tl.load(plane + y0 * w_in + x1, mask=m & ok_y0 & ok_x1, other=0.0).to(tl.float32)
+        v10 = tl.load(plane + y1 * w_in + x0, mask=m & ok_y1 & ok_x0, other=0.0).to(tl.float32)
+        v11 = tl.load(plane + y1 * w_in + x1, mask=m & ok_y1 & ok_x1, other=0.0).to(tl.float32)
         val = _lerp2(v00, v01, v10, v11, wx, wy)
         idx = (b * C + c).to(tl.int64) * H * W + offs
-        if MASK_MODE == 1:
-            nv = tl.load(new_ptr + idx, mask=m & take_new, other=0.0).to(tl.float32)
-            val = tl.where(take_new, nv, val)
-        elif MASK_MODE == 2:
-            nv = tl.load(new_ptr + idx, mask=m, other=0.0).to(tl.float32)
-            val = val + alpha * (nv - val)
         tl.store(out_ptr + idx, val.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -408,34 +393,19 @@ class TritonOps:
             return a, 6
         raise ValueError(f"affine matrix must be (2, 3) or ({bsz}, 2, 3), got {tuple(a.shape)}")
 
-    def _warp_blend(self, src: torch.Tensor, A: Any, out_hw: tuple[int, int], border: str,
-                    new: Optional[torch.Tensor], mask: Optional[torch.Tensor]) -> torch.Tensor:
-        spec.check_border(border)
-        src = as_tensor(src, self.device).contiguous()
-        bsz, c, h_in, w_in = src.shape
-        ho, wo = (int(v) for v in out_hw)
-        a, a_stride = self._affine(A, bsz)
-        mode, mask_arg, new_arg = 0, src, src  # placeholders when unused
-        out_dtype = src.dtype
-        if mask is not None:
-            new_arg = as_tensor(new, self.device).contiguous()
-            spec.check_mask(mask.shape, new_arg.shape)
-            out_dtype = new_arg.dtype
-            mask_t = as_tensor(mask, self.device)
-            if mask_t.dtype.is_floating_point:
-                mode, mask_arg = 2, mask_t.contiguous()
-            else:
-                mode, mask_arg = 1, _as_bool_u8(mask_t)
-        out = torch.empty((bsz, c, ho, wo), dtype=out_dtype, device=self.device)
-        grid = (triton.cdiv(ho * wo, _BLOCK), bsz)
-        _warp_blend_kernel[grid](src, a, new_arg, mask_arg, out, c, h_in, w_in, ho, wo, a_stride,
-                                 BORDER_ZEROS=border == "zeros", MASK_MODE=mode, BLOCK=_BLOCK, **_LAUNCH)
-        return out
-
     def warp_affine(self, latent: torch.Tensor, A: Any, out_hw: Optional[tuple[int, int]] = None,
                     border: str = "replicate") -> torch.Tensor:
         """(B, C, H, W) → (B, C, Ho, Wo) bilinear; A maps output → input latent pixels."""
-        return self._warp_blend(latent, A, out_hw or tuple(latent.shape[2:]), border, None, None)
+        spec.check_border(border)
+        src = as_tensor(latent, self.device).contiguous()
+        bsz, c, h_in, w_in = src.shape
+        ho, wo = (int(v) for v in (out_hw or (h_in, w_in)))
+        a, a_stride = self._affine(A, bsz)
+        out = torch.empty((bsz, c, ho, wo), dtype=src.dtype, device=self.device)
+        grid = (triton.cdiv(ho * wo, _BLOCK), bsz)
+        _warp_kernel[grid](src, a, out, c, h_in, w_in, ho, wo, a_stride,
+                           BORDER_ZEROS=border == "zeros", BLOCK=_BLOCK, **_LAUNCH)
+        return out
 
     def masked_blend(self, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """bool mask → where(mask, b, a); float mask → a + mask (b - a); mask (B, H, W)."""
@@ -452,9 +422,3 @@ class TritonOps:
         grid = (triton.cdiv(h * w, _BLOCK), bsz)
         _blend_kernel[grid](a, b, mask_arg, out, c, h * w, MASK_FLOAT=is_float, BLOCK=_BLOCK, **_LAUNCH)
         return out
-
-    def warp_and_blend(self, prev_latent: torch.Tensor, A: Any, new_latent: torch.Tensor, mask: torch.Tensor,
-                       border: str = "replicate") -> torch.Tensor:
-        """Fused masked_blend(warp_affine(prev, A), new, mask): previous values are gathered only
-        where the mask does not take the new latent."""
-        return self._warp_blend(prev_latent, A, tuple(new_latent.shape[2:]), border, new_latent, mask)

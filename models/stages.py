@@ -204,11 +204,6 @@ def images_norm(images: Sequence[np.ndarray], floor: float = 0.02) -> np.ndarray
     return np.stack(rows)
 
 
-def warm_first_step(info: ModelInfo, steps: int) -> int:
-    """The first step embedding a warm start of `steps` steps runs (the last `steps` of max_steps, as trained)."""
-    return info.max_steps - steps
-
-
 def style_names_of(manifest: dict) -> tuple[str, ...]:
     return tuple(str(s["name"]) for s in manifest["styles"])
 
@@ -231,5 +226,5 @@ def info_from_manifest(manifest: dict, model_cfg: dict, model_dir: str = "") -> 
     )
 
 
-__all__ = ["Array", "ModelInfo", "StageEncoding", "FrameResult", "run_frame", "condition", "frame_norm", "images_norm", "ModelStages", "warm_first_step", "info_from_manifest",
+__all__ = ["Array", "ModelInfo", "StageEncoding", "FrameResult", "run_frame", "condition", "frame_norm", "images_norm", "ModelStages", "info_from_manifest",
            "style_names_of"]

@@ -1,6 +1,8 @@
-"""Synthetic sources and sinks for pipeline tests, and a small video writer / reader."""
+"""Synthetic sources and sinks for pipeline tests, a small video writer / reader, and a WebRTC
+frame collector for the serve tests."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from fractions import Fraction
@@ -161,3 +163,17 @@ def pixel_terms(**overrides: Any) -> Any:
 
     return LossWeights(**{**dict(temporal=0.3, texture=0.0, pixel_blur=0.0, warm_temporal=0.0, lattice=0.0,
                                  temporal_noise=0.0, lattice_flat=0.0), **overrides})
+
+
+def collect_track_frames(pc: Any) -> list:
+    """A list that every frame of every track the aiortc `pc` receives is appended to, as it arrives."""
+    frames: list = []
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        async def pull() -> None:
+            while True:
+                frames.append(await track.recv())
+        asyncio.ensure_future(pull())
+
+    return frames

@@ -397,15 +397,12 @@ def _warp_inputs(rng, shape):
 
 @pytest.mark.parametrize("shape", [(2, 1, 1, 1), (2, 3, 13, 19), (2, 8, 135, 240)])
 @pytest.mark.parametrize("border", spec.BORDERS)
-def test_cpu_warp_and_blends_match_reference(rng, shape, border):
+def test_cpu_warps_and_blends_match_reference(rng, shape, border):
     lat, new, mask, alpha = _warp_inputs(rng, shape)
     for A in WARP_A:
         for out_hw in (None, (shape[2] + 2, max(1, shape[3] - 3))):
             got = cpu.warp_affine(lat, A, out_hw, border)
             assert np.abs(got - ref.warp_affine(lat, A, out_hw, border)).max() < 1e-4
-        for m in (mask, alpha):
-            got = cpu.warp_and_blend(lat, A, new, m, border)
-            assert np.abs(got - ref.warp_and_blend(lat, A, new, m, border)).max() < 1e-4
     np.testing.assert_array_equal(cpu.masked_blend(lat, new, mask), ref.masked_blend(lat, new, mask))
     assert np.abs(cpu.masked_blend(lat, new, alpha) - ref.masked_blend(lat, new, alpha)).max() < 1e-6
 
@@ -419,14 +416,13 @@ def test_cpu_numpy_warp_fallback_is_exact(rng):
 
 @pytest.mark.parametrize("shape", [(2, 1, 1, 1), (2, 3, 13, 19), (1, 4, 20, 64)])
 @pytest.mark.parametrize("border", spec.BORDERS)
-def test_interp_warp_and_blends_match_reference(interp, rng, shape, border):
+def test_interp_warps_and_blends_match_reference(interp, rng, shape, border):
     lat, new, mask, alpha = _warp_inputs(rng, shape)
     for A in WARP_A[: 1 if shape[0] == 1 else 2]:
         got = interp.warp_affine(_t(lat), A, (shape[2] + 1, shape[3] + 2), border)
         assert np.abs(_np(got) - ref.warp_affine(lat, A, (shape[2] + 1, shape[3] + 2), border)).max() < 1e-4
-        for m in (mask, alpha):
-            got = interp.warp_and_blend(_t(lat), _t(A.astype(np.float32)), _t(new), _t(m), border)
-            assert np.abs(_np(got) - ref.warp_and_blend(lat, A, new, m, border)).max() < 1e-4
+        got = interp.warp_affine(_t(lat), _t(A.astype(np.float32)), None, border)  # A as a tensor
+        assert np.abs(_np(got) - ref.warp_affine(lat, A, None, border)).max() < 1e-4
     got = interp.masked_blend(_t(lat), _t(new), _t(mask))
     np.testing.assert_array_equal(_np(got), ref.masked_blend(lat, new, mask))
     got = interp.masked_blend(_t(lat), _t(new), _t(alpha))
@@ -436,9 +432,12 @@ def test_interp_warp_and_blends_match_reference(interp, rng, shape, border):
 def test_interp_latent_float16(interp, rng):
     lat, new, mask, _ = _warp_inputs(rng, (1, 2, 9, 12))
     lat16, new16 = lat.astype(np.float16), new.astype(np.float16)
-    got = interp.warp_and_blend(_t(lat16), WARP_A[0], _t(new16), _t(mask))
+    got = interp.warp_affine(_t(lat16), WARP_A[0])
     assert got.dtype.itemsize == 2
-    assert np.abs(_np(got).astype(np.float32) - ref.warp_and_blend(lat16, WARP_A[0], new16, mask)).max() < 2e-3
+    assert np.abs(_np(got).astype(np.float32) - ref.warp_affine(lat16, WARP_A[0]).astype(np.float32)).max() < 2e-3
+    got = interp.masked_blend(_t(lat16), _t(new16), _t(mask))
+    assert got.dtype.itemsize == 2
+    np.testing.assert_array_equal(_np(got), ref.masked_blend(lat16, new16, mask))
 
 
 # --- the compiled path, without a GPU ------------------------------------------------------------
@@ -448,8 +447,8 @@ _PRE_SIG = dict(src_ptr="*u8", out_ptr="*fp16", h_in="i32", w_in="i32", src_stri
 _POST_SIG = dict(x_ptr="*fp16", out_ptr="*u8", H="i32", W="i32", Hp="i32", Wp="i32", Ho="i32",
                  Wo="i32", scale_y="fp32", scale_x="fp32", max_sy="fp32", max_sx="fp32", out_stride_b="i32",
                  out_stride_y="i32")
-_WARP_SIG = dict(src_ptr="*fp16", a_ptr="*fp32", new_ptr="*fp16", mask_ptr="*u8", out_ptr="*fp16", C="i32",
-                 h_in="i32", w_in="i32", H="i32", W="i32", a_stride_b="i32")
+_WARP_SIG = dict(src_ptr="*fp16", a_ptr="*fp32", out_ptr="*fp16", C="i32", h_in="i32", w_in="i32", H="i32",
+                 W="i32", a_stride_b="i32")
 _COMPILE_CASES = [
     ("_preprocess_kernel", _PRE_SIG, dict(FMT=0, BLOCK_H=8, BLOCK_W=128)),
     ("_preprocess_kernel", _PRE_SIG, dict(FMT=2, BLOCK_H=8, BLOCK_W=128)),
@@ -458,8 +457,8 @@ _COMPILE_CASES = [
     ("_fsq_kernel", dict(z_ptr="*fp16", prev_ptr="*i32", levels_ptr="*i32", out_ptr="*i32", changed_ptr="*u8",
                          C="i32", HW="i32", margin="fp32"), dict(HAS_PREV=True, BLOCK=1024)),
     ("_dilate_kernel", dict(m_ptr="*u8", out_ptr="*u8", H="i32", W="i32", R="i32"), dict(BLOCK_H=8, BLOCK_W=64)),
-    ("_warp_blend_kernel", _WARP_SIG, dict(BORDER_ZEROS=True, MASK_MODE=1, BLOCK=1024)),
-    ("_warp_blend_kernel", dict(_WARP_SIG, mask_ptr="*fp32"), dict(BORDER_ZEROS=False, MASK_MODE=2, BLOCK=1024)),
+    ("_warp_kernel", _WARP_SIG, dict(BORDER_ZEROS=True, BLOCK=1024)),
+    ("_warp_kernel", dict(_WARP_SIG, src_ptr="*fp32", out_ptr="*fp32"), dict(BORDER_ZEROS=False, BLOCK=1024)),
     ("_blend_kernel", dict(a_ptr="*fp32", b_ptr="*fp32", mask_ptr="*u8", out_ptr="*fp32", C="i32", HW="i32"),
      dict(MASK_FLOAT=False, BLOCK=1024)),
 ]
@@ -504,9 +503,11 @@ def test_torch_chain_matches_reference(chain, rng):
     np.testing.assert_array_equal(_np(chain.dilate_mask(_t(m), 2)), ref.dilate_mask(m, 2))
     lat, new, mask, alpha = _warp_inputs(rng, (2, 3, 13, 19))
     for border in spec.BORDERS:
-        for m in (mask, alpha):
-            got = chain.warp_and_blend(_t(lat), WARP_A[1], _t(new), _t(m), border)
-            assert np.abs(_np(got) - ref.warp_and_blend(lat, WARP_A[1], new, m, border)).max() < 1e-4
+        got = chain.warp_affine(_t(lat), WARP_A[1], None, border)
+        assert np.abs(_np(got) - ref.warp_affine(lat, WARP_A[1], None, border)).max() < 1e-4
+    for m in (mask, alpha):
+        got = chain.masked_blend(_t(lat), _t(new), _t(m))
+        assert np.abs(_np(got) - ref.masked_blend(lat, new, m)).max() < 1e-6
 
 
 # --- the interface ------------------------------------------------------------------------------
@@ -520,7 +521,7 @@ def test_get_ops_cpu_never_imports_torch():
         "y = ops.postprocess(x, (6, 10), (20, 12))\n"
         "k, ch = ops.fsq_hysteresis(np.zeros((1, 2, 3, 4), np.float32), None, (5, 5), 0.2)\n"
         "m = ops.dilate_mask(ch, 1)\n"
-        "w = ops.warp_and_blend(np.zeros((1, 2, 3, 4), np.float32), [[1, 0, 0], [0, 1, 0]],"
+        "w = ops.masked_blend(ops.warp_affine(np.zeros((1, 2, 3, 4), np.float32), [[1, 0, 0], [0, 1, 0]]),"
         " np.ones((1, 2, 3, 4), np.float32), m)\n"
         "assert x.shape == (1, 3, 8, 16) and y.shape == (12, 20, 3) and w.shape == (1, 2, 3, 4)\n"
         "assert 'torch' not in sys.modules and 'triton' not in sys.modules, 'torch imported'\n"
@@ -562,13 +563,10 @@ def test_gpu_kernels_match_reference(rng):
     m = rng.random((2, 135, 240)) < 0.02
     for r in (0, 1, 3):
         np.testing.assert_array_equal(_np(ops.dilate_mask(_t(m, "cuda"), r)), ref.dilate_mask(m, r))
-    lat, new, mask, alpha = _warp_inputs(rng, (2, 8, 135, 240))
+    lat, new, mask, _ = _warp_inputs(rng, (2, 8, 135, 240))
     for border in spec.BORDERS:
         for A in WARP_A:
             got = ops.warp_affine(_t(lat, "cuda"), A, None, border)
             assert np.abs(_np(got) - ref.warp_affine(lat, A, None, border)).max() < 1e-4
-            for m in (mask, alpha):
-                got = ops.warp_and_blend(_t(lat, "cuda"), A, _t(new, "cuda"), _t(m, "cuda"), border)
-                assert np.abs(_np(got) - ref.warp_and_blend(lat, A, new, m, border)).max() < 1e-4
         np.testing.assert_array_equal(_np(ops.masked_blend(_t(lat, "cuda"), _t(new, "cuda"), _t(mask, "cuda"))),
                                       ref.masked_blend(lat, new, mask))

@@ -25,6 +25,7 @@ from realtime.cli import main
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
 from realtime.serve.protocol import FrameError, Limits, decode_frame, pack
+from tests.fakes import collect_track_frames
 
 
 def _image(i: int, w: int = 320, h: int = 180) -> np.ndarray:
@@ -493,15 +494,7 @@ def test_webrtc_bad_control_message_closes_only_that_client(server, caplog):
 
     async def go():
         pc, channel = _aiortc_client_offer()
-        received = []
-
-        @pc.on("track")
-        def on_track(track):
-            async def pull():
-                while True:
-                    received.append(await track.recv())
-            asyncio.ensure_future(pull())
-
+        received = collect_track_frames(pc)
         opened = asyncio.Event()
         channel.on("open", opened.set)
         await pc.setLocalDescription(await pc.createOffer())

@@ -10,6 +10,7 @@ messages (server up, file descriptors back to where they were), Host / Origin / 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from benchmarks.serve_abuse import jpeg_claiming, mutate, png_bomb
 from realtime.config import BackendConfig
 from realtime.serve.app import ServeConfig, ServerThread
 from realtime.serve.protocol import FrameError, Limits, decode_frame, pack, parse_control
+from tests.fakes import collect_track_frames
 
 LOGGER = "realtime.serve"
 
@@ -60,6 +62,15 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+def _run_then_stop(srv: ServerThread, coro: Any, caplog: Optional[pytest.LogCaptureFixture] = None) -> Any:
+    """`run(coro)`, with the server's warnings captured into `caplog` when given; the server stops after."""
+    try:
+        with caplog.at_level("WARNING", logger=LOGGER) if caplog is not None else contextlib.nullcontext():
+            return run(coro)
+    finally:
+        srv.stop()
+
+
 async def _hello(ws: Any) -> dict:
     msg = await ws.receive_json(timeout=30)
     assert msg["type"] == "hello"
@@ -89,6 +100,23 @@ async def _closed(ws: Any) -> tuple[Optional[int], str]:
 async def _clients(http: Any, srv: ServerThread) -> int:
     async with http.get(srv.url("/api/stats")) as r:
         return (await r.json())["clients"]
+
+
+async def _wait_for_clients(http: Any, srv: ServerThread, n: int, tries: int, every_s: float) -> None:
+    """Poll /api/stats until the server counts `n` clients, at most `tries` times `every_s` apart
+    (the caller asserts the count it needs)."""
+    for _ in range(tries):
+        if await _clients(http, srv) == n:
+            return
+        await asyncio.sleep(every_s)
+
+
+def _count_backends(srv: ServerThread) -> list:
+    """A list that grows by one each time the server builds a session's backend."""
+    made: list = []
+    make = srv.state.sessions.make_backend
+    srv.state.sessions.make_backend = lambda: made.append(1) or make()
+    return made
 
 
 def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
@@ -171,11 +199,7 @@ def test_a_bomb_closes_only_its_sender_and_the_server_stays_small(caplog):
                 assert hdr["id"] == 2 and decode_index(img) == 2
                 return codes, grew
 
-    try:
-        with caplog.at_level("WARNING", logger=LOGGER):
-            codes, grew = run(go())
-    finally:
-        srv.stop()
+    codes, grew = _run_then_stop(srv, go(), caplog)
     assert [c for c, _ in codes] == [1008, 1008] and "PNG" in codes[0][1] and "30000x30000" in codes[1][1], codes
     assert grew < 100, f"RSS grew {grew:.0f} MB"
     _no_tracebacks(caplog)
@@ -188,9 +212,7 @@ GARBAGE_OFFERS = ["garbage", "", "v=0 garbage", "v=0\r\nm=audio 9 UDP/TLS/RTP/SA
 
 def test_garbage_offers_take_no_slot(caplog):
     srv = _server(max_clients=2)
-    made = []
-    make = srv.state.sessions.make_backend
-    srv.state.sessions.make_backend = lambda: made.append(1) or make()
+    made = _count_backends(srv)
 
     async def go():
         async with aiohttp.ClientSession() as http:
@@ -202,11 +224,7 @@ def test_garbage_offers_take_no_slot(caplog):
             async with http.ws_connect(srv.url("/ws")) as a, http.ws_connect(srv.url("/ws")) as b:
                 await _hello(a), await _hello(b)  # both camera slots are still free
 
-    try:
-        with caplog.at_level("WARNING", logger=LOGGER):
-            run(go())
-    finally:
-        srv.stop()
+    _run_then_stop(srv, go(), caplog)
     assert len(made) == 2  # the two WebSocket clients' backends, none for the offers
     bad = [r.getMessage() for r in caplog.records if "bad WebRTC offer" in r.getMessage()]
     assert len(bad) == 1, bad  # then one line per 10 s, with how many were left out
@@ -263,21 +281,14 @@ def test_a_webrtc_session_without_frames_frees_its_slot(caplog):
                 async with http.post(srv.url("/api/offer"), json={"type": "offer", "sdp": sdp}) as r:
                     assert r.status == 200, await r.text()  # answered, but the client never connects
                 assert await _clients(http, srv) == 1
-                for _ in range(60):
-                    if await _clients(http, srv) == 0:
-                        break
-                    await asyncio.sleep(0.1)
+                await _wait_for_clients(http, srv, 0, 60, 0.1)
                 assert await _clients(http, srv) == 0
                 async with http.ws_connect(srv.url("/ws")) as ws:  # the one slot is free again
                     await _hello(ws)
         finally:
             await pc.close()
 
-    try:
-        with caplog.at_level("WARNING", logger=LOGGER):
-            run(go())
-    finally:
-        srv.stop()
+    _run_then_stop(srv, go(), caplog)
     assert any("no video frame within 1 s" in r.getMessage() for r in caplog.records)
 
 
@@ -308,15 +319,7 @@ def test_a_webrtc_peer_whose_camera_stops_frees_its_slot(caplog):
     async def go():
         pc = RTCPeerConnection()
         pc.addTrack(Camera())
-        got = []
-
-        @pc.on("track")
-        def on_track(track):
-            async def pull():
-                while True:
-                    got.append(await track.recv())
-            asyncio.ensure_future(pull())
-
+        got = collect_track_frames(pc)
         await pc.setLocalDescription(await pc.createOffer())
         try:
             async with aiohttp.ClientSession() as http:
@@ -329,28 +332,19 @@ def test_a_webrtc_peer_whose_camera_stops_frees_its_slot(caplog):
                     await asyncio.sleep(0.1)
                 assert len(got) >= 3
                 stop.set()
-                for _ in range(100):
-                    if await _clients(http, srv) == 0:
-                        break
-                    await asyncio.sleep(0.1)
+                await _wait_for_clients(http, srv, 0, 100, 0.1)
                 assert await _clients(http, srv) == 0
         finally:
             await pc.close()
 
-    try:
-        with caplog.at_level("WARNING", logger=LOGGER):
-            run(go())
-    finally:
-        srv.stop()
+    _run_then_stop(srv, go(), caplog)
     assert any("no video frame for 1.5 s" in r.getMessage() for r in caplog.records)
 
 
 # -- 3. plain GET /ws ---------------------------------------------------------------------------------
 def test_plain_get_ws_allocates_nothing():
     srv = _server(max_clients=1)
-    made = []
-    make = srv.state.sessions.make_backend
-    srv.state.sessions.make_backend = lambda: made.append(1) or make()
+    made = _count_backends(srv)
 
     async def go():
         async with aiohttp.ClientSession() as http:
@@ -365,17 +359,11 @@ def test_plain_get_ws_allocates_nothing():
             async with http.ws_connect(srv.url("/ws")) as ws:
                 await _hello(ws)
                 assert await _clients(http, srv) == 1
-            for _ in range(50):
-                if await _clients(http, srv) == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await _wait_for_clients(http, srv, 0, 50, 0.05)
             async with http.ws_connect(srv.url("/ws")) as ws:  # the slot came back
                 await _hello(ws)
 
-    try:
-        run(go())
-    finally:
-        srv.stop()
+    _run_then_stop(srv, go())
     assert len(made) == 2
 
 
@@ -400,10 +388,7 @@ def test_new_sessions_are_capped_per_address():
             async with http.ws_connect(srv.url("/ws")) as ws:
                 await _hello(ws)
 
-    try:
-        run(go())
-    finally:
-        srv.stop()
+    _run_then_stop(srv, go())
 
 
 def test_new_sessions_from_all_addresses_are_capped_too():
@@ -423,10 +408,7 @@ def test_new_sessions_from_all_addresses_are_capped_too():
     async def go():
         return [await connect(last) for last in (2, 3, 4)]
 
-    try:
-        assert run(go()) == [101, 101, 429]
-    finally:
-        srv.stop()
+    assert _run_then_stop(srv, go()) == [101, 101, 429]
 
 
 def test_first_frames_that_build_a_backend_run_one_at_a_time():
@@ -459,10 +441,7 @@ def test_first_frames_that_build_a_backend_run_one_at_a_time():
                 await ws.close()
             return [hdr["id"] for hdr, _ in results]
 
-    try:
-        assert run(go()) == [10, 11, 12]
-    finally:
-        srv.stop()
+    assert _run_then_stop(srv, go()) == [10, 11, 12]
     assert most[0] == 1
 
 
@@ -495,11 +474,7 @@ def test_watchers_are_limited(limits, admitted, caplog):
             for ws in open_:
                 await ws.close()
 
-    try:
-        with caplog.at_level("WARNING", logger=LOGGER):
-            run(go())
-    finally:
-        srv.stop()
+    _run_then_stop(srv, go(), caplog)
     assert sum("refused a watcher" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -632,11 +607,7 @@ def test_every_bad_message_closes_1008_with_one_line_and_no_traceback(kind, capl
                 assert decode_index(img) == 3
                 return code, reason, got
 
-    try:
-        with caplog.at_level("WARNING", logger=LOGGER):
-            code, reason, got = run(go())
-    finally:
-        srv.stop()
+    code, reason, got = _run_then_stop(srv, go(), caplog)
     assert code == 1008 and says in reason and len(reason.encode()) <= 123, (code, reason)
     assert not got, got
     closed = [r.getMessage() for r in caplog.records if "closed:" in r.getMessage()]
@@ -665,11 +636,7 @@ def test_a_frame_size_the_model_cannot_take_closes_1008_without_paths(caplog):
                 await ws.send_bytes(_frame(1, _image(1, 64, 48)))
                 return await _closed(ws)
 
-    try:
-        with caplog.at_level("WARNING", logger=LOGGER):
-            code, reason = run(go())
-    finally:
-        srv.stop()
+    code, reason = _run_then_stop(srv, go(), caplog)
     assert code == 1008 and "64x48" in reason, (code, reason)
     assert "/" not in reason.replace("<path>", ""), reason
     _no_tracebacks(caplog)
@@ -693,10 +660,7 @@ def test_a_style_blend_of_huge_weights_is_refused_and_the_session_keeps_its_look
                 after = await _next_image(ws)
                 return answer, before, after
 
-    try:
-        answer, before, after = run(go())
-    finally:
-        srv.stop()
+    answer, before, after = _run_then_stop(srv, go())
     assert answer["type"] == "error", answer
     assert after.mean() < 250 and np.abs(after.astype(int) - before.astype(int)).mean() < 12
 
@@ -744,10 +708,7 @@ def test_a_bunched_but_average_client_is_not_closed():
                 msg = await ws.receive(timeout=30)
                 return msg.type, ws.close_code
 
-    try:
-        kind, code = run(go())
-    finally:
-        srv.stop()
+    kind, code = _run_then_stop(srv, go())
     assert kind == aiohttp.WSMsgType.TEXT and code is None, (kind, code)
 
 
@@ -784,10 +745,7 @@ def test_static_paths_do_not_leave_the_static_folder():
                         assert r.status in (400, 401, 403, 404), (path, r.status)
                         assert "import" not in body and "root:" not in body, path
 
-    try:
-        run(go())
-    finally:
-        srv.stop()
+    _run_then_stop(srv, go())
 
 
 def test_mutated_messages_leave_the_server_up_and_no_fds_behind(caplog):
@@ -827,17 +785,10 @@ def test_mutated_messages_leave_the_server_up_and_no_fds_behind(caplog):
                 await _hello(ws)
                 hdr, img = await _roundtrip(ws, 7)
                 assert decode_index(img) == 7
-            for _ in range(100):
-                if await _clients(http, srv) == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await _wait_for_clients(http, srv, 0, 100, 0.05)
         return closes
 
-    try:
-        with caplog.at_level("WARNING", logger=LOGGER):
-            closes = run(go())
-    finally:
-        srv.stop()
+    closes = _run_then_stop(srv, go(), caplog)
     assert closes > 20  # most mutations are caught
     _no_tracebacks(caplog)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-2000:]
