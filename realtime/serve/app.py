@@ -67,8 +67,7 @@ class State:
         self.config = config
         self.limits = config.limits
         self.sessions = Sessions(backend_factory(config.backend), config.limits.max_clients) if config.cluster is None \
-            else ClusterSessions(backend_factory(config.backend), config.limits.max_clients, config.backend,
-                                 config.cluster, config.limits)
+            else ClusterSessions(config.backend, config.limits.max_clients, config.cluster, config.limits)
         self.executor = ThreadPoolExecutor(max_workers=config.limits.max_clients + 2, thread_name_prefix="serve")
         self.broadcast = broadcast
         self.peers: set[Any] = set()  # WebRTC peer connections
