@@ -403,6 +403,27 @@ def test_web_sink_streams_a_run_to_watchers():
     assert code == 1008
 
 
+def test_serve_answers_its_styles_from_the_start_up_check():
+    """`genreal serve` builds one backend at start to check it; /api/styles answers from it (no second build)."""
+    from realtime.backends.identity import STYLES
+    from realtime.commands.serve import start_server
+
+    srv = start_server(ServeConfig(port=0, backend=BackendConfig(name="identity")))
+    built: list[int] = []
+    make = srv.state.sessions.make_backend
+    srv.state.sessions.make_backend = lambda: built.append(1) or make()
+    try:
+        async def go():
+            async with aiohttp.ClientSession() as http:
+                async with http.get(srv.url("/api/styles")) as r:
+                    return r.status, await r.json()
+
+        status, body = run(go())
+    finally:
+        srv.stop()
+    assert status == 200 and body["styles"] == list(STYLES) and body["steps"] == [] and built == []
+
+
 @pytest.mark.slow
 def test_serve_command_streams_its_source(tmp_path):
     env = dict(os.environ, GENREAL_CACHE=str(tmp_path))
