@@ -73,7 +73,8 @@ class State:
         self.peers: set[Any] = set()  # WebRTC peer connections
         lim = config.limits
         self.offers = security.PerAddress(lim.offers_per_minute / 60.0, lim.offers_per_minute)
-        self.all_offers = security.TokenBucket(lim.all_offers_per_minute / 60.0, min(12.0, lim.all_offers_per_minute))
+        self.all_offers = security.TokenBucket(lim.all_offers_per_minute / 60.0,
+                                               min(lim.all_offer_burst, lim.all_offers_per_minute))
         self.session_opens = security.PerAddress(lim.sessions_per_minute / 60.0, lim.session_burst)
         self.all_session_opens = security.TokenBucket(lim.all_sessions_per_minute / 60.0, lim.all_session_burst)
         self.first_frames = threading.Lock()  # a session's first frame builds its backend's graphs: one at a time
