@@ -113,12 +113,10 @@ class SessionWorker:
     def info(self) -> dict[str, Any]:
         import ray
 
-        from realtime.serve.session import offered_steps
-
         b = self.session.backend
         return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "name": b.name, "device": b.device, "styles": list(b.styles()),
-                "style": b.style, "temporal": b.temporal, "steps": offered_steps(b)}
+                "style": b.style, "temporal": b.temporal}
 
     def configure(self, msg: dict[str, Any]) -> tuple[Optional[str], dict[str, Any]]:
         """(error or None, the settings now and the backend's style)."""
@@ -139,7 +137,6 @@ class SessionWorker:
         out = self.session.process(up.image, stereo=up.stereo)
         reply = encode_frame(up.header, out, up.fmt, 0.0)
         return None, reply, (time.perf_counter() - t0) * 1e3
-
 
 
 class _BackendView:
