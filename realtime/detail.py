@@ -155,17 +155,11 @@ class KeyframeWorker:
                 self._busy.clear()
 
     def close(self) -> None:
-        """Stop the thread, never waiting for a keyframe it is painting (serve closes a session's backend on
-        its event loop: a join stalled every page for the teacher's time, up to a second at 720p here). A job
-        not taken yet is dropped; the thread ends as soon as the paint in hand returns."""
-        try:
-            self._jobs.get_nowait()
-        except queue.Empty:
-            pass
         try:
             self._jobs.put_nowait(None)
-        except queue.Full:  # pragma: no cover - a submit in between: it ends after that job instead
+        except queue.Full:
             pass
+        self._thread.join(timeout=5.0)
 
 
 def paint(teacher: Teacher, job: _Job) -> _Painted:

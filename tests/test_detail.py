@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -146,32 +145,6 @@ def test_the_teacher_thread_never_blocks_the_frame():
     finally:
         release.set()
         layer.close()
-
-
-def test_close_does_not_wait_for_a_keyframe_being_painted():
-    """Closing the layer while the teacher paints returns at once (serve closes sessions on its event loop);
-    the keyframe thread ends when that paint returns."""
-    release = threading.Event()
-    painting = threading.Event()
-
-    def slow_teacher(img: np.ndarray) -> np.ndarray:
-        painting.set()
-        assert release.wait(20.0)
-        return teacher(img)
-
-    x = np.ascontiguousarray(_texture(120, 200))
-    layer = DetailLayer(DetailConfig(mode="on"), slow_teacher)
-    try:
-        layer.apply([x], [student(x)])
-        assert painting.wait(10.0)
-        thread = layer._worker._thread
-        t0 = time.perf_counter()
-        layer.close()
-        assert time.perf_counter() - t0 < 1.0
-    finally:
-        release.set()
-    thread.join(timeout=10.0)
-    assert not thread.is_alive()
 
 
 def test_stereo_one_keyframe_decision_for_both_eyes():
