@@ -479,6 +479,38 @@ def test_webrtc_codec_order_follows_the_offer():
     assert offered_order("m=audio 9 x 0\r\n") == ("video/H264", "video/VP8")
 
 
+def test_a_full_cluster_refuses_a_webrtc_offer_like_a_websocket(server, caplog):
+    """--cluster without a free worker: a WebRTC offer gets 503 and the refusal's reason (as a WebSocket gets
+    it as its close reason), one throttled log line; its slot is given back."""
+    from realtime.serve.cluster import NoFreeWorker
+
+    def full(transport: str, peer: str) -> Any:
+        raise NoFreeWorker("no free worker: 2 sessions, 0 CPUs free (each session asks for 1 CPU)")
+
+    server.state.sessions.new_session = full
+
+    async def go():
+        pc, _ = _aiortc_client_offer()
+        await pc.setLocalDescription(await pc.createOffer())
+        try:
+            async with aiohttp.ClientSession() as http:
+                replies = []
+                for _ in range(2):
+                    async with http.post(server.url("/api/offer"),
+                                         json={"type": "offer", "sdp": pc.localDescription.sdp}) as r:
+                        replies.append((r.status, await r.text()))
+                return replies
+        finally:
+            await pc.close()
+
+    with caplog.at_level("WARNING", logger="realtime.serve"):
+        replies = run(go())
+    assert replies == [(503, "no free worker: 2 sessions, 0 CPUs free (each session asks for 1 CPU)")] * 2
+    assert len([r for r in caplog.records if "no free worker" in r.getMessage()]) == 1
+    assert len(server.state.sessions) == 0 and server.state.sessions.reserve()
+    server.state.sessions.release()
+
+
 def _aiortc_client_offer(track_size=(320, 180)):
     """A Python WebRTC client (aiortc) with a synthetic camera track and a control channel."""
     import fractions
