@@ -216,6 +216,28 @@ def test_detail_on_wraps_our_model_and_reports_its_figures():
         b.close()
 
 
+@needs_model
+def test_serve_offers_and_checks_the_models_steps_with_detail_on():
+    """serve reads a session backend's `info` for the refine steps the page offers and a config may set:
+    the detail wrapper passes its model's on (else no steps were offered and any K passed unchecked)."""
+    from genreal_errors import UserError
+    from realtime.backends import create_backend
+    from realtime.config import BackendConfig
+    from realtime.serve.session import Session, offered_steps
+
+    b = create_backend(BackendConfig(name="onnxruntime", device="cpu", style="starry",
+                                     detail=DetailConfig(mode="on", synchronous=True)))
+    session = Session("websocket", b)
+    try:
+        offered = offered_steps(b)
+        assert offered and offered == offered_steps(b.inner)
+        assert session.configure({"steps": offered[-1]}).steps == offered[-1]
+        with pytest.raises(UserError, match="this model offers"):
+            session.configure({"steps": offered[-1] + 1})
+    finally:
+        session.close()
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "realtime.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)

@@ -403,6 +403,27 @@ def test_web_sink_streams_a_run_to_watchers():
     assert code == 1008
 
 
+def test_serve_answers_its_styles_from_the_start_up_check():
+    """`genreal serve` builds one backend at start to check it; /api/styles answers from it (no second build)."""
+    from realtime.backends.identity import STYLES
+    from realtime.commands.serve import start_server
+
+    srv = start_server(ServeConfig(port=0, backend=BackendConfig(name="identity")))
+    built: list[int] = []
+    make = srv.state.sessions.make_backend
+    srv.state.sessions.make_backend = lambda: built.append(1) or make()
+    try:
+        async def go():
+            async with aiohttp.ClientSession() as http:
+                async with http.get(srv.url("/api/styles")) as r:
+                    return r.status, await r.json()
+
+        status, body = run(go())
+    finally:
+        srv.stop()
+    assert status == 200 and body["styles"] == list(STYLES) and body["steps"] == [] and built == []
+
+
 @pytest.mark.slow
 def test_serve_command_streams_its_source(tmp_path):
     env = dict(os.environ, GENREAL_CACHE=str(tmp_path))
@@ -456,6 +477,38 @@ def test_webrtc_codec_order_follows_the_offer():
     assert offered_order(sdp) == ("video/VP8", "video/H264")
     assert offered_order(sdp.replace("96 97 102", "102 96 97")) == ("video/H264", "video/VP8")
     assert offered_order("m=audio 9 x 0\r\n") == ("video/H264", "video/VP8")
+
+
+def test_a_full_cluster_refuses_a_webrtc_offer_like_a_websocket(server, caplog):
+    """--cluster without a free worker: a WebRTC offer gets 503 and the refusal's reason (as a WebSocket gets
+    it as its close reason), one throttled log line; its slot is given back."""
+    from realtime.serve.cluster import NoFreeWorker
+
+    def full(transport: str, peer: str) -> Any:
+        raise NoFreeWorker("no free worker: 2 sessions, 0 CPUs free (each session asks for 1 CPU)")
+
+    server.state.sessions.new_session = full
+
+    async def go():
+        pc, _ = _aiortc_client_offer()
+        await pc.setLocalDescription(await pc.createOffer())
+        try:
+            async with aiohttp.ClientSession() as http:
+                replies = []
+                for _ in range(2):
+                    async with http.post(server.url("/api/offer"),
+                                         json={"type": "offer", "sdp": pc.localDescription.sdp}) as r:
+                        replies.append((r.status, await r.text()))
+                return replies
+        finally:
+            await pc.close()
+
+    with caplog.at_level("WARNING", logger="realtime.serve"):
+        replies = run(go())
+    assert replies == [(503, "no free worker: 2 sessions, 0 CPUs free (each session asks for 1 CPU)")] * 2
+    assert len([r for r in caplog.records if "no free worker" in r.getMessage()]) == 1
+    assert len(server.state.sessions) == 0 and server.state.sessions.reserve()
+    server.state.sessions.release()
 
 
 def _aiortc_client_offer(track_size=(320, 180)):

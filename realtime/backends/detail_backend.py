@@ -39,6 +39,7 @@ class DetailBackend(Backend):
         self.device = inner.device
         self.temporal = inner.temporal
         self.supports_choices = inner.supports_choices
+        self.info = getattr(inner, "info", None)  # our model's refine steps (serve offers and checks them)
         self.config = config
         self._specs = dict(teacher_specs)
         self._make = make_teacher or (lambda spec: _make_teacher(spec, config.teacher_threads))

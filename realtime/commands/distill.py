@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -100,14 +99,20 @@ def parse_loss_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _make_dir(path: Path, what: str) -> None:
+    """Create the folder `path` (the option `what`), or a one-line `UserError`: a read-only file system passes
+    `_check_writable_dir` (root) but not this."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {what} {path}: {exc.strerror or exc} (choose a writable folder)") from None
+
+
 def _in_out_dir(out: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Create --out and run `train` (→ the manifest); a folder this made is removed again if `train` fails
     before writing anything into it."""
     created = not out.exists()
-    try:  # a read-only file system passes the permission check (root) but not this
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {out}: {exc.strerror or exc} (choose a writable folder)") from None
+    _make_dir(out, "--out")
     try:
         return train()
     except BaseException:
@@ -128,11 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cache_dir is not None:
         _check_writable_dir(args.cache_dir, "--cache-dir")
-        try:  # a read-only file system passes the permission check (root) but not this
-            args.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create --cache-dir {args.cache_dir}: {exc.strerror or exc} "
-                            "(choose a writable folder)") from None
+        _make_dir(args.cache_dir, "--cache-dir")
     if args.recipe is not None:
         return _run_recipe(args)
     if not args.teacher:

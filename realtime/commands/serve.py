@@ -157,20 +157,35 @@ class _SourceThread:
         self.thread.join(timeout=10)
 
 
-def run(args: argparse.Namespace) -> int:
+def start_server(config: Any) -> Any:
+    """The started `ServerThread`. With camera sessions every page gets its own backend: one is built first to
+    check that it starts (a `UserError`, exit 2, if not), and its styles and steps are what ``/api/styles``
+    answers (it built a second backend for them on the first page load)."""
     from realtime.serve.app import ServerThread
+
+    catalog = None
+    if config.camera_sessions:
+        from realtime.backends import create_backend
+        from realtime.serve.session import offered_steps
+
+        probe = create_backend(config.backend)
+        try:
+            catalog = list(probe.styles()), offered_steps(probe)
+        finally:
+            probe.close()
+        log.info("pages get their own %s backend (styles: %s)", config.backend.name, ", ".join(catalog[0]))
+    server = ServerThread(config)
+    if catalog is not None:
+        server.state.styles, server.state.steps = catalog
+    return server.start()
+
+
+def run(args: argparse.Namespace) -> int:
     from realtime.serve.security import is_loopback
 
     parse_budget(args.budget_ms)
     config = serve_config(args)
-    if config.camera_sessions:  # every page gets its own backend: check now that one starts (exit 2 if not)
-        from realtime.backends import create_backend
-
-        probe = create_backend(config.backend)
-        styles = list(probe.styles())
-        probe.close()
-        log.info("pages get their own %s backend (styles: %s)", config.backend.name, ", ".join(styles))
-    server = ServerThread(config).start()
+    server = start_server(config)
     try:
         source = _SourceThread(args, server) if args.source else None
     except BaseException:

@@ -67,14 +67,14 @@ class State:
         self.config = config
         self.limits = config.limits
         self.sessions = Sessions(backend_factory(config.backend), config.limits.max_clients) if config.cluster is None \
-            else ClusterSessions(backend_factory(config.backend), config.limits.max_clients, config.backend,
-                                 config.cluster, config.limits)
+            else ClusterSessions(config.backend, config.limits.max_clients, config.cluster, config.limits)
         self.executor = ThreadPoolExecutor(max_workers=config.limits.max_clients + 2, thread_name_prefix="serve")
         self.broadcast = broadcast
         self.peers: set[Any] = set()  # WebRTC peer connections
         lim = config.limits
         self.offers = security.PerAddress(lim.offers_per_minute / 60.0, lim.offers_per_minute)
-        self.all_offers = security.TokenBucket(lim.all_offers_per_minute / 60.0, min(12.0, lim.all_offers_per_minute))
+        self.all_offers = security.TokenBucket(lim.all_offers_per_minute / 60.0,
+                                               min(lim.all_offer_burst, lim.all_offers_per_minute))
         self.session_opens = security.PerAddress(lim.sessions_per_minute / 60.0, lim.session_burst)
         self.all_session_opens = security.TokenBucket(lim.all_sessions_per_minute / 60.0, lim.all_session_burst)
         self.first_frames = threading.Lock()  # a session's first frame builds its backend's graphs: one at a time

@@ -24,16 +24,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from genreal_errors import UserError
 from models.metrics import percentiles
-from realtime.backends.base import Backend
 from realtime.config import BackendConfig
 from realtime.serve.protocol import FrameError, Limits, decode_frame, encode_frame, pack, parse_header
-from realtime.serve.session import Session, Sessions, Settings
+from realtime.serve.session import Session, Sessions, Settings, backend_factory
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +113,10 @@ class SessionWorker:
     def info(self) -> dict[str, Any]:
         import ray
 
-        from realtime.serve.session import offered_steps
-
         b = self.session.backend
         return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "name": b.name, "device": b.device, "styles": list(b.styles()),
-                "style": b.style, "temporal": b.temporal, "steps": offered_steps(b)}
+                "style": b.style, "temporal": b.temporal}
 
     def configure(self, msg: dict[str, Any]) -> tuple[Optional[str], dict[str, Any]]:
         """(error or None, the settings now and the backend's style)."""
@@ -140,7 +137,6 @@ class SessionWorker:
         out = self.session.process(up.image, stereo=up.stereo)
         reply = encode_frame(up.header, out, up.fmt, 0.0)
         return None, reply, (time.perf_counter() - t0) * 1e3
-
 
 
 class _BackendView:
@@ -302,9 +298,8 @@ class RemoteSession(Session):
 class ClusterSessions(Sessions):
     """`Sessions` whose sessions live in Ray actors."""
 
-    def __init__(self, make_backend: Callable[[], Backend], max_clients: int, backend: BackendConfig,
-                 cluster: ClusterConfig, limits: Limits) -> None:
-        super().__init__(make_backend, max_clients)
+    def __init__(self, backend: BackendConfig, max_clients: int, cluster: ClusterConfig, limits: Limits) -> None:
+        super().__init__(backend_factory(backend), max_clients)  # the front end's own builds: the styles probe
         self.backend_config, self.cluster, self.limits = backend, cluster, limits
         self.started_ray = connect(cluster)
         import ray

@@ -27,6 +27,7 @@ from typing import Any, Optional
 from aiohttp import web
 
 from genreal_errors import UserError
+from realtime.serve.cluster import NoFreeWorker
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.protocol import FrameError, parse_control, short_reason
 from realtime.serve.security import TokenBucket, is_loopback
@@ -218,6 +219,9 @@ async def offer_handler(request: web.Request) -> web.Response:
     admit(state, address, "WebRTC client")
     try:
         session = await open_session(state, "webrtc", address)
+    except NoFreeWorker as exc:  # --cluster is full: told as the WebSocket's close reason is, throttled alike
+        state.refusals.warning(log, "no free worker", "refused a WebRTC client from %s: %s", address, exc)
+        raise web.HTTPServiceUnavailable(text=short_reason(str(exc))) from None
     except Exception as exc:
         log.warning("refused a WebRTC client from %s: cannot start a backend: %s", address, exc)
         raise web.HTTPInternalServerError(text="cannot start a backend (see the server log)") from None

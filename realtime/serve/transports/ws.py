@@ -210,7 +210,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             session = await open_session(state, "websocket", request.remote or "")
         except NoFreeWorker as exc:  # --cluster is full: the page reads this as the socket's close reason
             state.refusals.warning(log, "no free worker", "refused a client from %s: %s", request.remote, exc)
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=str(exc)[:120].encode())
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=short_reason(str(exc)).encode())
             return ws
         except Exception as exc:
             log.warning("refused a client from %s: cannot start a backend: %s", request.remote, exc)
