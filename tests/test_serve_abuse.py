@@ -445,6 +445,41 @@ def test_first_frames_that_build_a_backend_run_one_at_a_time():
     assert most[0] == 1
 
 
+def test_a_slow_backend_close_does_not_stall_other_pages():
+    """A backend whose close waits (the detail layer finishing a keyframe) is closed off the event loop:
+    another page's round trips go on meanwhile."""
+    import time
+
+    from realtime.backends.identity import IdentityBackend
+
+    srv = _server()
+
+    class SlowClose(IdentityBackend):
+        def close(self):
+            time.sleep(1.5)
+            super().close()
+
+    srv.state.sessions.make_backend = lambda: SlowClose(BackendConfig(name="identity"))
+
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            a = await http.ws_connect(srv.url("/ws"))
+            b = await http.ws_connect(srv.url("/ws"))
+            await _hello(a), await _hello(b)
+            await _roundtrip(a, 1), await _roundtrip(b, 2)
+            await a.close()  # the server starts closing a's backend (1.5 s)
+            await asyncio.sleep(0.1)
+            t0 = time.perf_counter()
+            hdr, _ = await _roundtrip(b, 3)
+            waited = time.perf_counter() - t0
+            await b.close()
+            return hdr["id"], waited
+
+    ident, waited = _run_then_stop(srv, go())
+    assert ident == 3
+    assert waited < 1.0, f"page b waited {waited:.2f} s while page a's backend closed"
+
+
 # -- 4. watchers --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("limits, admitted", [({"max_watchers": 3, "max_watchers_per_address": 16}, 3),
                                               ({"max_watchers": 10, "max_watchers_per_address": 2}, 2)])

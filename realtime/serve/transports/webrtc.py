@@ -31,7 +31,7 @@ from realtime.serve.cluster import NoFreeWorker
 from realtime.serve.keys import STATE_KEY
 from realtime.serve.protocol import FrameError, parse_control, short_reason
 from realtime.serve.security import TokenBucket, is_loopback
-from realtime.serve.transports.ws import admit, handle_control, open_session, restyle
+from realtime.serve.transports.ws import admit, close_session, handle_control, open_session, restyle
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ async def offer_handler(request: web.Request) -> web.Response:
                 task.cancel()
         state.peers.discard(pc)
         await pc.close()
-        state.sessions.close(session)
+        await close_session(state, session)
         log.info("session %d ended: %d frames in, %d out, %d dropped", session.id, session.frames_in,
                  session.frames_out, session.dropped)
 

@@ -187,6 +187,13 @@ async def open_session(state: Any, transport: str, peer: str) -> Session:
         raise
 
 
+async def close_session(state: Any, session: Session) -> None:
+    """Close a session off the event loop: a backend's close may wait (the detail layer finishes a keyframe
+    being painted, up to a few seconds), and every other page would stall meanwhile. Shielded: should the
+    handler be cancelled, the close still runs to the end in its thread."""
+    await asyncio.shield(asyncio.to_thread(state.sessions.close, session))
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """`GET /ws`: a page's camera session (``?mode=watch``: the server-side source instead). The Origin
     was checked by the access middleware; a request that is no WebSocket handshake is answered 400
@@ -220,7 +227,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             log.info("session %d: WebSocket from %s", session.id, request.remote)
             await WsClient(ws, session, state).run()
         finally:
-            state.sessions.close(session)  # quick: drops the backend's sessions
+            await close_session(state, session)
             log.info("session %d ended: %d frames in, %d out, %d dropped", session.id, session.frames_in,
                      session.frames_out, session.dropped)
     finally:
