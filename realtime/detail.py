@@ -34,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -41,6 +42,7 @@ import numpy as np
 
 from genreal_errors import UserError
 from kernels.detail import detail_add
+from realtime.histogram import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,29 @@ class DetailStats:
     confidence: float  # share of pixels that show carried detail (confidence over 0.5)
     cut: bool  # a scene cut dropped the carried detail
     ms: float  # the layer's time on this frame (flow, confidence, warp, add)
+
+
+HISTORY = 1024  # DetailLayer.history: the last frames' records kept
+
+
+class _Totals:
+    """A run's detail figures as running totals and latency histograms (fixed memory for any run length)."""
+
+    def __init__(self) -> None:
+        self.frames = self.keyframes = self.requested = self.cuts = self.aged = 0
+        self.confidence = self.age = 0.0
+        self.ms, self.teacher_ms = LatencyHistogram(), LatencyHistogram()
+
+    def add(self, st: DetailStats) -> None:
+        self.frames += 1
+        self.keyframes += st.keyframe
+        self.requested += st.requested
+        self.cuts += st.cut
+        self.confidence += st.confidence
+        if st.keyframe_age >= 0:
+            self.age += st.keyframe_age
+            self.aged += 1
+        self.ms.add(st.ms)
 
 
 @dataclass(frozen=True)
@@ -246,8 +271,10 @@ class DetailLayer:
         self._pending_age = -1
         self._last_job: Optional[_Job] = None  # synchronous: the job just asked for
         self._held: Optional[tuple[int, _Painted]] = None  # synchronous: (frames to wait, the keyframe)
-        self.history: list[DetailStats] = []
-        self.teacher_ms: list[float] = []
+        #: the last frames' records (bounded: a live run of any length keeps the same memory); the run's figures
+        #: are kept as totals and histograms below
+        self.history: deque[DetailStats] = deque(maxlen=HISTORY)
+        self._totals = _Totals()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -312,7 +339,7 @@ class DetailLayer:
         if requested and cfg.synchronous:  # inline: painted now, landing `latency_frames` frames later
             done = paint(self._teacher, self._last_job)
             self._last_job = None
-            self.teacher_ms.append(done.ms)
+            self._totals.teacher_ms.add(done.ms)
             self._held = (cfg.latency_frames, done)
         if self._held is not None and self._held[1].serial > self._landed_serial:
             wait, done = self._held
@@ -333,6 +360,7 @@ class DetailLayer:
         st = DetailStats(keyframe=landed, requested=requested, keyframe_age=self._anchor_age, confidence=round(conf, 4),
                          cut=cut, ms=(time.perf_counter() - t0) * 1e3)
         self.history.append(st)
+        self._totals.add(st)
         return outs, st
 
     # -- steps -----------------------------------------------------------------------------------------
@@ -435,7 +463,7 @@ class DetailLayer:
             if p is None:
                 break
             painted = p
-            self.teacher_ms.append(p.ms)
+            self._totals.teacher_ms.add(p.ms)
         return painted
 
     def _request(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
@@ -549,20 +577,17 @@ class DetailLayer:
     # -- summary -------------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """The run's detail figures (for --stats-json)."""
-        from models.metrics import percentiles
-
-        h = self.history
-        if not h:
+        t = self._totals
+        if not t.frames:
             return {}
-        n = len(h)
         return {
-            "frames": n,
-            "keyframes": sum(s.keyframe for s in h),
-            "keyframe_rate": round(sum(s.keyframe for s in h) / n, 4),
-            "requested": sum(s.requested for s in h),
-            "cuts": sum(s.cut for s in h),
-            "confidence_mean": round(float(np.mean([s.confidence for s in h])), 4),
-            "keyframe_age_mean": round(float(np.mean([s.keyframe_age for s in h if s.keyframe_age >= 0] or [0])), 2),
-            "ms": percentiles([s.ms for s in h]),
-            "teacher_ms": percentiles(self.teacher_ms),
+            "frames": t.frames,
+            "keyframes": t.keyframes,
+            "keyframe_rate": round(t.keyframes / t.frames, 4),
+            "requested": t.requested,
+            "cuts": t.cuts,
+            "confidence_mean": round(t.confidence / t.frames, 4),
+            "keyframe_age_mean": round(t.age / t.aged, 2) if t.aged else 0.0,
+            "ms": t.ms.summary(),
+            "teacher_ms": t.teacher_ms.summary(),
         }

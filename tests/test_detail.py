@@ -112,6 +112,23 @@ def test_a_still_scene_settles():
     assert sum(st.keyframe for st in layer.history) == 1
 
 
+def test_the_run_figures_keep_fixed_memory(monkeypatch):
+    """A live run of any length: the per-frame records are bounded, and the run's figures (--stats-json) are
+    totals over every frame, not over the records kept."""
+    import realtime.detail as detail
+
+    monkeypatch.setattr(detail, "HISTORY", 5)
+    base = _texture(64, 96, seed=3)
+    s = student(base)
+    layer = DetailLayer(DetailConfig(mode="on", synchronous=True, keyframe_every=4, latency_frames=0), teacher)
+    for _ in range(12):
+        layer.apply([base], [s])
+    assert len(layer.history) == 5
+    summary = layer.summary()
+    assert summary["frames"] == 12 and summary["ms"]["n"] == 12
+    assert summary["keyframes"] == 1 and summary["teacher_ms"]["n"] == 1
+
+
 def test_the_teacher_thread_never_blocks_the_frame():
     """A teacher that waits for a signal: frames go on with the student alone; once released, the keyframe
     lands on a later frame, where its content now is."""
