@@ -3,6 +3,8 @@ frame collector for the serve tests."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
 import threading
 import time
 from fractions import Fraction
@@ -177,3 +179,21 @@ def collect_track_frames(pc: Any) -> list:
         asyncio.ensure_future(pull())
 
     return frames
+
+
+def load_triton_interpreted(path: Path, name: str) -> Any:
+    """A private copy of the module at `path`, decorated under TRITON_INTERPRET=1 (Triton picks interpreter
+    vs compiler per @triton.jit at decoration time), so its kernels run on CPU tensors. The environment is
+    restored after."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+    return module

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import pytest
 
 import kernels
 from kernels import cpu, reference as ref, spec
+
+from tests.fakes import load_triton_interpreted
 
 REPO = Path(__file__).resolve().parents[1]
 FMTS = ("rgb", "bgr", "nv12", "yuyv")
@@ -57,18 +58,7 @@ def interp():
     (Triton picks interpreter vs compiler per @triton.jit at decoration time), on CPU tensors."""
     pytest.importorskip("torch")
     pytest.importorskip("triton", reason="triton not installed: pip install 'generative-reality[kernels]'")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        mod_spec = importlib.util.spec_from_file_location("kernels._triton_interpreted",
-                                                          REPO / "kernels" / "triton_kernels.py")
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
+    module = load_triton_interpreted(REPO / "kernels" / "triton_kernels.py", "kernels._triton_interpreted")
     return module.TritonOps("cpu")
 
 

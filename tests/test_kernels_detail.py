@@ -3,7 +3,6 @@ tests/test_kernels.py checks the other kernels: the CPU version here, the Triton
 on CPU tensors, and compiled for sm_90 without a GPU."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 
 from kernels.detail import detail_add, detail_add_reference
+
+from tests.fakes import load_triton_interpreted
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = [((48, 64), (24, 32), 2.0), ((90, 160), (45, 80), 2.0), ((37, 51), (19, 26), 51 / 26)]
@@ -63,19 +64,7 @@ def interpreted():
     """kernels/detail_triton.py decorated under TRITON_INTERPRET=1 (a private copy), on CPU tensors."""
     pytest.importorskip("torch")
     pytest.importorskip("triton", reason="triton not installed: pip install 'generative-reality[kernels]'")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        spec = importlib.util.spec_from_file_location("kernels._detail_triton_interpreted",
-                                                      REPO / "kernels" / "detail_triton.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
-    return module
+    return load_triton_interpreted(REPO / "kernels" / "detail_triton.py", "kernels._detail_triton_interpreted")
 
 
 @pytest.mark.parametrize("hw, fhw, scale", CASES[:2])
