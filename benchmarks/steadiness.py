@@ -41,6 +41,8 @@ log = logging.getLogger("benchmarks.steadiness")
 PACKAGED_CLIPS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
 MOVING_PX = 0.5  # input flow (px) above which a pixel is on moving content
 MOVING_GREY = 8.0  # input warp error (grey levels) above which it changed (a light, a reflection)
+STILL_GREY = 4.0  # snap_still: a pixel where the grey, averaged over 5 px, changed less than this ...
+STILL_REACH = 31  # ... anywhere within this square (px) did not move
 
 
 def packaged_clip(name: str) -> Path:
@@ -85,7 +87,12 @@ def read_clip(path: Path, frames: int, width: int) -> list[np.ndarray]:
 class InputFlow:
     """Flow t → t−1 (DIS, on grey input frames) and the consistency mask, for each consecutive pair."""
 
-    def __init__(self, frames: Sequence[np.ndarray]) -> None:
+    def __init__(self, frames: Sequence[np.ndarray], snap_still: bool = False) -> None:
+        """`snap_still`: where the input did not change (its grey, averaged over 5 px, within
+        `STILL_GREY` levels of the last frame's everywhere in a `STILL_REACH` square) the map is the
+        identity: DIS on a still camera's sensor noise returns sub-pixel flow (0.2 px mean, over 1 px at
+        places), and warping a sharp output along it scores an output that does not change at all as
+        unsteady (a frozen teacher frame: 32x the input's E_warp on `still`)."""
         import cv2
 
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -94,10 +101,16 @@ class InputFlow:
         self.base = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
         self.maps: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
+        self.snapped: list[float] = []  # per pair, the share of pixels whose flow was snapped to none
         self.moving: list[np.ndarray] = []  # of the masked pixels: those on moving or changing content
         for t in range(1, len(frames)):
             back = dis.calc(grey[t], grey[t - 1], None)  # pixel p of t sits at p + back(p) in t−1
             fwd = dis.calc(grey[t - 1], grey[t], None)
+            if snap_still:
+                changed = cv2.blur(cv2.absdiff(grey[t], grey[t - 1]).astype(np.float32), (5, 5))
+                still = cv2.dilate(changed, np.ones((STILL_REACH, STILL_REACH), np.uint8)) < STILL_GREY
+                back[still] = 0.0
+                self.snapped.append(float(still.mean()))
             m = self.base + back
             fwd_at = cv2.remap(fwd, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             err = np.sum((back + fwd_at) ** 2, -1)

@@ -21,8 +21,10 @@ shows ``student(t) + C_t · R_anchor(D_t)``:
   old, with a smooth seam (dilated and blurred weight); elsewhere the carried strokes stay put. The new
   anchor lives at the keyframe's frame; the map from there to the present was composed while the teacher
   ran (the "pending" chain), so a late keyframe lands where its content now is.
-- A still scene settles: flow below `still_px` where the picture did not change is snapped to zero,
-  so the map, the confidence and the age stay exactly as they are and the output stops changing.
+- A still scene settles: where nothing within `still_reach_px` changed by more than the sensor's noise
+  (`still_grey`), the flow is none (DIS on noise alone returns coherent sub-pixel flow, so its size cannot
+  tell), so the map, the confidence and the age stay exactly as they are and the output stops changing; a
+  frame where nothing changed anywhere skips the flow altogether.
 - Keyframes are asked for by low-confidence fraction, age and scene cuts, at most one every
   `keyframe_every` frames (a cut bypasses the cap and drops the carried detail at once).
 
@@ -63,7 +65,12 @@ class DetailConfig:
     flow_scale: float = 0.5  # the flow's size relative to the frame
     flow_preset: str = "ultrafast"  # OpenCV DIS preset (medium: steadier on bikes.mp4 but ~30x the cost, over budget)
     flow_refine: Optional[int] = None  # DIS variational refinement iterations (None: the preset's)
-    still_px: float = 0.35  # flow under this (frame px) where the grey did not change counts as none
+    still_grey: float = 3.0  # grey levels (flow size, over 3 px) a frame must change by to count as moving ...
+    still_reach_px: float = 24.0  # ... anywhere within this distance (frame px); elsewhere the flow is none
+    fb_check: bool = True  # forward-backward flow consistency (a second DIS a frame) or the step's photometric check (1.4 ms cheaper, as good on our clips, too strict on high-contrast texture)
+    step_grey: float = 20.0  # without fb_check: a step's warp error (grey levels over 3 px) that fails it
+    correct_every: int = 1  # the drift correction against the anchor frame every N moving frames
+    soften: float = 0.0  # sigma (frame px) of the Gaussian prefilter on a keyframe's residual (0: none)
     anchor_gain: float = 0.5  # share of the drift against the anchor frame corrected per frame (0: none)
     blend: float = 0.0  # weight of the last output (warped) where the input warps well: an online temporal filter
     stretch: float = 0.25  # the map's summed |gradient| at which carried detail starts fading (gone at twice it)
@@ -95,9 +102,11 @@ class DetailStats:
     confidence: float  # share of pixels that show carried detail (confidence over 0.5)
     cut: bool  # a scene cut dropped the carried detail
     ms: float  # the layer's time on this frame (flow, confidence, warp, add)
+    level: int = 0  # the budget's pressure on it (`DetailLayer.set_pressure`)
 
 
 HISTORY = 1024  # DetailLayer.history: the last frames' records kept
+KEYFRAME_SCALES = (1.0, 0.5, 0.5)  # per pressure level, the size the teacher paints a keyframe at
 
 
 class _Totals:
@@ -107,6 +116,7 @@ class _Totals:
         self.frames = self.keyframes = self.requested = self.cuts = self.aged = 0
         self.confidence = self.age = 0.0
         self.ms, self.teacher_ms = LatencyHistogram(), LatencyHistogram()
+        self.levels = [0, 0, 0]  # frames at each budget pressure level
 
     def add(self, st: DetailStats) -> None:
         self.frames += 1
@@ -114,6 +124,7 @@ class _Totals:
         self.requested += st.requested
         self.cuts += st.cut
         self.confidence += st.confidence
+        self.levels[st.level] += 1
         if st.keyframe_age >= 0:
             self.age += st.keyframe_age
             self.aged += 1
@@ -127,6 +138,7 @@ class _Job:
     serial: int
     inputs: tuple[np.ndarray, ...]
     outputs: tuple[np.ndarray, ...]
+    scale: float = 1.0  # the teacher paints a frame this size (relative), upscaled back
 
 
 @dataclass(frozen=True)
@@ -189,8 +201,20 @@ class KeyframeWorker:
 
 def paint(teacher: Teacher, job: _Job) -> _Painted:
     t0 = time.perf_counter()
-    res = tuple(teacher(img).astype(np.float32) - out.astype(np.float32) for img, out in zip(job.inputs, job.outputs))
+    res = tuple(_painted(teacher, img, job.scale).astype(np.float32) - out.astype(np.float32)
+                for img, out in zip(job.inputs, job.outputs))
     return _Painted(job.serial, res, (time.perf_counter() - t0) * 1e3)
+
+
+def _painted(teacher: Teacher, img: np.ndarray, scale: float) -> np.ndarray:
+    """The teacher's keyframe of `img`, painted at `scale` of its size and brought back to it."""
+    if scale >= 1.0:
+        return teacher(img)
+    import cv2
+
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(teacher(small), (w, h), interpolation=cv2.INTER_CUBIC)
 
 
 def _edge_fixed(img: np.ndarray) -> np.ndarray:
@@ -201,6 +225,16 @@ def _edge_fixed(img: np.ndarray) -> np.ndarray:
     out[0], out[-1] = out[1], out[-2]
     out[:, 0], out[:, -1] = out[:, 1], out[:, -2]
     return out
+
+
+def _changed(grey: np.ndarray, prev: np.ndarray, floor: float, reach: int) -> np.ndarray:
+    """bool (h, w): the pixels within `reach` px of a change between two grey frames (the absolute
+    difference averaged over 3 px above `floor` levels: over a camera's sensor noise)."""
+    import cv2
+
+    diff = cv2.blur(cv2.absdiff(grey, prev), (3, 3))
+    near = cv2.dilate(diff, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * reach + 1, 2 * reach + 1)))
+    return near > floor
 
 
 def _sq(v: np.ndarray) -> np.ndarray:
@@ -271,6 +305,7 @@ class DetailLayer:
         self._pending_age = -1
         self._last_job: Optional[_Job] = None  # synchronous: the job just asked for
         self._held: Optional[tuple[int, _Painted]] = None  # synchronous: (frames to wait, the keyframe)
+        self._level = 0  # the budget's pressure (set_pressure)
         #: the last frames' records (bounded: a live run of any length keeps the same memory); the run's figures
         #: are kept as totals and histograms below
         self.history: deque[DetailStats] = deque(maxlen=HISTORY)
@@ -284,6 +319,16 @@ class DetailLayer:
         self._landed_serial = self._serial
         self._since_request = 10 ** 9
         self._anchor_age = self._pending_age = -1
+
+    def set_pressure(self, level: int) -> None:
+        """The budget controller's say (`PRESSURE_LEVELS`): 0 keyframes at full size, at most one every
+        `keyframe_every` frames; 1 keyframes at half size (a quarter of the teacher's work) and half as
+        often; 2 no new keyframes (the carried detail stays while the flow holds it, then the student's look)."""
+        self._level = max(0, min(2, int(level)))
+
+    @property
+    def level(self) -> int:
+        return self._level
 
     def close(self) -> None:
         if self._worker is not None:
@@ -334,7 +379,8 @@ class DetailLayer:
         fading = self._since_landing <= int(np.ceil(1.0 / cfg.rise))  # a fresh keyframe still fading in
         want = cut or not has_anchor or (low > cfg.low_conf_frac and not fading) or aged
         in_flight = self._eyes[0].pending is not None
-        if want and not in_flight and (cut or self._since_request >= cfg.keyframe_every):
+        cap = cfg.keyframe_every * (2 if self._level == 1 else 1)
+        if want and not in_flight and self._level < 2 and (cut or self._since_request >= cap):
             requested = self._request(inputs, outputs)
         if requested and cfg.synchronous:  # inline: painted now, landing `latency_frames` frames later
             done = paint(self._teacher, self._last_job)
@@ -358,7 +404,7 @@ class DetailLayer:
             outs.append(shown)
             conf += frac / len(self._eyes)
         st = DetailStats(keyframe=landed, requested=requested, keyframe_age=self._anchor_age, confidence=round(conf, 4),
-                         cut=cut, ms=(time.perf_counter() - t0) * 1e3)
+                         cut=cut, ms=(time.perf_counter() - t0) * 1e3, level=self._level)
         self.history.append(st)
         self._totals.add(st)
         return outs, st
@@ -375,25 +421,33 @@ class DetailLayer:
         eye.step = None
         if prev is None or eye.residual is None and eye.pending is None:
             return False, 1.0
-        back = eye.dis.calc(grey, prev, None)  # p of this frame sits at p + back(p) in the last one
-        fwd = eye.dis.calc(prev, grey, None)
-        m = eye.grid + back
-        fwd_at = cv2.remap(fwd, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        err = _sq(back + fwd_at)
-        back_sq = _sq(back)
-        ok = (err <= 0.05 * (back_sq + _sq(fwd_at)) + 0.5).astype(np.float32)
-        ok = (cv2.blur(ok, (3, 3)) > 0.5).astype(np.float32)  # isolated failures are noise
-        inside = (m[..., 0] >= 0) & (m[..., 0] <= fw - 1) & (m[..., 1] >= 0) & (m[..., 1] <= fh - 1)
-        ok *= inside
-        if cv2.countNonZero(ok) < cfg.cut_frac * ok.size:
-            return True, 1.0
-        # a still pixel: tiny flow where the grey did not change → no motion at all (the scene settles)
-        prev_at = cv2.remap(prev, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        still_thr = (cfg.still_px * cfg.flow_scale) ** 2
-        moved = (back_sq > still_thr) | (cv2.absdiff(grey, prev) > 6)
-        back[~moved] = 0.0
-        ok[~moved] = 1.0
-        m = eye.grid + back
+        # a still pixel: nothing near it changed beyond the sensor's noise → no motion at all (the scene
+        # settles; DIS on noise alone returns coherent sub-pixel flow, so the flow's size cannot tell)
+        moved = _changed(grey, prev, cfg.still_grey, max(1, int(round(cfg.still_reach_px * cfg.flow_scale))))
+        if not moved.any():  # a still frame: no flow to compute, nothing carried moves
+            back = np.zeros((fh, fw, 2), np.float32)
+            ok = np.ones((fh, fw), np.float32)
+            m = eye.grid
+            prev_at = prev
+        else:
+            back = eye.dis.calc(grey, prev, None)  # p of this frame sits at p + back(p) in the last one
+            m = eye.grid + back
+            prev_at = cv2.remap(prev, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            if cfg.fb_check:  # forward-backward consistency: a second flow, the other way
+                fwd = eye.dis.calc(prev, grey, None)
+                fwd_at = cv2.remap(fwd, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                ok = (_sq(back + fwd_at) <= 0.05 * (_sq(back) + _sq(fwd_at)) + 0.5).astype(np.float32)
+            else:  # the step's own photometric check (one flow: cheaper)
+                err = cv2.blur(cv2.absdiff(grey, prev_at).astype(np.float32), (3, 3))
+                ok = (err < cfg.step_grey).astype(np.float32)
+            ok = (cv2.blur(ok, (3, 3)) > 0.5).astype(np.float32)  # isolated failures are noise
+            inside = (m[..., 0] >= 0) & (m[..., 0] <= fw - 1) & (m[..., 1] >= 0) & (m[..., 1] <= fh - 1)
+            ok *= inside
+            if cv2.countNonZero(ok) < cfg.cut_frac * ok.size:
+                return True, 1.0
+            back[~moved] = 0.0
+            ok[~moved] = 1.0
+            m = eye.grid + back
         moved_f = moved.astype(np.float32)
         if cfg.blend > 0:  # where the input itself warps well, the output may lean on the last one
             agree = ((cv2.absdiff(grey, prev_at) < 8) & (ok > 0)).astype(np.float32)
@@ -418,15 +472,16 @@ class DetailLayer:
             chain.photo = np.minimum(photo, np.minimum(chain.photo + cfg.rise, 1.0))
             return
         chain.disp = back + cv2.remap(chain.disp, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        if cfg.anchor_gain > 0:
-            self._correct(eye, chain, anchor_grey, grey)
+        if cfg.anchor_gain > 0 and chain.frames % cfg.correct_every == 0:
+            self._correct(eye, chain, anchor_grey, grey, moved)
         chain.valid = ok * cv2.remap(chain.valid, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         chain.age = moved + cv2.remap(chain.age, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         carried = cv2.remap(chain.photo, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         photo = self._photo(eye, chain, anchor_grey, grey)
         chain.photo = np.minimum(photo, np.minimum(carried + cfg.rise, 1.0))
 
-    def _correct(self, eye: _Eye, chain: _Chain, anchor_grey: np.ndarray, grey: np.ndarray) -> None:
+    def _correct(self, eye: _Eye, chain: _Chain, anchor_grey: np.ndarray, grey: np.ndarray,
+                 moved: np.ndarray) -> None:
         """Re-anchor the composed map: the small flow from this frame to the anchor frame warped by the map
         (what the composition drifted by), folded in with gain `anchor_gain` (drift corrected over a few
         frames, the flow's frame-to-frame noise damped)."""
@@ -435,6 +490,7 @@ class DetailLayer:
         a = eye.grid + chain.disp
         warped = cv2.remap(anchor_grey, a, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         corr = eye.dis.calc(grey, warped, None) * self.config.anchor_gain  # p sits at p + corr in `warped`
+        corr *= moved[..., None]  # still pixels stay exactly where they are
         c = eye.grid + corr
         chain.disp = corr + cv2.remap(chain.disp, c, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
@@ -467,7 +523,8 @@ class DetailLayer:
         return painted
 
     def _request(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
-        job = _Job(self._serial + 1, tuple(np.array(i) for i in inputs), tuple(np.array(o) for o in outputs))
+        job = _Job(self._serial + 1, tuple(np.array(i) for i in inputs), tuple(np.array(o) for o in outputs),
+                   scale=KEYFRAME_SCALES[self._level])
         if self._worker is not None and not self._worker.submit(job):
             return False
         self._serial += 1
@@ -493,6 +550,8 @@ class DetailLayer:
         for eye, res in zip(self._eyes, painted.residuals):
             if eye.pending is None or res.shape[:2] != eye.shape:
                 continue
+            if cfg.soften > 0:
+                res = cv2.GaussianBlur(res, (0, 0), cfg.soften)
             h, w = eye.shape
             fh, fw = eye.fhw
             pend = eye.pending
@@ -575,6 +634,19 @@ class DetailLayer:
         return eye.shown
 
     # -- summary -------------------------------------------------------------------------------------------
+    def readout(self, window: int = 90) -> str:
+        """One line for a HUD: keyframe age, keyframes per second of frames (the last `window`), the share
+        of the frame with carried detail, the layer's ms, and the budget's pressure when it has any."""
+        if not self.history:
+            return ""
+        recent = list(self.history)[-window:]
+        last = recent[-1]
+        rate = sum(st.keyframe for st in recent) / len(recent)
+        age = f"{last.keyframe_age}f" if last.keyframe_age >= 0 else "none"
+        level = ("", "  half-size keyframes", "  keyframes paused")[last.level]
+        return (f"detail: keyframe {age} ago  {rate:.2f}/frame  conf {100 * last.confidence:.0f}%  "
+                f"{np.mean([st.ms for st in recent[-15:]]):.1f} ms{level}")
+
     def summary(self) -> dict[str, Any]:
         """The run's detail figures (for --stats-json)."""
         t = self._totals
@@ -590,4 +662,5 @@ class DetailLayer:
             "keyframe_age_mean": round(t.age / t.aged, 2) if t.aged else 0.0,
             "ms": t.ms.summary(),
             "teacher_ms": t.teacher_ms.summary(),
+            "frames_by_pressure": {"full": t.levels[0], "half_size_keyframes": t.levels[1], "paused": t.levels[2]},
         }

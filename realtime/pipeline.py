@@ -255,6 +255,7 @@ class Pipeline:
                 style=self.backend.style, backend=self.backend.name,
                 fps=(self.stats.frames_out + 1) / elapsed if elapsed > 0 else 0.0,
                 latency_ms=lat_so_far, temporal=self.backend.temporal,
+                detail=self.backend.readout(),
             )
             t0 = time.perf_counter()
             for sink in self.sinks:

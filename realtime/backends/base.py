@@ -79,6 +79,10 @@ class Backend(ABC):
         """Backend-specific counters for the run summary (e.g. tokens recomputed)."""
         return {}
 
+    def readout(self) -> str:
+        """An extra line for the window's HUD (the keyframe detail layer's figures); "" for none."""
+        return ""
+
     def close(self) -> None:
         """Release sessions / device memory. Idempotent."""
 

@@ -46,6 +46,7 @@ class DetailBackend(Backend):
         self._teachers: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         self.layer = DetailLayer(config, self._teacher_call)
         self._active: Optional[Callable[[np.ndarray], np.ndarray]] = None
+        self._paused = False  # `auto` under the budget's heaviest pressure: the student alone, no flow
         self._select(inner.style)
 
     # -- the keyframe teacher of the active style -------------------------------------------------
@@ -99,6 +100,12 @@ class DetailBackend(Backend):
         outs = self.inner.postprocess(y, like)
         if self._active is None:
             return outs
+        if self.config.mode == "auto" and self.layer.level >= 2:  # the budget cannot hold it: off
+            if not self._paused:
+                self.layer.reset()  # what it carried is stale once frames go by untracked
+                self._paused = True
+            return outs
+        self._paused = False
         shown, _ = self.layer.apply(like, outs)
         return shown
 
@@ -115,7 +122,18 @@ class DetailBackend(Backend):
         return self.inner.budget_steps()
 
     def apply_choice(self, choice: Any) -> None:
+        """The budget controller's choice for the frame: the inner backend's steps and scale, and the
+        detail layer's pressure from how far down the quality ladder the frame is (`pressure_of`)."""
         self.inner.apply_choice(choice)
+        self.layer.set_pressure(pressure_of(choice, self.inner.budget_steps()))
+
+    def readout(self) -> str:
+        """The detail layer's HUD line ("" while it shows nothing)."""
+        if self._active is None:
+            return ""
+        if self._paused:
+            return "detail: paused (budget)"
+        return self.layer.readout()
 
     def stats(self) -> dict[str, Any]:
         d = dict(self.inner.stats())
@@ -126,6 +144,17 @@ class DetailBackend(Backend):
     def close(self) -> None:
         self.layer.close()
         self.inner.close()
+
+
+def pressure_of(choice: Any, top_steps: int) -> int:
+    """The budget's pressure on the detail layer for a `Choice`: 0 on the ladder's top rung (the default
+    steps at full size), 1 one notch down (fewer steps, or 0.75 of the size), 2 further down."""
+    scale, steps = float(getattr(choice, "scale", 1.0)), int(getattr(choice, "steps", top_steps))
+    if scale >= 1.0 and steps >= top_steps:
+        return 0
+    if scale >= 0.75:
+        return 1
+    return 2
 
 
 def _make_teacher(spec: str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
@@ -156,4 +185,4 @@ def wrap_detail(backend: Backend, config: DetailConfig, model_dir: Any = None) -
     return DetailBackend(backend, config, specs)
 
 
-__all__ = ["DetailBackend", "wrap_detail"]
+__all__ = ["DetailBackend", "pressure_of", "wrap_detail"]

@@ -21,6 +21,7 @@ class Overlay:
     fps: float  # output frames per second, measured
     latency_ms: float  # capture→display of this frame, so far
     temporal: bool = True
+    detail: str = ""  # the keyframe detail layer's readout (realtime/detail.py), "" when it is off
 
 
 class Sink(ABC):

@@ -189,17 +189,23 @@ class WindowSink(Sink):
 
 
 def draw_hud(bgr: np.ndarray, overlay: Overlay) -> None:
-    """Draw the overlay's figures in the top-left corner of `bgr` (H, W, 3), in place."""
+    """Draw the overlay's figures in the top-left corner of `bgr` (H, W, 3), in place: one line, and a
+    second with the detail layer's readout when it is on."""
     import cv2
 
-    text = (f"{overlay.fps:.1f} fps  {overlay.latency_ms:.0f} ms  {overlay.style}  {overlay.backend}  "
-            f"temporal {'on' if overlay.temporal else 'off'}")
+    lines = [f"{overlay.fps:.1f} fps  {overlay.latency_ms:.0f} ms  {overlay.style}  {overlay.backend}  "
+             f"temporal {'on' if overlay.temporal else 'off'}"]
+    if overlay.detail:
+        lines.append(overlay.detail)
     h, w = bgr.shape[:2]
     scale = max(0.35, min(1.0, w / 1400))
     thickness = 1 if scale < 0.8 else 2
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness) for t in lines]
     pad = max(2, int(6 * scale))
-    x1, y1 = min(w, tw + 2 * pad), min(h, th + base + 2 * pad)
+    step = max(th + base for (_, th), base in sizes) + pad
+    x1, y1 = min(w, max(tw for (tw, _), _ in sizes) + 2 * pad), min(h, step * len(lines) + pad)
     roi = bgr[:y1, :x1]
     roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken behind the text
-    cv2.putText(bgr, text, (pad, pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    for i, (text, ((_, th), _)) in enumerate(zip(lines, sizes)):
+        cv2.putText(bgr, text, (pad, pad + th + i * step), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    thickness, cv2.LINE_AA)
