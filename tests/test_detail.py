@@ -94,8 +94,9 @@ def test_a_disocclusion_shows_the_students_look_not_a_ghost():
 
 
 def test_a_still_scene_settles():
-    """A still camera with sensor noise and a student that no longer changes: once the keyframe faded in,
-    the output stops changing, bit for bit."""
+    """A still camera with sensor noise and a student that no longer changes: once the keyframe faded in
+    (5 frames) and the temporal filter caught up (it halves the gap each frame: 8 more), the output stops
+    changing, bit for bit; the noise moves nothing (no flow is even computed)."""
     from realtime.sources.synthetic import add_sensor_noise
 
     base = _texture(120, 160, seed=5)
@@ -103,12 +104,18 @@ def test_a_still_scene_settles():
     # the keyframe lands 6 frames after it was taken (a slow teacher): its fade-in is not "low confidence"
     layer = DetailLayer(DetailConfig(mode="on", synchronous=True, keyframe_every=4, latency_frames=6), teacher)
     outs = []
-    for t in range(24):
+    calls = []  # DIS calls from frame 13 on
+    for t in range(30):
         (out,), st = layer.apply([add_sensor_noise(base, 2.0, 1, t)], [s])
         outs.append(out)
+        if t == 12:
+            eye = layer._eyes[0]
+            real = eye.dis
+            eye.dis = type("Counting", (), {"calc": lambda self, *a: calls.append(1) or real.calc(*a)})()
     assert not np.array_equal(outs[-1], s)  # the detail is shown
-    for a, b in zip(outs[14:], outs[15:]):
+    for a, b in zip(outs[20:], outs[21:]):
         assert np.array_equal(a, b)
+    assert not calls  # a frame where nothing changed skips the flow
     assert sum(st.keyframe for st in layer.history) == 1
 
 
@@ -191,6 +198,71 @@ def _ort_available() -> bool:
 needs_model = pytest.mark.skipif(not _ort_available(), reason="the shipped model's ONNX graphs are not here")
 
 
+def test_the_budget_halves_keyframes_then_pauses_them():
+    """Pressure 0: keyframes at full size, at most one every N frames; 1: painted on a half-size frame (a
+    quarter of the teacher's work), at most one every 2N; 2: none asked for, the carried detail stays."""
+    sizes = []
+
+    def recording_teacher(img: np.ndarray) -> np.ndarray:
+        sizes.append(img.shape[:2])
+        return cv2.resize(teacher(img), (img.shape[1], img.shape[0]))
+
+    big = _texture(160, 300)
+    frames = [np.ascontiguousarray(big[20:140, 2 * t:2 * t + 160]) for t in range(40)]
+    # low_conf_frac 0.001: a keyframe is wanted on every frame, so the cap decides
+    layer = DetailLayer(DetailConfig(mode="on", synchronous=True, keyframe_every=2, low_conf_frac=0.001, rise=1.0),
+                        recording_teacher)
+
+    def asked(level: int, n: int) -> list[int]:
+        layer.set_pressure(level)
+        out = []
+        for i in range(n):
+            x = frames.pop(0)
+            _, st = layer.apply([x], [student(x)])
+            assert st.level == level
+            if st.requested:
+                out.append(i)
+        return out
+
+    full = asked(0, 8)
+    assert full and all(b - a >= 2 for a, b in zip(full, full[1:]))
+    assert sizes and all(s == (120, 160) for s in sizes)
+    sizes.clear()
+    half = asked(1, 12)
+    assert half and all(b - a >= 4 for a, b in zip(half, half[1:]))
+    assert sizes and all(s == (60, 80) for s in sizes)
+    assert asked(2, 10) == []
+    assert "keyframes paused" in layer.readout()
+    by = layer.summary()["frames_by_pressure"]
+    assert (by["full"], by["half_size_keyframes"], by["paused"]) == (8, 12, 10)
+
+
+def test_pressure_follows_the_budget_ladder():
+    from realtime.backends.detail_backend import pressure_of
+    from realtime.budget import Choice, ladder
+
+    rungs = ladder(2)  # K=2, K=1 at full size, then smaller sizes
+    assert [pressure_of(c, 2) for c in rungs] == [0, 1, 1] + [2] * (len(rungs) - 3)
+    assert pressure_of(Choice(1, 1.0), 1) == 0 and pressure_of(Choice(1, 0.75), 1) == 1
+
+
+def test_the_hud_shows_the_detail_line():
+    from realtime.sinks.base import Overlay
+    from realtime.sinks.window import draw_hud
+
+    layer = DetailLayer(DetailConfig(mode="on", synchronous=True), teacher)
+    assert layer.readout() == ""
+    x = _texture(120, 160)
+    layer.apply([x], [student(x)])
+    line = layer.readout()
+    assert line.startswith("detail: keyframe 0f ago") and "conf" in line and "ms" in line
+    one, two = (np.full((200, 640, 3), 200, np.uint8) for _ in range(2))
+    draw_hud(one, Overlay("starry", "onnxruntime", 30.0, 20.0))
+    draw_hud(two, Overlay("starry", "onnxruntime", 30.0, 20.0, detail=line))
+    rows = lambda img: int(np.count_nonzero((img < 200).any(axis=(1, 2))))  # noqa: E731 (rows the HUD touched)
+    assert rows(two) > 1.6 * rows(one)
+
+
 @needs_model
 def test_detail_off_is_the_plain_backend_bit_for_bit():
     from realtime.backends import create_backend
@@ -229,6 +301,35 @@ def test_detail_on_wraps_our_model_and_reports_its_figures():
         n = len(b.layer.history)
         assert b([np.ascontiguousarray(big[:96, :128])])[0].shape == (96, 128, 3)
         assert len(b.layer.history) == n  # the layer did not run
+    finally:
+        b.close()
+
+
+@needs_model
+def test_auto_steps_aside_when_the_budget_cannot_hold_it():
+    """`--detail auto` under the ladder's heaviest pressure shows the student alone (no flow, no keyframes)
+    and says so on the HUD; back on the top rung it starts over (what it carried went stale)."""
+    from realtime.backends import create_backend
+    from realtime.budget import Choice
+    from realtime.config import BackendConfig
+
+    b = create_backend(BackendConfig(name="onnxruntime", device="cpu", style="starry",
+                                     detail=DetailConfig(mode="auto", synchronous=True, keyframe_every=2)))
+    big = _texture(120, 220)
+    frame = lambda t: np.ascontiguousarray(big[:96, 2 * t:2 * t + 128])  # noqa: E731
+    try:
+        for t in range(3):
+            b.apply_choice(Choice(1, 1.0))
+            b([frame(t)])
+        n = len(b.layer.history)
+        assert n == 3 and b.readout().startswith("detail: keyframe")
+        for t in range(3, 6):
+            b.apply_choice(Choice(1, 0.5))
+            assert b([frame(t)])[0].shape == (96, 128, 3)
+        assert len(b.layer.history) == n and b.readout() == "detail: paused (budget)"
+        b.apply_choice(Choice(1, 1.0))
+        b([frame(6)])
+        assert len(b.layer.history) == n + 1 and b.layer.history[-1].keyframe  # a fresh start
     finally:
         b.close()
 
@@ -282,4 +383,4 @@ def test_run_with_detail_writes_its_stats(tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(stats.read_text())["backend_stats"]["detail"]
     assert d["mode"] == "on" and d["frames"] == 4 and d["requested"] >= 1
-    assert {"keyframe_rate", "confidence_mean", "keyframe_age_mean", "ms"} <= set(d)
+    assert {"keyframe_rate", "confidence_mean", "keyframe_age_mean", "ms", "frames_by_pressure"} <= set(d)

@@ -66,6 +66,30 @@ def test_e_warp_on_input_flow_ranks_steady_above_flicker():
     assert flow.e_warp([frames[0]] * len(frames)) > 2 * e_in
 
 
+def test_snapped_e_warp_scores_a_frozen_output_on_a_still_camera_as_steady():
+    """A still camera (one photo, fresh sensor noise each frame): DIS on the noise returns sub-pixel flow, so
+    plain E_warp scores a sharp output that never changes as unsteady; with the flow snapped to none where
+    the input did not change, it scores 0. A pan keeps its flow (nothing snapped where the picture moves)."""
+    from realtime.sources.synthetic import add_sensor_noise
+
+    h, w = 180, 320  # a wall-like view: smooth shading, two shapes (DIS drifts on the flat parts' noise)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.dstack([80 + 60 * xx / w, 100 + 40 * yy / h, np.full((h, w), 120.0)]).astype(np.uint8)
+    cv2.rectangle(base, (40, 40), (120, 120), (200, 60, 60), -1)
+    cv2.circle(base, (230, 90), 40, (40, 160, 40), -1)
+    still = [add_sensor_noise(base, 2.0, 3, t) for t in range(6)]
+    rng = np.random.default_rng(0)  # an output with strokes: sharp detail all over
+    sharp = np.clip(base.astype(np.int16) + rng.integers(-60, 61, (h, w, 1)), 0, 255).astype(np.uint8)
+    plain, snapped = InputFlow(still), InputFlow(still, snap_still=True)
+    assert np.mean(snapped.snapped) > 0.95
+    assert plain.e_warp([sharp] * 6) > 2 * plain.e_warp(still)  # the artefact
+    assert snapped.e_warp([sharp] * 6) == 0.0
+    flicker = [add_sensor_noise(sharp, 6.0, 9, t) for t in range(6)]
+    assert snapped.e_warp(flicker) > 5 * snapped.e_warp(still)  # a changing output still counts
+    pan = InputFlow(_pan(), snap_still=True)
+    assert np.mean(pan.snapped) < 0.05
+
+
 def test_e_warp_split_puts_shimmer_on_a_moving_object_where_it_is():
     """A still view with one square moving across it: the split finds the square's pixels as moving, and
     noise re-rolled only on them lands in the moving part (its share near 1), the still part untouched."""
