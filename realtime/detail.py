@@ -62,18 +62,15 @@ class DetailConfig:
     keyframe_every: int = 8  # the cap: at most one keyframe every N frames
     max_age: int = 48  # moving frames a pixel's carried detail lives before it is repainted
     low_conf_frac: float = 0.08  # ask for a keyframe when this share of the frame lacks detail
-    flow_scale: float = 0.25  # the flow's size relative to the frame (0.5: the same look and steadiness on our clips at 1.6x the cost)
+    flow_scale: float = 0.25  # the flow's size relative to the frame (0.5: about the same figures at 1.6x the cost)
     flow_preset: str = "ultrafast"  # OpenCV DIS preset (medium: steadier on bikes.mp4 but ~30x the cost, over budget)
     flow_refine: Optional[int] = None  # DIS variational refinement iterations (None: the preset's)
     still_grey: float = 3.0  # grey levels (flow size, over 3 px) a frame must change by to count as moving ...
     still_reach_px: float = 24.0  # ... anywhere within this distance (frame px); elsewhere the flow is none
-    fb_check: bool = False  # forward-backward flow consistency (a second DIS a frame) or the step's photometric check (1.4 ms cheaper, as good on our clips, too strict on high-contrast texture)
+    fb_check: bool = False  # forward-backward consistency (a second DIS a frame), else the step's photometric check
     step_grey: float = 20.0  # without fb_check: a step's warp error (grey levels over 3 px) that fails it
-    flow_smooth: float = 0.0  # sigma (frame px) of a Gaussian on each step's flow (0: none)
-    correct_every: int = 1  # the drift correction against the anchor frame every N moving frames
-    soften: float = 0.0  # sigma (frame px) of the Gaussian prefilter on a keyframe's residual (0: none)
     anchor_gain: float = 0.5  # share of the drift against the anchor frame corrected per frame (0: none)
-    blend: float = 0.6  # weight of the last output (warped) where the input warps well: an online temporal filter (0: none)
+    blend: float = 0.6  # the last output's weight (warped) where the input warps well: a temporal filter (0: none)
     stretch: float = 0.25  # the map's summed |gradient| at which carried detail starts fading (gone at twice it)
     rise: float = 0.2  # confidence regained per frame (fade-in; drops are immediate)
     seam_px: float = 12.0  # softness of a keyframe's replacement seam (frame px)
@@ -89,6 +86,8 @@ class DetailConfig:
             raise UserError(f"bad --keyframe-every {self.keyframe_every}: give a number of frames, 1 or more")
         if self.max_age < 1 or not 0 < self.low_conf_frac <= 1 or not 0 < self.flow_scale <= 1:
             raise UserError("detail layer: max_age ≥ 1, low_conf_frac in (0, 1] and flow_scale in (0, 1]")
+        if not 0 <= self.blend < 1:
+            raise UserError("detail layer: blend must be in [0, 1)")
         if self.flow_preset not in FLOW_PRESETS:
             raise UserError(f"detail layer: flow_preset must be one of {', '.join(FLOW_PRESETS)}")
 
@@ -118,6 +117,7 @@ class _Totals:
         self.confidence = self.age = 0.0
         self.ms, self.teacher_ms = LatencyHistogram(), LatencyHistogram()
         self.levels = [0, 0, 0]  # frames at each budget pressure level
+        self.small = 0  # keyframes painted at half size
 
     def add(self, st: DetailStats) -> None:
         self.frames += 1
@@ -147,6 +147,7 @@ class _Painted:
     serial: int
     residuals: tuple[np.ndarray, ...]  # float32 (H, W, 3): teacher − student, per eye
     ms: float
+    scale: float = 1.0  # the size it was painted at
 
 
 class KeyframeWorker:
@@ -204,7 +205,7 @@ def paint(teacher: Teacher, job: _Job) -> _Painted:
     t0 = time.perf_counter()
     res = tuple(_painted(teacher, img, job.scale).astype(np.float32) - out.astype(np.float32)
                 for img, out in zip(job.inputs, job.outputs))
-    return _Painted(job.serial, res, (time.perf_counter() - t0) * 1e3)
+    return _Painted(job.serial, res, (time.perf_counter() - t0) * 1e3, job.scale)
 
 
 def _painted(teacher: Teacher, img: np.ndarray, scale: float) -> np.ndarray:
@@ -307,6 +308,8 @@ class DetailLayer:
         self._last_job: Optional[_Job] = None  # synchronous: the job just asked for
         self._held: Optional[tuple[int, _Painted]] = None  # synchronous: (frames to wait, the keyframe)
         self._level = 0  # the budget's pressure (set_pressure)
+        self._lag = 0  # frames the last keyframe took from request to landing
+        self._small = False  # keyframes at half size because full-size ones land too late (no budget needed)
         #: the last frames' records (bounded: a live run of any length keeps the same memory); the run's figures
         #: are kept as totals and histograms below
         self.history: deque[DetailStats] = deque(maxlen=HISTORY)
@@ -434,14 +437,13 @@ class DetailLayer:
             prev_at = prev
         else:
             back = eye.dis.calc(grey, prev, None)  # p of this frame sits at p + back(p) in the last one
-            if cfg.flow_smooth > 0:  # DIS's patchwise steps (blocks) and its noise on flat areas, smoothed
-                back = cv2.GaussianBlur(back, (0, 0), cfg.flow_smooth * cfg.flow_scale)
             m = eye.grid + back
             prev_at = cv2.remap(prev, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             if cfg.fb_check:  # forward-backward consistency: a second flow, the other way
                 fwd = eye.dis.calc(prev, grey, None)
                 fwd_at = cv2.remap(fwd, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                ok = (_sq(back + fwd_at) <= 0.05 * (_sq(back) + _sq(fwd_at)) + 0.5).astype(np.float32)
+                slack = 2.0 * cfg.flow_scale ** 2  # 1.4 frame px of disagreement, in flow px²
+                ok = (_sq(back + fwd_at) <= 0.05 * (_sq(back) + _sq(fwd_at)) + slack).astype(np.float32)
             else:  # the step's own photometric check (one flow: cheaper)
                 err = cv2.blur(cv2.absdiff(grey, prev_at).astype(np.float32), (3, 3))
                 ok = (err < cfg.step_grey).astype(np.float32)
@@ -480,7 +482,7 @@ class DetailLayer:
             chain.photo = np.minimum(photo, np.minimum(chain.photo + cfg.rise, 1.0))
             return
         chain.disp = back + cv2.remap(chain.disp, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        if cfg.anchor_gain > 0 and chain.frames % cfg.correct_every == 0:
+        if cfg.anchor_gain > 0:
             self._correct(eye, chain, anchor_grey, grey, moved)
         # the per-pixel state rides the same step in one pass (outside the last frame: nothing carried)
         state = cv2.remap(cv2.merge([chain.valid, chain.age, chain.photo]), maps[0], maps[1], cv2.INTER_LINEAR,
@@ -534,8 +536,13 @@ class DetailLayer:
         return painted
 
     def _request(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
+        # a keyframe that takes longer than the cap to land cannot keep the cadence: paint at half size (a
+        # quarter of the work) until full size would land within the cap again
+        every = self.config.keyframe_every
+        self._small = self._lag > every if not self._small else 4 * self._lag >= every
+        scale = min(KEYFRAME_SCALES[self._level], 0.5 if self._small else 1.0)
         job = _Job(self._serial + 1, tuple(np.array(i) for i in inputs), tuple(np.array(o) for o in outputs),
-                   scale=KEYFRAME_SCALES[self._level])
+                   scale=scale)
         if self._worker is not None and not self._worker.submit(job):
             return False
         self._serial += 1
@@ -558,11 +565,11 @@ class DetailLayer:
         cfg = self.config
         self._landed_serial = painted.serial
         self._since_landing = 0
+        self._lag = max(0, self._pending_age)
+        self._totals.small += painted.scale < 1.0
         for eye, res in zip(self._eyes, painted.residuals):
             if eye.pending is None or res.shape[:2] != eye.shape:
                 continue
-            if cfg.soften > 0:
-                res = cv2.GaussianBlur(res, (0, 0), cfg.soften)
             h, w = eye.shape
             fh, fw = eye.fhw
             pend = eye.pending
@@ -653,7 +660,7 @@ class DetailLayer:
         last = recent[-1]
         rate = sum(st.keyframe for st in recent) / len(recent)
         age = f"{last.keyframe_age}f" if last.keyframe_age >= 0 else "none"
-        level = ("", "  half-size keyframes", "  keyframes paused")[last.level]
+        level = ("  half-size keyframes" if self._small else "", "  half-size keyframes", "  keyframes paused")[last.level]
         return (f"detail: keyframe {age} ago  {rate:.2f}/frame  conf {100 * last.confidence:.0f}%  "
                 f"{np.mean([st.ms for st in recent[-15:]]):.1f} ms{level}")
 
@@ -666,6 +673,7 @@ class DetailLayer:
             "frames": t.frames,
             "keyframes": t.keyframes,
             "keyframe_rate": round(t.keyframes / t.frames, 4),
+            "keyframes_half_size": t.small,
             "requested": t.requested,
             "cuts": t.cuts,
             "confidence_mean": round(t.confidence / t.frames, 4),

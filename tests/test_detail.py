@@ -384,3 +384,30 @@ def test_run_with_detail_writes_its_stats(tmp_path):
     d = json.loads(stats.read_text())["backend_stats"]["detail"]
     assert d["mode"] == "on" and d["frames"] == 4 and d["requested"] >= 1
     assert {"keyframe_rate", "confidence_mean", "keyframe_age_mean", "ms", "frames_by_pressure"} <= set(d)
+
+
+def test_keyframes_that_land_late_are_painted_at_half_size():
+    """No budget needed: a keyframe that took longer than the cap to land makes the next ones half-size
+    (a quarter of the teacher's work), and full size comes back once that would land within the cap."""
+    sizes = []
+
+    def recording_teacher(img: np.ndarray) -> np.ndarray:
+        sizes.append(img.shape[1])
+        return cv2.resize(teacher(img), (img.shape[1], img.shape[0]))
+
+    big = _texture(160, 400)
+    frames = [np.ascontiguousarray(big[20:140, 2 * t:2 * t + 160]) for t in range(100)]
+    layer = DetailLayer(DetailConfig(mode="on", synchronous=True, keyframe_every=4, latency_frames=6,
+                                     low_conf_frac=0.001), recording_teacher)
+    for x in frames[:40]:
+        layer.apply([x], [student(x)])
+    assert sizes[0] == 160 and set(sizes[1:]) == {80}  # the first landed 6 frames late (> 4): half size since
+    assert "half-size keyframes" in layer.readout()
+    assert layer.summary()["keyframes_half_size"] >= 2
+    from dataclasses import replace
+
+    n = len(sizes)
+    layer.config = replace(layer.config, latency_frames=0)  # the teacher got fast: half-size ones land at once
+    for x in frames[40:80]:
+        layer.apply([x], [student(x)])
+    assert sizes[n] == 80 and sizes[-1] == 160  # full size is back

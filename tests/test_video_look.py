@@ -59,3 +59,13 @@ def test_summarize_averages_each_output_over_clips_and_styles():
     s = summarize(clips)
     assert s["on"] == {"style_distance": 0.3, "steadiness": 20.0, "steadiness_snapped": 10.0, "border": 1.0}
     assert s["off"]["steadiness"] == 6.0 and set(s) == {"on", "off"}
+
+
+def test_detail_trials_parse_a_trial():
+    from benchmarks.detail_trials import TRIALS, parse_trial
+
+    assert parse_trial("half-flow:flow_scale=0.5,blend=0") == ("half-flow", {"flow_scale": 0.5, "blend": 0.0})
+    assert all(parse_trial(t)[1] for t in TRIALS)  # the built-in trials are well formed
+    for bad in ("noname", ":blend=0", "x:", "x:nonsense=1"):
+        with pytest.raises(UserError):
+            parse_trial(bad)

@@ -56,7 +56,8 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, style_default: Any = Non
     p.add_argument("--detail", default="off", choices=DETAIL_MODES,
                    help="the keyframe detail layer: the style's teacher paints keyframes in the background and "
                         "optical flow carries their strokes to the frames between (on; auto: on where the style "
-                        "has a fast teacher; default off)")
+                        "has a fast teacher and the --budget-ms holds it; default off). The window's HUD and "
+                        "--stats-json show its keyframes, confidence and cost; see docs/detail.md")
     p.add_argument("--keyframe-every", type=int, default=DetailConfig.keyframe_every, metavar="N",
                    help=f"--detail: at most one keyframe every N frames (default {DetailConfig.keyframe_every})")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
