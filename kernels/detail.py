@@ -1,7 +1,8 @@
-"""The detail layer's per-frame pass (realtime/detail.py): warp the anchor's detail through the flow-size map,
-weight it by the confidence, add it to the student's frame. One fused pass per frame.
+"""The detail layer's per-frame passes (realtime/detail.py), each one fused pass over the frame:
 
-    out = detail_add(student, residual, disp, conf, disp_scale)      # the CPU version (OpenCV)
+    out = detail_add(student, residual, disp, conf, disp_scale)      # warp the anchor's detail, weight, add
+    out = warp_blend(shown, last, flow, weight, disp_scale)          # the temporal filter: the last output
+                                                                     # warped to this frame, mixed in
 
 Semantics (the reference, `detail_add_reference`, spells them out in numpy):
 
@@ -13,9 +14,13 @@ Semantics (the reference, `detail_add_reference`, spells them out in numpy):
 - the residual is sampled bilinearly at ``p + offset`` (coordinates clamped to the frame: edges
   replicated), multiplied by the confidence and added; the sum is rounded (half to even) and saturated.
 
-The CPU version goes through OpenCV's fixed-point remap (1/32 px): it matches the reference within a few
-levels where the residual is steep (tests/test_kernels_detail.py). `kernels/detail_triton.py` is the CUDA
-version: one Triton program per block of pixels, all of it in one pass. Nothing heavy at import.
+`warp_blend` (reference: `warp_blend_reference`): ``flow`` (h, w, 2) and ``weight`` (h, w) upsampled the
+same way; ``last`` sampled bilinearly at ``p + flow · disp_scale`` (clamped); the output is
+``weight · last + (1 − weight) · shown``, rounded and saturated.
+
+The CPU versions go through OpenCV's fixed-point remap (1/32 px): they match the references within a few
+levels where the picture is steep (tests/test_kernels_detail.py). `kernels/detail_triton.py` has the CUDA
+versions: one Triton program per block of pixels, all of a pass in one. Nothing heavy at import.
 """
 from __future__ import annotations
 
@@ -60,6 +65,42 @@ def detail_add(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf
     return cv2.add(student, cv2.multiply(detail, c), dtype=cv2.CV_8U)
 
 
+def warp_blend(shown: np.ndarray, last: np.ndarray, flow: np.ndarray, weight: np.ndarray,
+               disp_scale: float) -> np.ndarray:
+    """The CPU pass (OpenCV): the last output warped by the upsampled flow, mixed in by the upsampled weight."""
+    import cv2
+
+    _check_blend(shown, last, flow, weight)
+    h, w = shown.shape[:2]
+    if cv2.countNonZero(flow.reshape(-1)):
+        m = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
+        m *= disp_scale
+        m += _grid(h, w)
+        last = cv2.remap(last, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    a = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.blendLinear(last, shown, a, 1.0 - a)
+
+
+def _check_blend(shown: np.ndarray, last: np.ndarray, flow: np.ndarray, weight: np.ndarray) -> None:
+    if shown.dtype != np.uint8 or shown.ndim != 3 or shown.shape[2] != 3 or last.shape != shown.shape \
+            or last.dtype != np.uint8:
+        raise ValueError(f"shown and last must be uint8 (H, W, 3) alike, got {shown.shape} and {last.shape}")
+    if flow.ndim != 3 or flow.shape[2] != 2 or weight.shape != flow.shape[:2]:
+        raise ValueError(f"flow must be (h, w, 2) and weight (h, w): got {flow.shape} and {weight.shape}")
+
+
+def warp_blend_reference(shown: np.ndarray, last: np.ndarray, flow: np.ndarray, weight: np.ndarray,
+                         disp_scale: float) -> np.ndarray:
+    """`warp_blend`'s semantics in plain numpy (float64)."""
+    _check_blend(shown, last, flow, weight)
+    h, w = shown.shape[:2]
+    d = resize_bilinear(flow, w, h) * disp_scale
+    a = resize_bilinear(weight[..., None], w, h)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    last_at = _sample(last, gx + d[..., 0], gy + d[..., 1])
+    return np.clip(np.rint(a * last_at + (1.0 - a) * shown.astype(np.float64)), 0, 255).astype(np.uint8)
+
+
 def _sample(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Bilinear sample of (H, W, C) at float coordinates, clamped to the image (edges replicated)."""
     h, w = img.shape[:2]
@@ -87,4 +128,4 @@ def detail_add_reference(student: np.ndarray, residual: np.ndarray, disp: np.nda
     return np.clip(np.rint(student.astype(np.float64) + c * detail), 0, 255).astype(np.uint8)
 
 
-__all__ = ["detail_add", "detail_add_reference"]
+__all__ = ["detail_add", "detail_add_reference", "warp_blend", "warp_blend_reference"]

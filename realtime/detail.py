@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from genreal_errors import UserError
-from kernels.detail import detail_add
+from kernels.detail import detail_add, warp_blend
 from realtime.histogram import LatencyHistogram
 
 log = logging.getLogger(__name__)
@@ -634,20 +634,11 @@ class DetailLayer:
 
     def _blend(self, eye: _Eye, shown: np.ndarray) -> np.ndarray:
         """The online temporal filter: the last output warped to this frame, mixed in where the input warps well."""
-        import cv2
-
         last, eye.shown = eye.shown, shown
         if eye.step is None or last is None or last.shape != shown.shape:
             return shown
         back, weight = eye.step
-        h, w = eye.shape
-        if cv2.countNonZero(back.reshape(-1)):
-            m = cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR)
-            m *= 1.0 / self.config.flow_scale
-            m += eye.full_grid
-            last = cv2.remap(last, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        a = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)
-        eye.shown = cv2.blendLinear(last, shown, a, 1.0 - a)  # (a·last + (1 − a)·shown), rounded, in one pass
+        eye.shown = warp_blend(shown, last, back, weight, 1.0 / self.config.flow_scale)
         return eye.shown
 
     # -- summary -------------------------------------------------------------------------------------------
