@@ -30,7 +30,7 @@ log = logging.getLogger("benchmarks.detail_trials")
 
 TRIALS = ("half-flow:flow_scale=0.5", "no-filter:blend=0", "filter-0.8:blend=0.8", "fb-check:fb_check=true",
           "no-stretch:stretch=0", "no-anchor:anchor_gain=0", "fast-flow:flow_preset=fast",
-          "keyframes-4:keyframe_every=4,rise=0.5")
+          "keyframes-4:keyframe_every=4,rise=0.5", "direct:direct=true")
 
 
 def parse_trial(text: str) -> tuple[str, dict[str, Any]]:

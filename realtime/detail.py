@@ -8,14 +8,18 @@ the input; the residual ``teacher(k) − student(k)`` becomes the **anchor** det
 shows ``student(t) + C_t · R_anchor(D_t)``:
 
 - ``D_t`` maps each pixel of frame t to where it was in the anchor frame: OpenCV DIS flow t → t−1 on
-  grey frames at a reduced size, **composed** frame to frame (``D_t(p) = f(p) + D_{t−1}(p + f(p))``).
-  The anchor residual is sampled once per frame through the composed map, never re-sampled from the
-  previous frame's result, so strokes keep their sharpness however long they are carried.
+  grey frames at a quarter of the size, **composed** frame to frame (``D_t(p) = f(p) + D_{t−1}(p + f(p))``),
+  its drift corrected against the anchor frame by a small DIS flow (`anchor_gain`; `direct` re-estimates
+  it against the anchor instead: measured worse, docs/detail.md). The anchor residual is sampled once
+  per frame through the composed map, never re-sampled from the previous frame's result, so strokes keep
+  their sharpness however long they are carried.
 - ``C_t`` is the per-pixel confidence (at the flow's size): the chain's validity since the anchor
-  (forward-backward consistency of each step; monotone: once the flow failed at a pixel, its carried
+  (each step's photometric check, or forward-backward consistency with `fb_check`; monotone: once the flow
+  failed at a pixel, its carried
   detail is wrong until a keyframe replaces it), the photometric agreement of frame t with the anchor
-  frame warped by ``D_t`` (drops at once, rises a step per frame: no flicker, fades in), and the pixel's
-  age in moving frames (fades the last quarter of ``max_age``). A disocclusion therefore shows the
+  frame warped by ``D_t`` (drops at once, rises a step per frame: no flicker, fades in), how much the map
+  stretches (`stretch`: strokes dragged into smears), and the pixel's age in moving frames (fades the last
+  quarter of ``max_age``). A disocclusion therefore shows the
   student's own look, not a ghost of what covered it.
 - A keyframe's residual replaces the anchor only where the carried detail's confidence is low or it is
   old, with a smooth seam (dilated and blurred weight); elsewhere the carried strokes stay put. The new
@@ -25,8 +29,12 @@ shows ``student(t) + C_t · R_anchor(D_t)``:
   (`still_grey`), the flow is none (DIS on noise alone returns coherent sub-pixel flow, so its size cannot
   tell), so the map, the confidence and the age stay exactly as they are and the output stops changing; a
   frame where nothing changed anywhere skips the flow altogether.
+- The temporal filter (`blend`): where detail is carried and the input itself warps well from the last
+  frame, that share of the last output, warped to this frame, is mixed in (`kernels.detail.warp_blend`).
 - Keyframes are asked for by low-confidence fraction, age and scene cuts, at most one every
-  `keyframe_every` frames (a cut bypasses the cap and drops the carried detail at once).
+  `keyframe_every` frames (a cut bypasses the cap and drops the carried detail at once). A keyframe that
+  landed later than the cap makes the next ones half-size until full size would fit; the budget's
+  pressure (`set_pressure`) halves them and their rate, then stops them.
 
 Stereo: one keyframe decision for both eyes, flow and state per eye. Nothing heavy runs at import.
 """
@@ -69,6 +77,7 @@ class DetailConfig:
     still_reach_px: float = 24.0  # ... anywhere within this distance (frame px); elsewhere the flow is none
     fb_check: bool = False  # forward-backward consistency (a second DIS a frame), else the step's photometric check
     step_grey: float = 20.0  # without fb_check: a step's warp error (grey levels over 3 px) that fails it
+    direct: bool = False  # the map re-estimated against the anchor frame each moving frame (DIS seeded with the composed one)
     anchor_gain: float = 0.5  # share of the drift against the anchor frame corrected per frame (0: none)
     blend: float = 0.6  # the last output's weight (warped) where the input warps well: a temporal filter (0: none)
     stretch: float = 0.25  # the map's summed |gradient| at which carried detail starts fading (gone at twice it)
@@ -270,6 +279,7 @@ class _Eye:
         preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[cfg.flow_preset]
         self.dis = cv2.DISOpticalFlow_create(preset)
+        self.direct = cv2.DISOpticalFlow_create(preset)  # DetailConfig.direct: seeded with the composed map
         if cfg.flow_refine is not None:  # variational refinement: a smooth flow, not patchwise constant
             self.dis.setVariationalRefinementIterations(int(cfg.flow_refine))
         fh, fw = self.fhw
@@ -481,9 +491,15 @@ class DetailLayer:
             photo = self._photo(eye, chain, anchor_grey, grey)
             chain.photo = np.minimum(photo, np.minimum(chain.photo + cfg.rise, 1.0))
             return
-        chain.disp = back + cv2.remap(chain.disp, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        if cfg.anchor_gain > 0:
-            self._correct(eye, chain, anchor_grey, grey, moved)
+        if cfg.direct:  # re-estimated against the anchor frame itself (DIS seeded with the composed map)
+            composed = back + cv2.remap(chain.disp, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            chain.disp = eye.direct.calc(grey, anchor_grey, np.ascontiguousarray(composed)) * moved[..., None] \
+                + composed * (1.0 - moved[..., None])
+        else:
+            chain.disp = back + cv2.remap(chain.disp, maps[0], maps[1], cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_REPLICATE)
+            if cfg.anchor_gain > 0:
+                self._correct(eye, chain, anchor_grey, grey, moved)
         # the per-pixel state rides the same step in one pass (outside the last frame: nothing carried)
         state = cv2.remap(cv2.merge([chain.valid, chain.age, chain.photo]), maps[0], maps[1], cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
