@@ -47,6 +47,20 @@ def _grid(h: int, w: int) -> np.ndarray:
     return g
 
 
+def _warped(img: np.ndarray, disp: np.ndarray, disp_scale: float) -> np.ndarray:
+    """`img` (H, W, C) sampled bilinearly at p + upsampled(disp) · disp_scale (edges replicated); itself,
+    untouched, for the identity map (no resampling at all)."""
+    import cv2
+
+    if not cv2.countNonZero(disp.reshape(-1)):
+        return img
+    h, w = img.shape[:2]
+    m = cv2.resize(disp, (w, h), interpolation=cv2.INTER_LINEAR)
+    m *= disp_scale
+    m += _grid(h, w)
+    return cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def detail_add(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf: np.ndarray,
                disp_scale: float) -> np.ndarray:
     """The CPU pass (OpenCV): resize the map and the confidence, remap, multiply, add with saturation."""
@@ -54,13 +68,7 @@ def detail_add(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf
 
     _check(student, residual, disp, conf)
     h, w = student.shape[:2]
-    if cv2.countNonZero(disp.reshape(-1)):
-        m = cv2.resize(disp, (w, h), interpolation=cv2.INTER_LINEAR)
-        m *= disp_scale
-        m += _grid(h, w)
-        detail = cv2.remap(residual, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    else:
-        detail = residual  # the identity map: no resampling at all
+    detail = _warped(residual, disp, disp_scale)
     c = cv2.cvtColor(cv2.resize(conf, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
     return cv2.add(student, cv2.multiply(detail, c), dtype=cv2.CV_8U)
 
@@ -72,11 +80,7 @@ def warp_blend(shown: np.ndarray, last: np.ndarray, flow: np.ndarray, weight: np
 
     _check_blend(shown, last, flow, weight)
     h, w = shown.shape[:2]
-    if cv2.countNonZero(flow.reshape(-1)):
-        m = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
-        m *= disp_scale
-        m += _grid(h, w)
-        last = cv2.remap(last, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    last = _warped(last, flow, disp_scale)
     a = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)
     return cv2.blendLinear(last, shown, a, 1.0 - a)
 

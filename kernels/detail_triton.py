@@ -18,59 +18,54 @@ import triton.language as tl
 
 
 @triton.jit
+def _taps(fy, fx, h, w):
+    """Bilinear taps of (h, w) at clamped float coordinates: the four flat indices and their weights."""
+    y0 = fy.to(tl.int32)  # fy ≥ 0: truncation is floor
+    x0 = fx.to(tl.int32)
+    y1 = tl.minimum(y0 + 1, h - 1)
+    x1 = tl.minimum(x0 + 1, w - 1)
+    ay = fy - y0.to(tl.float32)
+    ax = fx - x0.to(tl.float32)
+    return (y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1,
+            (1.0 - ay) * (1.0 - ax), (1.0 - ay) * ax, ay * (1.0 - ax), ay * ax)
+
+
+@triton.jit
+def _lerp(ptr, i00, i01, i10, i11, w00, w01, w10, w11, stride, ch, valid):
+    """The bilinear sample of channel `ch` (of `stride`) from the taps, in float32."""
+    return (tl.load(ptr + i00 * stride + ch, mask=valid, other=0).to(tl.float32) * w00
+            + tl.load(ptr + i01 * stride + ch, mask=valid, other=0).to(tl.float32) * w01
+            + tl.load(ptr + i10 * stride + ch, mask=valid, other=0).to(tl.float32) * w10
+            + tl.load(ptr + i11 * stride + ch, mask=valid, other=0).to(tl.float32) * w11)
+
+
+@triton.jit
+def _upsampled(d_ptr, c_ptr, py, px, h, w, sy, sx, valid):
+    """The flow-size (dx, dy) field and a one-channel field at frame pixel (py, px): OpenCV's INTER_LINEAR
+    resize (half-pixel centres, edges replicated)."""
+    fy = tl.minimum(tl.maximum((py.to(tl.float32) + 0.5) * sy - 0.5, 0.0), h - 1.0)
+    fx = tl.minimum(tl.maximum((px.to(tl.float32) + 0.5) * sx - 0.5, 0.0), w - 1.0)
+    i00, i01, i10, i11, w00, w01, w10, w11 = _taps(fy, fx, h, w)
+    dx = _lerp(d_ptr, i00, i01, i10, i11, w00, w01, w10, w11, 2, 0, valid)
+    dy = _lerp(d_ptr, i00, i01, i10, i11, w00, w01, w10, w11, 2, 1, valid)
+    c = _lerp(c_ptr, i00, i01, i10, i11, w00, w01, w10, w11, 1, 0, valid)
+    return dx, dy, c
+
+
+@triton.jit
 def _detail_add_kernel(s_ptr, r_ptr, d_ptr, c_ptr, out_ptr, H, W, h, w, sy, sx, disp_scale,
                        BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < H * W
     py = offs // W
     px = offs % W
-    # the flow-size taps (OpenCV's INTER_LINEAR: half-pixel centres, edges replicated)
-    fy = tl.minimum(tl.maximum((py.to(tl.float32) + 0.5) * sy - 0.5, 0.0), h - 1.0)
-    fx = tl.minimum(tl.maximum((px.to(tl.float32) + 0.5) * sx - 0.5, 0.0), w - 1.0)
-    ly0 = fy.to(tl.int32)  # fy ≥ 0: truncation is floor
-    lx0 = fx.to(tl.int32)
-    ly1 = tl.minimum(ly0 + 1, h - 1)
-    lx1 = tl.minimum(lx0 + 1, w - 1)
-    wy = fy - ly0.to(tl.float32)
-    wx = fx - lx0.to(tl.float32)
-    i00 = ly0 * w + lx0
-    i01 = ly0 * w + lx1
-    i10 = ly1 * w + lx0
-    i11 = ly1 * w + lx1
-    w00 = (1.0 - wy) * (1.0 - wx)
-    w01 = (1.0 - wy) * wx
-    w10 = wy * (1.0 - wx)
-    w11 = wy * wx
-    dx = (tl.load(d_ptr + i00 * 2, mask=valid, other=0.0) * w00 + tl.load(d_ptr + i01 * 2, mask=valid, other=0.0) * w01
-          + tl.load(d_ptr + i10 * 2, mask=valid, other=0.0) * w10 + tl.load(d_ptr + i11 * 2, mask=valid, other=0.0) * w11)
-    dy = (tl.load(d_ptr + i00 * 2 + 1, mask=valid, other=0.0) * w00
-          + tl.load(d_ptr + i01 * 2 + 1, mask=valid, other=0.0) * w01
-          + tl.load(d_ptr + i10 * 2 + 1, mask=valid, other=0.0) * w10
-          + tl.load(d_ptr + i11 * 2 + 1, mask=valid, other=0.0) * w11)
-    c = (tl.load(c_ptr + i00, mask=valid, other=0.0) * w00 + tl.load(c_ptr + i01, mask=valid, other=0.0) * w01
-         + tl.load(c_ptr + i10, mask=valid, other=0.0) * w10 + tl.load(c_ptr + i11, mask=valid, other=0.0) * w11)
+    dx, dy, c = _upsampled(d_ptr, c_ptr, py, px, h, w, sy, sx, valid)
     # where the pixel was in the anchor frame, clamped to it (edges replicated)
     qx = tl.minimum(tl.maximum(px.to(tl.float32) + dx * disp_scale, 0.0), W - 1.0)
     qy = tl.minimum(tl.maximum(py.to(tl.float32) + dy * disp_scale, 0.0), H - 1.0)
-    x0 = qx.to(tl.int32)
-    y0 = qy.to(tl.int32)
-    x1 = tl.minimum(x0 + 1, W - 1)
-    y1 = tl.minimum(y0 + 1, H - 1)
-    ax = qx - x0.to(tl.float32)
-    ay = qy - y0.to(tl.float32)
-    j00 = (y0 * W + x0) * 3
-    j01 = (y0 * W + x1) * 3
-    j10 = (y1 * W + x0) * 3
-    j11 = (y1 * W + x1) * 3
-    v00 = (1.0 - ay) * (1.0 - ax)
-    v01 = (1.0 - ay) * ax
-    v10 = ay * (1.0 - ax)
-    v11 = ay * ax
+    j00, j01, j10, j11, v00, v01, v10, v11 = _taps(qy, qx, H, W)
     for ch in tl.static_range(3):
-        det = (tl.load(r_ptr + j00 + ch, mask=valid, other=0.0) * v00
-               + tl.load(r_ptr + j01 + ch, mask=valid, other=0.0) * v01
-               + tl.load(r_ptr + j10 + ch, mask=valid, other=0.0) * v10
-               + tl.load(r_ptr + j11 + ch, mask=valid, other=0.0) * v11)
+        det = _lerp(r_ptr, j00, j01, j10, j11, v00, v01, v10, v11, 3, ch, valid)
         s = tl.load(s_ptr + offs * 3 + ch, mask=valid, other=0).to(tl.float32)
         v = tl.minimum(tl.maximum(s + c * det + 0.5, 0.0), 255.0)
         tl.store(out_ptr + offs * 3 + ch, v.to(tl.uint8), mask=valid)
@@ -99,51 +94,12 @@ def _warp_blend_kernel(s_ptr, l_ptr, f_ptr, a_ptr, out_ptr, H, W, h, w, sy, sx, 
     valid = offs < H * W
     py = offs // W
     px = offs % W
-    fy = tl.minimum(tl.maximum((py.to(tl.float32) + 0.5) * sy - 0.5, 0.0), h - 1.0)
-    fx = tl.minimum(tl.maximum((px.to(tl.float32) + 0.5) * sx - 0.5, 0.0), w - 1.0)
-    ly0 = fy.to(tl.int32)
-    lx0 = fx.to(tl.int32)
-    ly1 = tl.minimum(ly0 + 1, h - 1)
-    lx1 = tl.minimum(lx0 + 1, w - 1)
-    wy = fy - ly0.to(tl.float32)
-    wx = fx - lx0.to(tl.float32)
-    i00 = ly0 * w + lx0
-    i01 = ly0 * w + lx1
-    i10 = ly1 * w + lx0
-    i11 = ly1 * w + lx1
-    w00 = (1.0 - wy) * (1.0 - wx)
-    w01 = (1.0 - wy) * wx
-    w10 = wy * (1.0 - wx)
-    w11 = wy * wx
-    dx = (tl.load(f_ptr + i00 * 2, mask=valid, other=0.0) * w00 + tl.load(f_ptr + i01 * 2, mask=valid, other=0.0) * w01
-          + tl.load(f_ptr + i10 * 2, mask=valid, other=0.0) * w10 + tl.load(f_ptr + i11 * 2, mask=valid, other=0.0) * w11)
-    dy = (tl.load(f_ptr + i00 * 2 + 1, mask=valid, other=0.0) * w00
-          + tl.load(f_ptr + i01 * 2 + 1, mask=valid, other=0.0) * w01
-          + tl.load(f_ptr + i10 * 2 + 1, mask=valid, other=0.0) * w10
-          + tl.load(f_ptr + i11 * 2 + 1, mask=valid, other=0.0) * w11)
-    a = (tl.load(a_ptr + i00, mask=valid, other=0.0) * w00 + tl.load(a_ptr + i01, mask=valid, other=0.0) * w01
-         + tl.load(a_ptr + i10, mask=valid, other=0.0) * w10 + tl.load(a_ptr + i11, mask=valid, other=0.0) * w11)
+    dx, dy, a = _upsampled(f_ptr, a_ptr, py, px, h, w, sy, sx, valid)
     qx = tl.minimum(tl.maximum(px.to(tl.float32) + dx * disp_scale, 0.0), W - 1.0)
     qy = tl.minimum(tl.maximum(py.to(tl.float32) + dy * disp_scale, 0.0), H - 1.0)
-    x0 = qx.to(tl.int32)
-    y0 = qy.to(tl.int32)
-    x1 = tl.minimum(x0 + 1, W - 1)
-    y1 = tl.minimum(y0 + 1, H - 1)
-    ax = qx - x0.to(tl.float32)
-    ay = qy - y0.to(tl.float32)
-    j00 = (y0 * W + x0) * 3
-    j01 = (y0 * W + x1) * 3
-    j10 = (y1 * W + x0) * 3
-    j11 = (y1 * W + x1) * 3
-    v00 = (1.0 - ay) * (1.0 - ax)
-    v01 = (1.0 - ay) * ax
-    v10 = ay * (1.0 - ax)
-    v11 = ay * ax
+    j00, j01, j10, j11, v00, v01, v10, v11 = _taps(qy, qx, H, W)
     for ch in tl.static_range(3):
-        last = (tl.load(l_ptr + j00 + ch, mask=valid, other=0).to(tl.float32) * v00
-                + tl.load(l_ptr + j01 + ch, mask=valid, other=0).to(tl.float32) * v01
-                + tl.load(l_ptr + j10 + ch, mask=valid, other=0).to(tl.float32) * v10
-                + tl.load(l_ptr + j11 + ch, mask=valid, other=0).to(tl.float32) * v11)
+        last = _lerp(l_ptr, j00, j01, j10, j11, v00, v01, v10, v11, 3, ch, valid)
         s = tl.load(s_ptr + offs * 3 + ch, mask=valid, other=0).to(tl.float32)
         v = tl.minimum(tl.maximum(a * last + (1.0 - a) * s + 0.5, 0.0), 255.0)
         tl.store(out_ptr + offs * 3 + ch, v.to(tl.uint8), mask=valid)
