@@ -76,8 +76,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    import cv2
-
     from benchmarks.steadiness import InputFlow
     from benchmarks.video_look import clip_frames
     from genreal_errors import UserError
@@ -85,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from models.metrics import StyleMeter, describe_machine
     from realtime.backends import create_backend
     from realtime.config import BackendConfig
+    from realtime.detail import paint_at_scale
 
     try:
         if args.frames < 8 or args.latency < 0:
@@ -113,7 +112,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     for cname, frames in clips.items():
-        h, w = frames[0].shape[:2]
         snapped, plain = InputFlow(frames, snap_still=True), InputFlow(frames)
         e_snap, e_plain = snapped.e_warp(frames), plain.e_warp(frames)
         picked = range(0, len(frames), 4)
@@ -124,8 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ours.set_temporal(True)
             ours.reset()
             student = [ours([f])[0] for f in frames]
-            half = [cv2.resize(teacher([cv2.resize(f, (w // 2, h // 2), interpolation=cv2.INTER_AREA)])[0], (w, h),
-                               interpolation=cv2.INTER_CUBIC) for f in frames]
+            half = [paint_at_scale(lambda x: teacher([x])[0], f, 0.5) for f in frames]
 
             def score(outs: Sequence[np.ndarray]) -> dict[str, float]:
                 dist = [np.linalg.norm(vec(outs[i]) - vec(painted[i])) / max(np.linalg.norm(vec(frames[i]) - vec(painted[i])),

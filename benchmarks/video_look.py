@@ -256,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from realtime.backends import create_backend
     from realtime.backends.detail_backend import wrap_detail
     from realtime.config import BackendConfig
-    from realtime.detail import DetailConfig
+    from realtime.detail import DetailConfig, paint_at_scale
 
     try:
         if args.frames < 2 or args.width < 64 or args.width % 8:
@@ -306,11 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ms: dict[str, float] = {}
             outs["teacher"], ms["teacher"] = run_frames(lambda f: teacher([f])[0], frames)
 
-            def half(f: np.ndarray) -> np.ndarray:
-                small = cv2.resize(f, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-                return cv2.resize(teacher([small])[0], (w, h), interpolation=cv2.INTER_CUBIC)
-
-            outs["half"], ms["half"] = run_frames(half, frames)
+            outs["half"], ms["half"] = run_frames(lambda f: paint_at_scale(lambda x: teacher([x])[0], f, 0.5), frames)
             ours.set_style(name)
             ours.set_temporal(True)
             ours.reset()

@@ -47,9 +47,9 @@ def _grid(h: int, w: int) -> np.ndarray:
     return g
 
 
-def _warped(img: np.ndarray, disp: np.ndarray, disp_scale: float) -> np.ndarray:
-    """`img` (H, W, C) sampled bilinearly at p + upsampled(disp) · disp_scale (edges replicated); itself,
-    untouched, for the identity map (no resampling at all)."""
+def warp_by_flow(img: np.ndarray, disp: np.ndarray, disp_scale: float, cubic: bool = False) -> np.ndarray:
+    """`img` (H, W, C) sampled at p + upsampled(disp) · disp_scale (bilinear, or bicubic with `cubic`;
+    edges replicated); itself, untouched, for the identity map (no resampling at all)."""
     import cv2
 
     if not cv2.countNonZero(disp.reshape(-1)):
@@ -58,7 +58,7 @@ def _warped(img: np.ndarray, disp: np.ndarray, disp_scale: float) -> np.ndarray:
     m = cv2.resize(disp, (w, h), interpolation=cv2.INTER_LINEAR)
     m *= disp_scale
     m += _grid(h, w)
-    return cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(img, m, None, cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def detail_add(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf: np.ndarray,
@@ -68,7 +68,7 @@ def detail_add(student: np.ndarray, residual: np.ndarray, disp: np.ndarray, conf
 
     _check(student, residual, disp, conf)
     h, w = student.shape[:2]
-    detail = _warped(residual, disp, disp_scale)
+    detail = warp_by_flow(residual, disp, disp_scale)
     c = cv2.cvtColor(cv2.resize(conf, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
     return cv2.add(student, cv2.multiply(detail, c), dtype=cv2.CV_8U)
 
@@ -80,7 +80,7 @@ def warp_blend(shown: np.ndarray, last: np.ndarray, flow: np.ndarray, weight: np
 
     _check_blend(shown, last, flow, weight)
     h, w = shown.shape[:2]
-    last = _warped(last, flow, disp_scale)
+    last = warp_by_flow(last, flow, disp_scale)
     a = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)
     return cv2.blendLinear(last, shown, a, 1.0 - a)
 
@@ -132,4 +132,4 @@ def detail_add_reference(student: np.ndarray, residual: np.ndarray, disp: np.nda
     return np.clip(np.rint(student.astype(np.float64) + c * detail), 0, 255).astype(np.uint8)
 
 
-__all__ = ["detail_add", "detail_add_reference", "warp_blend", "warp_blend_reference"]
+__all__ = ["detail_add", "detail_add_reference", "warp_blend", "warp_blend_reference", "warp_by_flow"]

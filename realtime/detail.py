@@ -51,7 +51,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from genreal_errors import UserError
-from kernels.detail import detail_add, warp_blend
+from kernels.detail import detail_add, warp_blend, warp_by_flow
 from realtime.histogram import LatencyHistogram
 
 log = logging.getLogger(__name__)
@@ -212,19 +212,20 @@ class KeyframeWorker:
 
 def paint(teacher: Teacher, job: _Job) -> _Painted:
     t0 = time.perf_counter()
-    res = tuple(_painted(teacher, img, job.scale).astype(np.float32) - out.astype(np.float32)
+    res = tuple(paint_at_scale(teacher, img, job.scale).astype(np.float32) - out.astype(np.float32)
                 for img, out in zip(job.inputs, job.outputs))
     return _Painted(job.serial, res, (time.perf_counter() - t0) * 1e3, job.scale)
 
 
-def _painted(teacher: Teacher, img: np.ndarray, scale: float) -> np.ndarray:
-    """The teacher's keyframe of `img`, painted at `scale` of its size and brought back to it."""
+def paint_at_scale(teacher: Teacher, img: np.ndarray, scale: float) -> np.ndarray:
+    """The teacher's picture of `img` painted at `scale` of its size (area filter, sides floored) and brought
+    back to it (bicubic): a half-size keyframe, and the benchmarks' half-size teacher."""
     if scale >= 1.0:
         return teacher(img)
     import cv2
 
     h, w = img.shape[:2]
-    small = cv2.resize(img, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(img, (max(8, int(w * scale)), max(8, int(h * scale))), interpolation=cv2.INTER_AREA)
     return cv2.resize(teacher(small), (w, h), interpolation=cv2.INTER_CUBIC)
 
 
@@ -279,12 +280,11 @@ class _Eye:
         preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[cfg.flow_preset]
         self.dis = cv2.DISOpticalFlow_create(preset)
-        self.direct = cv2.DISOpticalFlow_create(preset)  # DetailConfig.direct: seeded with the composed map
+        self.direct = cv2.DISOpticalFlow_create(preset) if cfg.direct else None  # seeded with the composed map
         if cfg.flow_refine is not None:  # variational refinement: a smooth flow, not patchwise constant
             self.dis.setVariationalRefinementIterations(int(cfg.flow_refine))
         fh, fw = self.fhw
         self.grid = np.stack(np.meshgrid(np.arange(fw, dtype=np.float32), np.arange(fh, dtype=np.float32)), -1)
-        self.full_grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
         self.grey: Optional[np.ndarray] = None  # the last frame's grey at the flow's size
         self.step: Optional[tuple[np.ndarray, np.ndarray]] = None  # this frame's (flow to the last, blend weight)
         self.shown: Optional[np.ndarray] = None  # the last output (the temporal blend's)
@@ -335,7 +335,7 @@ class DetailLayer:
         self._anchor_age = self._pending_age = -1
 
     def set_pressure(self, level: int) -> None:
-        """The budget controller's say (`PRESSURE_LEVELS`): 0 keyframes at full size, at most one every
+        """The budget controller's say (`realtime.backends.detail_backend.pressure_of`): 0 keyframes at full size, at most one every
         `keyframe_every` frames; 1 keyframes at half size (a quarter of the teacher's work) and half as
         often; 2 no new keyframes (the carried detail stays while the flow holds it, then the student's look)."""
         self._level = max(0, min(2, int(level)))
@@ -440,7 +440,8 @@ class DetailLayer:
         # a still pixel: nothing near it changed beyond the sensor's noise → no motion at all (the scene
         # settles; DIS on noise alone returns coherent sub-pixel flow, so the flow's size cannot tell)
         moved = _changed(grey, prev, cfg.still_grey, max(1, int(round(cfg.still_reach_px * cfg.flow_scale))))
-        if not moved.any():  # a still frame: no flow to compute, nothing carried moves
+        any_moved = bool(moved.any())
+        if not any_moved:  # a still frame: no flow to compute, nothing carried moves
             back = np.zeros((fh, fw, 2), np.float32)
             ok = np.ones((fh, fw), np.float32)
             m = eye.grid
@@ -471,7 +472,7 @@ class DetailLayer:
             agree = agree.astype(np.float32)  # weight that does not follow the noise, so the output settles
             eye.step = (back.copy(), cv2.blur(agree, (5, 5)) * cfg.blend)
         low = 0.0
-        maps = cv2.convertMaps(m, None, cv2.CV_16SC2) if moved.any() else None  # fixed point: shared, faster
+        maps = cv2.convertMaps(m, None, cv2.CV_16SC2) if any_moved else None  # fixed point: shared, faster
         for chain, anchor_grey in ((eye.chain, eye.anchor_grey), (eye.pending, eye.pending_grey)):
             if chain is None or anchor_grey is None:
                 continue
@@ -491,15 +492,12 @@ class DetailLayer:
             photo = self._photo(eye, chain, anchor_grey, grey)
             chain.photo = np.minimum(photo, np.minimum(chain.photo + cfg.rise, 1.0))
             return
-        if cfg.direct:  # re-estimated against the anchor frame itself (DIS seeded with the composed map)
-            composed = back + cv2.remap(chain.disp, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            chain.disp = eye.direct.calc(grey, anchor_grey, np.ascontiguousarray(composed)) * moved[..., None] \
-                + composed * (1.0 - moved[..., None])
-        else:
-            chain.disp = back + cv2.remap(chain.disp, maps[0], maps[1], cv2.INTER_LINEAR,
-                                          borderMode=cv2.BORDER_REPLICATE)
-            if cfg.anchor_gain > 0:
-                self._correct(eye, chain, anchor_grey, grey, moved)
+        chain.disp = back + cv2.remap(chain.disp, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if eye.direct is not None:  # re-estimated against the anchor frame itself, seeded with the composed map
+            chain.disp = eye.direct.calc(grey, anchor_grey, np.ascontiguousarray(chain.disp)) * moved[..., None] \
+                + chain.disp * (1.0 - moved[..., None])
+        elif cfg.anchor_gain > 0:
+            self._correct(eye, chain, anchor_grey, grey, moved)
         # the per-pixel state rides the same step in one pass (outside the last frame: nothing carried)
         state = cv2.remap(cv2.merge([chain.valid, chain.age, chain.photo]), maps[0], maps[1], cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -601,7 +599,7 @@ class DetailLayer:
                 hard = cv2.dilate(hard, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
                 soft = cv2.GaussianBlur(hard.astype(np.float32), (0, 0), r)
                 weight_k = np.maximum(soft, 1.0 - conf_k)  # at frame k, 1 = the new keyframe's detail
-                old_at_k = self._warp_full(eye, eye.residual, disp_k, cubic=True)  # one more sample: sharp
+                old_at_k = warp_by_flow(eye.residual, disp_k, 1.0 / cfg.flow_scale, cubic=True)  # one more sample: sharp
                 wk_full = cv2.resize(weight_k, (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
                 eye.residual = old_at_k + wk_full * (res - old_at_k)
                 # the weight as seen from the present frame, through the pending chain
@@ -622,20 +620,6 @@ class DetailLayer:
             eye.pending_state = None
         self._anchor_age = self._pending_age
         self._pending_age = -1
-
-    def _warp_full(self, eye: _Eye, residual: np.ndarray, disp: np.ndarray, cubic: bool = False) -> np.ndarray:
-        """The anchor residual (H, W, 3) seen through a flow-size map: one bilinear sample (exact where
-        the map is zero)."""
-        import cv2
-
-        if not cv2.countNonZero(disp.reshape(-1)):
-            return residual
-        h, w = eye.shape
-        m = cv2.resize(disp, (w, h), interpolation=cv2.INTER_LINEAR)
-        m *= 1.0 / self.config.flow_scale
-        m += eye.full_grid
-        interp = cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR
-        return cv2.remap(residual, m, None, interp, borderMode=cv2.BORDER_REPLICATE)
 
     def _compose(self, eye: _Eye, out: np.ndarray) -> tuple[np.ndarray, float]:
         import cv2
