@@ -10,7 +10,7 @@ shows ``student(t) + C_t · R_anchor(D_t)``:
 - ``D_t`` maps each pixel of frame t to where it was in the anchor frame: OpenCV DIS flow t → t−1 on
   grey frames at a quarter of the size, **composed** frame to frame (``D_t(p) = f(p) + D_{t−1}(p + f(p))``),
   its drift corrected against the anchor frame by a small DIS flow (`anchor_gain`; `direct` re-estimates
-  it against the anchor instead: measured worse, docs/detail.md). The anchor residual is sampled once
+  it against the anchor instead: measured a little worse, docs/detail.md). The anchor residual is sampled once
   per frame through the composed map, never re-sampled from the previous frame's result, so strokes keep
   their sharpness however long they are carried.
 - ``C_t`` is the per-pixel confidence (at the flow's size): the chain's validity since the anchor
@@ -494,7 +494,8 @@ class DetailLayer:
             return
         chain.disp = back + cv2.remap(chain.disp, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if eye.direct is not None:  # re-estimated against the anchor frame itself, seeded with the composed map
-            chain.disp = eye.direct.calc(grey, anchor_grey, np.ascontiguousarray(chain.disp)) * moved[..., None] \
+            # (DIS writes its result into the seed it is given: a copy, so still pixels keep the composed map)
+            chain.disp = eye.direct.calc(grey, anchor_grey, chain.disp.copy()) * moved[..., None] \
                 + chain.disp * (1.0 - moved[..., None])
         elif cfg.anchor_gain > 0:
             self._correct(eye, chain, anchor_grey, grey, moved)
