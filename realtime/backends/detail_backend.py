@@ -149,10 +149,9 @@ class DetailBackend(Backend):
 def pressure_of(choice: Any, top_steps: int) -> int:
     """The budget's pressure on the detail layer for a `Choice`: 0 on the ladder's top rung (the default
     steps at full size), 1 one notch down (fewer steps, or 0.75 of the size), 2 further down."""
-    scale, steps = float(getattr(choice, "scale", 1.0)), int(getattr(choice, "steps", top_steps))
-    if scale >= 1.0 and steps >= top_steps:
+    if choice.scale >= 1.0 and choice.steps >= top_steps:
         return 0
-    if scale >= 0.75:
+    if choice.scale >= 0.75:
         return 1
     return 2
 
